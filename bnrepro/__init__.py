@@ -1,0 +1,1 @@
+"""bnrepro: Batch Normalization (Ioffe & Szegedy, 2015) reproduced in JAX/Flax."""
