@@ -70,9 +70,7 @@ def load_dataset(
     if source not in SOURCES:
         raise ValueError(f"Unknown data source {source!r}; expected one of {SOURCES}.")
     if not isinstance(validation_size, int) or not 0 <= validation_size < EXPECTED_COUNTS["train"]:
-        raise ValueError(
-            f"validation_size must be an int in [0, {EXPECTED_COUNTS['train']}), got {validation_size!r}."
-        )
+        raise ValueError(f"validation_size must be an int in [0, {EXPECTED_COUNTS['train']}), got {validation_size!r}.")
     if source == "offline":
         train, test = _load_offline(name, data_dir)
     else:

@@ -19,8 +19,9 @@ from bnrepro.data.core import Split
 
 _DATASET = flags.DEFINE_enum("dataset", None, ["mnist", "fashion_mnist"], "Dataset to fetch or check.")
 _CACHE_DIR = flags.DEFINE_string(
-    "cache_dir", None, "MNIST cache directory (default: $BNREPRO_DATA_DIR, else $XDG_CACHE_HOME/bnrepro or "
-    "~/.cache/bnrepro)."
+    "cache_dir",
+    None,
+    "MNIST cache directory (default: $BNREPRO_DATA_DIR, else $XDG_CACHE_HOME/bnrepro or ~/.cache/bnrepro).",
 )
 flags.mark_flag_as_required("dataset")
 
@@ -30,8 +31,10 @@ def describe(splits: Mapping[str, Split]) -> str:
     lines = []
     for name, (images, labels) in splits.items():
         histogram = np.bincount(labels, minlength=10).tolist()
-        lines.append(f"  {name}: {len(labels)} examples, images {images.dtype} {images.shape}, "
-                     f"labels {labels.dtype} {labels.shape}, per class {histogram}")
+        lines.append(
+            f"  {name}: {len(labels)} examples, images {images.dtype} {images.shape}, "
+            f"labels {labels.dtype} {labels.shape}, per class {histogram}"
+        )
     return "\n".join(lines)
 
 
@@ -43,8 +46,10 @@ def main(argv: Sequence[str]) -> None:
         path = mnist_offline.fetch(_CACHE_DIR.value)
         fetched = time.perf_counter()
         splits = mnist_offline.load_cache(path)
-        print(f"MNIST cached in {path} ({path.stat().st_size / 2**20:.1f} MiB); "
-              f"fetch {fetched - start:.2f} s, load {time.perf_counter() - fetched:.2f} s")
+        print(
+            f"MNIST cached in {path} ({path.stat().st_size / 2**20:.1f} MiB); "
+            f"fetch {fetched - start:.2f} s, load {time.perf_counter() - fetched:.2f} s"
+        )
     else:
         folder = idx.fashion_mnist_files()["train"][0].parent
         splits = idx.load_fashion_mnist(folder)

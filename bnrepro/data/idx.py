@@ -49,8 +49,10 @@ def _read_idx(path: Path, expected_magic: int) -> np.ndarray:
     ndim = magic & 0xFF
     header_size = 4 + 4 * ndim
     if len(raw) < header_size:
-        raise DataError(f"{path}: the IDX header is cut short ({len(raw)} of {header_size} bytes); the file is truncated.")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+        raise DataError(
+            f"{path}: the IDX header is cut short ({len(raw)} of {header_size} bytes); the file is truncated."
+        )
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     data_size = len(raw) - header_size
     if data_size != math.prod(shape):
         raise DataError(

