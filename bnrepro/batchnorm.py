@@ -87,63 +87,97 @@ def _mean(x: jax.Array, axes: tuple[int, ...], axis_name: str | None) -> jax.Arr
 
 
 def _moments(x: jax.Array, axes: tuple[int, ...], axis_name: str | None) -> tuple[jax.Array, jax.Array]:
-  """Algorithm 1, lines 1-2: mu_B and the biased var_B, two-pass (exact for large offsets).
+  """Algorithm 1, lines 1-2: mu_B and the biased var_B, kept with singleton `axes`.
 
-  Across devices the variance is the mean squared deviation from the *global* mean, never
-  the average of per-device variances around different per-device means.
+  Two passes, var = mean((x - mu)^2): exact for inputs with a large offset, where
+  E[x^2] - E[x]^2 cancels catastrophically. Across devices the variance is the mean squared
+  deviation from the *global* mean, never the average of per-device variances around
+  different per-device means.
   """
   mean = _mean(x, axes, axis_name)
-  var = _mean(jnp.square(x - mean), axes, axis_name)
-  return mean, var
+  return mean, _mean(jnp.square(x - mean), axes, axis_name)
 
 
-def _normalize_autodiff(x, axes, eps, axis_name):
-  """x -> (xhat, mu_B, var_B) in plain JAX; `jax.grad` derives the backward pass."""
-  mean, var = _moments(x, axes, axis_name)
-  return (x - mean) * jax.lax.rsqrt(var + eps), mean, var
+def _transform(x, gamma, beta, axes, eps, axis_name):
+  """Algorithm 1 in plain JAX: (y, mu_B, var_B, 1/sqrt(var_B + eps)).
 
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def _normalize_paper(x, axes, eps, axis_name):
-  """Same as `_normalize_autodiff`, with the backward pass written out from Sec. 3."""
-  return _normalize_autodiff(x, axes, eps, axis_name)
-
-
-def _normalize_paper_fwd(x, axes, eps, axis_name):
+  y = gamma xhat + beta is evaluated as (x - mu) (gamma / sqrt(var + eps)) + beta: the scale
+  is formed on the feature vector, which saves a full-size multiply in both passes.
+  """
   mean, var = _moments(x, axes, axis_name)
   inv_std = jax.lax.rsqrt(var + eps)
-  xhat = (x - mean) * inv_std
-  return (xhat, mean, var), (xhat, inv_std)
+  return (x - mean) * (gamma * inv_std) + beta, mean, var, inv_std
 
 
-def _normalize_paper_bwd(axes, eps, axis_name, residuals, cotangents):
-  """The chain rule of Sec. 3, with sums over the mini-batch (all devices) and m its size.
+def _transform_autodiff(x, gamma, beta, axes, eps, axis_name):
+  """`jax.grad` derives the backward pass."""
+  return _transform(x, gamma, beta, axes, eps, axis_name)[:3]
 
-      dl/dvar = sum_i dl/dxhat_i (x_i - mu) (-1/2) (var + eps)^(-3/2)
-      dl/dmu  = sum_i dl/dxhat_i (-1/sqrt(var + eps))  [+ dl/dvar sum_i -2 (x_i - mu) / m = 0,
-                                                       since sum_i (x_i - mu) = 0 by definition of mu]
-      dl/dx_i = dl/dxhat_i / sqrt(var + eps) + dl/dvar 2 (x_i - mu) / m + dl/dmu / m
 
-  (x_i - mu) is recovered as xhat_i * sqrt(var + eps). Cotangents arriving at the returned
-  mean and variance themselves (zero when they only feed running statistics) add to dl/dmu
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _transform_paper(x, gamma, beta, axes, eps, axis_name):
+  """The backward pass written out from Sec. 3 (`_transform_paper_bwd`)."""
+  return _transform(x, gamma, beta, axes, eps, axis_name)[:3]
+
+
+def _transform_paper_fwd(x, gamma, beta, axes, eps, axis_name):
+  y, mean, var, inv_std = _transform(x, gamma, beta, axes, eps, axis_name)
+  return (y, mean, var), (x, gamma, mean, inv_std)
+
+
+def _sum_to_shape(v: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """Sums the axes that were broadcast to reach v's shape from `shape`."""
+  return jnp.sum(v, tuple(i for i, d in enumerate(shape) if d == 1 and v.shape[i] != 1), keepdims=True)
+
+
+def _transform_paper_bwd(axes, eps, axis_name, residuals, cotangents):
+  """The chain rule of Sec. 3, sums over the mini-batch (all devices), m its size:
+
+      dl/dxhat_i = dl/dy_i gamma
+      dl/dvar    = sum_i dl/dxhat_i (x_i - mu) (-1/2) (var + eps)^(-3/2)
+      dl/dmu     = sum_i dl/dxhat_i (-1/sqrt(var + eps)) + dl/dvar sum_i -2 (x_i - mu) / m
+      dl/dx_i    = dl/dxhat_i / sqrt(var + eps) + dl/dvar 2 (x_i - mu) / m + dl/dmu / m
+      dl/dgamma  = sum_i dl/dy_i xhat_i
+      dl/dbeta   = sum_i dl/dy_i
+
+  Two reductions serve all six: sum_i dl/dxhat_i = gamma dl/dbeta and
+  sum_i dl/dxhat_i (x_i - mu) = gamma sqrt(var + eps) dl/dgamma; the last term of dl/dmu is
+  zero because sum_i (x_i - mu) = 0. dl/dgamma and dl/dbeta are returned as this device's
+  sums: `batch_norm` feeds replicated gamma/beta in through `pcast`, whose transpose adds
+  them up across devices. Cotangents that reach the returned mu_B and var_B add to dl/dmu
   and dl/dvar.
   """
   del eps
-  xhat, inv_std = residuals
-  d_xhat, d_mean_out, d_var_out = cotangents
-  m = _reduced_count(xhat, axes, axis_name)
+  x, gamma, mean, inv_std = residuals
+  d_y, d_mean_out, d_var_out = cotangents
+  m = _reduced_count(x, axes, axis_name)
+  xhat = (x - mean) * inv_std
+  d_gamma = jnp.sum(d_y * xhat, axes, keepdims=True)
+  d_beta = jnp.sum(d_y, axes, keepdims=True)
+  if axis_name is None:
+    total_d_gamma, total_d_beta = d_gamma, d_beta
+  else:
+    total_d_gamma, total_d_beta = jax.lax.psum((d_gamma, d_beta), axis_name)
+  d_var = -0.5 * inv_std * inv_std * gamma * total_d_gamma + d_var_out
+  d_mean = -inv_std * gamma * total_d_beta + d_mean_out
+  d_x = (gamma * inv_std) * d_y + (2.0 / m) * (d_var / inv_std) * xhat + d_mean / m
+  return d_x, _sum_to_shape(d_gamma, gamma.shape), _sum_to_shape(d_beta, gamma.shape)
 
-  def total(v):  # sum over the mini-batch, on every device
-    s = jnp.sum(v, axes, keepdims=True)
-    return s if axis_name is None else jax.lax.psum(s, axis_name)
 
-  d_var = -0.5 * jnp.square(inv_std) * total(d_xhat * xhat) + d_var_out
-  d_mean = -inv_std * total(d_xhat) + d_mean_out
-  d_x = d_xhat * inv_std + d_var * (2.0 / m) * xhat / inv_std + d_mean / m
-  return (d_x,)
+_transform_paper.defvjp(_transform_paper_fwd, _transform_paper_bwd)
 
 
-_normalize_paper.defvjp(_normalize_paper_fwd, _normalize_paper_bwd)
+def _as_varying(value: jax.Array, axis_name: str) -> jax.Array:
+  """Marks a replicated value as varying along `axis_name` (no-op if it already varies).
+
+  Under `shard_map`, the custom VJP returns this device's share of dl/dgamma; entering gamma
+  through `pcast` makes JAX sum those shares across devices in the backward pass, exactly as
+  autodiff does for a replicated parameter.
+  """
+  try:
+    return jax.lax.pcast(value, axis_name, to="varying")
+  except ValueError:  # JAX refuses varying -> varying: it already is.
+    return value
 
 
 def batch_norm(
@@ -180,12 +214,11 @@ def batch_norm(
       average over groups (and devices) of the group means and of the biased group variances,
       i.e. E_B[mu_B] and E_B[var_B] of Algorithm 2 over the groups; pass the group's value
       count as `batch_size` to `population_moments`/`ema_update`.
-    backward: "paper" uses a `jax.custom_vjp` with Sec. 3's formulas for dl/dvar, dl/dmu and
-      dl/dx (dl/dxhat = dl/dy gamma, dl/dgamma = sum dl/dy xhat and dl/dbeta = sum dl/dy
-      are the affine's gradients, which autodiff forms exactly so, and which it also reduces
-      correctly across devices when gamma and beta are replicated); "autodiff" lets JAX
-      differentiate the forward pass. They agree to rounding; see
-      `scripts/bench_batchnorm.py` for their speed.
+    backward: "paper" uses a `jax.custom_vjp` with Sec. 3's formulas for all of dl/dxhat,
+      dl/dvar, dl/dmu, dl/dx, dl/dgamma and dl/dbeta; "autodiff" lets JAX differentiate the
+      forward pass. They agree to rounding; `scripts/bench_batchnorm.py` times both. Inside
+      `shard_map` *without* `axis_name` (per-device statistics), use `virtual_batch_size`
+      with `axis_name`, or "autodiff": the custom rule cannot tell that gamma is replicated.
 
   Returns:
     `(y, Moments(mu_B, var_B))`: y in x's dtype, moments of the feature shape in float32
@@ -216,11 +249,15 @@ def batch_norm(
         "batch_norm: each feature is normalized over a single value in training mode, so var_B = 0 "
         f"(input shape {x.shape}, axes {axes}); use a mini-batch of at least 2 or inference mode.")
 
-  normalize = _normalize_paper if backward == "paper" else _normalize_autodiff
-  xhat, mean, var = normalize(x32, axes, eps, group_axis_name)
   gamma = jnp.reshape(gamma, param_shape).astype(dtype)
   beta = jnp.reshape(beta, param_shape).astype(dtype)
-  y = (gamma * xhat + beta).astype(x.dtype).reshape(x.shape)
+  if backward == "paper":
+    if axis_name is not None:
+      gamma, beta = _as_varying(gamma, axis_name), _as_varying(beta, axis_name)
+    y, mean, var = _transform_paper(x32, gamma, beta, axes, eps, group_axis_name)
+  else:
+    y, mean, var = _transform_autodiff(x32, gamma, beta, axes, eps, group_axis_name)
+  y = y.astype(x.dtype).reshape(x.shape)
 
   if virtual_batch_size is not None:  # average the groups' moments (see docstring)
     mean, var = jnp.mean(mean, 0), jnp.mean(var, 0)

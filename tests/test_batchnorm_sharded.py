@@ -64,16 +64,28 @@ def test_sharded_global_batch_equals_single_device(mesh, shape, axes, backward):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_sharded_virtual_batches_are_per_device_groups(mesh):
-  x, gamma, beta, _ = (jnp.asarray(a, jnp.float32) for a in _data((32, 5)))
+@pytest.mark.parametrize("backward", ["paper", "autodiff"])
+def test_sharded_virtual_batches_are_per_device_groups(mesh, backward):
+  x, gamma, beta, head = (jnp.asarray(a, jnp.float32) for a in _data((32, 5)))
+
+  def loss(gamma, beta, x, head, axis_name):
+    y, moments = batch_norm(x, gamma, beta, axes=(0,), axis_name=axis_name, virtual_batch_size=2,
+                            backward=backward)
+    total = jnp.sum(jnp.tanh(y) * head)
+    return (total if axis_name is None else jax.lax.psum(total, axis_name)), (y, moments)
+
+  grad_fn = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)
   sharded = jax.jit(jax.shard_map(
-      lambda x: batch_norm(x, gamma, beta, axes=(0,), axis_name="batch", virtual_batch_size=2),
-      mesh=mesh, in_specs=P("batch"), out_specs=(P("batch"), P())))
-  y, moments = sharded(x)
-  y_one, moments_one = batch_norm(x, gamma, beta, axes=(0,), virtual_batch_size=2)
+      functools.partial(grad_fn, axis_name="batch"), mesh=mesh,
+      in_specs=(P(), P(), P("batch"), P("batch")),
+      out_specs=((P(), (P("batch"), P())), (P(), P(), P("batch")))))
+  (_, (y, moments)), grads = sharded(gamma, beta, x, head)
+  (_, (y_one, moments_one)), grads_one = grad_fn(gamma, beta, x, head, None)
   np.testing.assert_allclose(y, y_one, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(moments.mean, moments_one.mean, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(moments.var, moments_one.var, rtol=1e-5)
+  for a, b in zip(grads, grads_one):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_sharded_layer_keeps_identical_running_statistics(mesh):
