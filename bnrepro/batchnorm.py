@@ -28,156 +28,157 @@ DEFAULT_EPS = 1e-5
 
 
 class Moments(NamedTuple):
-  """Per-feature statistics.
+    """Per-feature statistics.
 
-  `var` is the biased mini-batch variance (divided by m) when it comes from `batch_norm`,
-  and the unbiased population estimate when it comes from `population_moments` or from
-  `ema_update(..., batch_size=m)`.
-  """
+    `var` is the biased mini-batch variance (divided by m) when it comes from `batch_norm`,
+    and the unbiased population estimate when it comes from `population_moments` or from
+    `ema_update(..., batch_size=m)`.
+    """
 
-  mean: jax.Array
-  var: jax.Array
+    mean: jax.Array
+    var: jax.Array
 
 
 def _normalize_axes(axes: int | Sequence[int], ndim: int) -> tuple[int, ...]:
-  """Returns `axes` as sorted non-negative ints, or raises ValueError naming the problem."""
-  axes = (axes,) if isinstance(axes, int) else tuple(axes)
-  if not axes:
-    raise ValueError("batch_norm: `axes` is empty; give the reduced axes, e.g. (0,) or (0, 1, 2).")
-  for a in axes:
-    if not isinstance(a, int) or not -ndim <= a < ndim:
-      raise ValueError(f"batch_norm: axis {a!r} in axes={axes} is out of range for an input of rank {ndim}.")
-  normalized = tuple(sorted(a % ndim for a in axes))
-  if len(set(normalized)) != len(normalized):
-    raise ValueError(f"batch_norm: axes={axes} names the same axis twice.")
-  return normalized
+    """Returns `axes` as sorted non-negative ints, or raises ValueError naming the problem."""
+    axes = (axes,) if isinstance(axes, int) else tuple(axes)
+    if not axes:
+        raise ValueError("batch_norm: `axes` is empty; give the reduced axes, e.g. (0,) or (0, 1, 2).")
+    for a in axes:
+        if not isinstance(a, int) or not -ndim <= a < ndim:
+            raise ValueError(f"batch_norm: axis {a!r} in axes={axes} is out of range for an input of rank {ndim}.")
+    normalized = tuple(sorted(a % ndim for a in axes))
+    if len(set(normalized)) != len(normalized):
+        raise ValueError(f"batch_norm: axes={axes} names the same axis twice.")
+    return normalized
 
 
 def _feature_shape(shape: tuple[int, ...], axes: tuple[int, ...]) -> tuple[int, ...]:
-  return tuple(d for i, d in enumerate(shape) if i not in axes)
+    return tuple(d for i, d in enumerate(shape) if i not in axes)
 
 
 def _keepdims_shape(shape: tuple[int, ...], axes: tuple[int, ...]) -> tuple[int, ...]:
-  return tuple(1 if i in axes else d for i, d in enumerate(shape))
+    return tuple(1 if i in axes else d for i, d in enumerate(shape))
 
 
 def _check_param_shape(name: str, value: jax.Array, feature_shape: tuple[int, ...], what: str) -> None:
-  if tuple(jnp.shape(value)) != feature_shape:
-    raise ValueError(
-        f"{what}: {name} has shape {tuple(jnp.shape(value))} but the feature shape is {feature_shape}.")
+    if tuple(jnp.shape(value)) != feature_shape:
+        raise ValueError(
+            f"{what}: {name} has shape {tuple(jnp.shape(value))} but the feature shape is {feature_shape}."
+        )
 
 
 def _compute_dtype(dtype: jnp.dtype) -> jnp.dtype:
-  """float32 for half-precision inputs, float64 stays float64."""
-  return jnp.promote_types(dtype, jnp.float32)
+    """float32 for half-precision inputs, float64 stays float64."""
+    return jnp.promote_types(dtype, jnp.float32)
 
 
 def _reduced_count(x: jax.Array, axes: tuple[int, ...], axis_name: str | None) -> int:
-  """m: the number of values each feature's statistics are taken over (all devices)."""
-  count = math.prod(x.shape[a] for a in axes)
-  if axis_name is not None:
-    count *= jax.lax.axis_size(axis_name)
-  return count
+    """m: the number of values each feature's statistics are taken over (all devices)."""
+    count = math.prod(x.shape[a] for a in axes)
+    if axis_name is not None:
+        count *= jax.lax.axis_size(axis_name)
+    return count
 
 
 def _mean(x: jax.Array, axes: tuple[int, ...], axis_name: str | None) -> jax.Array:
-  """Mean over `axes` (and over devices along `axis_name`; shards have equal sizes)."""
-  mean = jnp.mean(x, axes, keepdims=True)
-  return mean if axis_name is None else jax.lax.pmean(mean, axis_name)
+    """Mean over `axes` (and over devices along `axis_name`; shards have equal sizes)."""
+    mean = jnp.mean(x, axes, keepdims=True)
+    return mean if axis_name is None else jax.lax.pmean(mean, axis_name)
 
 
 def _moments(x: jax.Array, axes: tuple[int, ...], axis_name: str | None) -> tuple[jax.Array, jax.Array]:
-  """Algorithm 1, lines 1-2: mu_B and the biased var_B, kept with singleton `axes`.
+    """Algorithm 1, lines 1-2: mu_B and the biased var_B, kept with singleton `axes`.
 
-  Two passes, var = mean((x - mu)^2): exact for inputs with a large offset, where
-  E[x^2] - E[x]^2 cancels catastrophically. Across devices the variance is the mean squared
-  deviation from the *global* mean, never the average of per-device variances around
-  different per-device means.
-  """
-  mean = _mean(x, axes, axis_name)
-  return mean, _mean(jnp.square(x - mean), axes, axis_name)
+    Two passes, var = mean((x - mu)^2): exact for inputs with a large offset, where
+    E[x^2] - E[x]^2 cancels catastrophically. Across devices the variance is the mean squared
+    deviation from the *global* mean, never the average of per-device variances around
+    different per-device means.
+    """
+    mean = _mean(x, axes, axis_name)
+    return mean, _mean(jnp.square(x - mean), axes, axis_name)
 
 
 def _transform(x, gamma, beta, axes, eps, axis_name):
-  """Algorithm 1 in plain JAX: (y, mu_B, var_B, 1/sqrt(var_B + eps)).
+    """Algorithm 1 in plain JAX: (y, mu_B, var_B, 1/sqrt(var_B + eps)).
 
-  y = gamma xhat + beta is evaluated as (x - mu) (gamma / sqrt(var + eps)) + beta: the scale
-  is formed on the feature vector, which saves a full-size multiply in both passes.
-  """
-  mean, var = _moments(x, axes, axis_name)
-  inv_std = jax.lax.rsqrt(var + eps)
-  return (x - mean) * (gamma * inv_std) + beta, mean, var, inv_std
+    y = gamma xhat + beta is evaluated as (x - mu) (gamma / sqrt(var + eps)) + beta: the scale
+    is formed on the feature vector, which saves a full-size multiply in both passes.
+    """
+    mean, var = _moments(x, axes, axis_name)
+    inv_std = jax.lax.rsqrt(var + eps)
+    return (x - mean) * (gamma * inv_std) + beta, mean, var, inv_std
 
 
 def _transform_autodiff(x, gamma, beta, axes, eps, axis_name):
-  """`jax.grad` derives the backward pass."""
-  return _transform(x, gamma, beta, axes, eps, axis_name)[:3]
+    """`jax.grad` derives the backward pass."""
+    return _transform(x, gamma, beta, axes, eps, axis_name)[:3]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
 def _transform_paper(x, gamma, beta, axes, eps, axis_name):
-  """The backward pass written out from Sec. 3 (`_transform_paper_bwd`)."""
-  return _transform(x, gamma, beta, axes, eps, axis_name)[:3]
+    """The backward pass written out from Sec. 3 (`_transform_paper_bwd`)."""
+    return _transform(x, gamma, beta, axes, eps, axis_name)[:3]
 
 
 def _transform_paper_fwd(x, gamma, beta, axes, eps, axis_name):
-  y, mean, var, inv_std = _transform(x, gamma, beta, axes, eps, axis_name)
-  return (y, mean, var), (x, gamma, mean, inv_std)
+    y, mean, var, inv_std = _transform(x, gamma, beta, axes, eps, axis_name)
+    return (y, mean, var), (x, gamma, mean, inv_std)
 
 
 def _sum_to_shape(v: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-  """Sums the axes that were broadcast to reach v's shape from `shape`."""
-  return jnp.sum(v, tuple(i for i, d in enumerate(shape) if d == 1 and v.shape[i] != 1), keepdims=True)
+    """Sums the axes that were broadcast to reach v's shape from `shape`."""
+    return jnp.sum(v, tuple(i for i, d in enumerate(shape) if d == 1 and v.shape[i] != 1), keepdims=True)
 
 
 def _transform_paper_bwd(axes, eps, axis_name, residuals, cotangents):
-  """The chain rule of Sec. 3, sums over the mini-batch (all devices), m its size:
+    """The chain rule of Sec. 3, sums over the mini-batch (all devices), m its size:
 
-      dl/dxhat_i = dl/dy_i gamma
-      dl/dvar    = sum_i dl/dxhat_i (x_i - mu) (-1/2) (var + eps)^(-3/2)
-      dl/dmu     = sum_i dl/dxhat_i (-1/sqrt(var + eps)) + dl/dvar sum_i -2 (x_i - mu) / m
-      dl/dx_i    = dl/dxhat_i / sqrt(var + eps) + dl/dvar 2 (x_i - mu) / m + dl/dmu / m
-      dl/dgamma  = sum_i dl/dy_i xhat_i
-      dl/dbeta   = sum_i dl/dy_i
+        dl/dxhat_i = dl/dy_i gamma
+        dl/dvar    = sum_i dl/dxhat_i (x_i - mu) (-1/2) (var + eps)^(-3/2)
+        dl/dmu     = sum_i dl/dxhat_i (-1/sqrt(var + eps)) + dl/dvar sum_i -2 (x_i - mu) / m
+        dl/dx_i    = dl/dxhat_i / sqrt(var + eps) + dl/dvar 2 (x_i - mu) / m + dl/dmu / m
+        dl/dgamma  = sum_i dl/dy_i xhat_i
+        dl/dbeta   = sum_i dl/dy_i
 
-  Two reductions serve all six: sum_i dl/dxhat_i = gamma dl/dbeta and
-  sum_i dl/dxhat_i (x_i - mu) = gamma sqrt(var + eps) dl/dgamma; the last term of dl/dmu is
-  zero because sum_i (x_i - mu) = 0. dl/dgamma and dl/dbeta are returned as this device's
-  sums: `batch_norm` feeds replicated gamma/beta in through `pcast`, whose transpose adds
-  them up across devices. Cotangents that reach the returned mu_B and var_B add to dl/dmu
-  and dl/dvar.
-  """
-  del eps
-  x, gamma, mean, inv_std = residuals
-  d_y, d_mean_out, d_var_out = cotangents
-  m = _reduced_count(x, axes, axis_name)
-  xhat = (x - mean) * inv_std
-  d_gamma = jnp.sum(d_y * xhat, axes, keepdims=True)
-  d_beta = jnp.sum(d_y, axes, keepdims=True)
-  if axis_name is None:
-    total_d_gamma, total_d_beta = d_gamma, d_beta
-  else:
-    total_d_gamma, total_d_beta = jax.lax.psum((d_gamma, d_beta), axis_name)
-  d_var = -0.5 * inv_std * inv_std * gamma * total_d_gamma + d_var_out
-  d_mean = -inv_std * gamma * total_d_beta + d_mean_out
-  d_x = (gamma * inv_std) * d_y + (2.0 / m) * (d_var / inv_std) * xhat + d_mean / m
-  return d_x, _sum_to_shape(d_gamma, gamma.shape), _sum_to_shape(d_beta, gamma.shape)
+    Two reductions serve all six: sum_i dl/dxhat_i = gamma dl/dbeta and
+    sum_i dl/dxhat_i (x_i - mu) = gamma sqrt(var + eps) dl/dgamma; the last term of dl/dmu is
+    zero because sum_i (x_i - mu) = 0. dl/dgamma and dl/dbeta are returned as this device's
+    sums: `batch_norm` feeds replicated gamma/beta in through `pcast`, whose transpose adds
+    them up across devices. Cotangents that reach the returned mu_B and var_B add to dl/dmu
+    and dl/dvar.
+    """
+    del eps
+    x, gamma, mean, inv_std = residuals
+    d_y, d_mean_out, d_var_out = cotangents
+    m = _reduced_count(x, axes, axis_name)
+    xhat = (x - mean) * inv_std
+    d_gamma = jnp.sum(d_y * xhat, axes, keepdims=True)
+    d_beta = jnp.sum(d_y, axes, keepdims=True)
+    if axis_name is None:
+        total_d_gamma, total_d_beta = d_gamma, d_beta
+    else:
+        total_d_gamma, total_d_beta = jax.lax.psum((d_gamma, d_beta), axis_name)
+    d_var = -0.5 * inv_std * inv_std * gamma * total_d_gamma + d_var_out
+    d_mean = -inv_std * gamma * total_d_beta + d_mean_out
+    d_x = (gamma * inv_std) * d_y + (2.0 / m) * (d_var / inv_std) * xhat + d_mean / m
+    return d_x, _sum_to_shape(d_gamma, gamma.shape), _sum_to_shape(d_beta, gamma.shape)
 
 
 _transform_paper.defvjp(_transform_paper_fwd, _transform_paper_bwd)
 
 
 def _as_varying(value: jax.Array, axis_name: str) -> jax.Array:
-  """Marks a replicated value as varying along `axis_name` (no-op if it already varies).
+    """Marks a replicated value as varying along `axis_name` (no-op if it already varies).
 
-  Under `shard_map`, the custom VJP returns this device's share of dl/dgamma; entering gamma
-  through `pcast` makes JAX sum those shares across devices in the backward pass, exactly as
-  autodiff does for a replicated parameter.
-  """
-  try:
-    return jax.lax.pcast(value, axis_name, to="varying")
-  except ValueError:  # JAX refuses varying -> varying: it already is.
-    return value
+    Under `shard_map`, the custom VJP returns this device's share of dl/dgamma; entering gamma
+    through `pcast` makes JAX sum those shares across devices in the backward pass, exactly as
+    autodiff does for a replicated parameter.
+    """
+    try:
+        return jax.lax.pcast(value, axis_name, to="varying")
+    except ValueError:  # JAX refuses varying -> varying: it already is.
+        return value
 
 
 def batch_norm(
@@ -191,79 +192,81 @@ def batch_norm(
     virtual_batch_size: int | None = None,
     backward: Backward = "paper",
 ) -> tuple[jax.Array, Moments]:
-  """Algorithm 1, the Batch Normalizing Transform, in training mode.
+    """Algorithm 1, the Batch Normalizing Transform, in training mode.
 
-      mu_B = mean_i x_i,  var_B = mean_i (x_i - mu_B)^2,
-      xhat_i = (x_i - mu_B) / sqrt(var_B + eps),  y_i = gamma xhat_i + beta,
+        mu_B = mean_i x_i,  var_B = mean_i (x_i - mu_B)^2,
+        xhat_i = (x_i - mu_B) / sqrt(var_B + eps),  y_i = gamma xhat_i + beta,
 
-  per feature, with gradients flowing through mu_B and var_B.
+    per feature, with gradients flowing through mu_B and var_B.
 
-  Args:
-    x: the activations, e.g. `(N, d)` for a dense layer or `(N, H, W, C)` for a convolution.
-    gamma, beta: scale and shift, of the feature shape (`x.shape` without `axes`).
-    axes: the reduced axes: `(0,)` for dense `(N, d)`, `(0, 1, 2)` for NHWC convolutions,
-      which gives one mean/variance and one (gamma, beta) per feature map over the effective
-      mini-batch of m' = N*H*W values (Sec. 3.2).
-    eps: the constant added to the variance for numerical stability.
-    axis_name: inside `shard_map`/`pmap`, the mapped axis whose devices together hold the
-      mini-batch: statistics (and their gradients) are then global over all devices. Shards
-      must have equal sizes.
-    virtual_batch_size: if set, axis 0 is split into groups ("ghost batches") of this many
-      examples, each normalized with its own moments, as the paper's workers each normalize
-      their own mini-batch. Groups never span devices. The returned `Moments` are then the
-      average over groups (and devices) of the group means and of the biased group variances,
-      i.e. E_B[mu_B] and E_B[var_B] of Algorithm 2 over the groups; pass the group's value
-      count as `batch_size` to `population_moments`/`ema_update`.
-    backward: "paper" uses a `jax.custom_vjp` with Sec. 3's formulas for all of dl/dxhat,
-      dl/dvar, dl/dmu, dl/dx, dl/dgamma and dl/dbeta; "autodiff" lets JAX differentiate the
-      forward pass. They agree to rounding; `scripts/bench_batchnorm.py` times both. Inside
-      `shard_map` *without* `axis_name` (per-device statistics), use `virtual_batch_size`
-      with `axis_name`, or "autodiff": the custom rule cannot tell that gamma is replicated.
+    Args:
+      x: the activations, e.g. `(N, d)` for a dense layer or `(N, H, W, C)` for a convolution.
+      gamma, beta: scale and shift, of the feature shape (`x.shape` without `axes`).
+      axes: the reduced axes: `(0,)` for dense `(N, d)`, `(0, 1, 2)` for NHWC convolutions,
+        which gives one mean/variance and one (gamma, beta) per feature map over the effective
+        mini-batch of m' = N*H*W values (Sec. 3.2).
+      eps: the constant added to the variance for numerical stability.
+      axis_name: inside `shard_map`/`pmap`, the mapped axis whose devices together hold the
+        mini-batch: statistics (and their gradients) are then global over all devices. Shards
+        must have equal sizes.
+      virtual_batch_size: if set, axis 0 is split into groups ("ghost batches") of this many
+        examples, each normalized with its own moments, as the paper's workers each normalize
+        their own mini-batch. Groups never span devices. The returned `Moments` are then the
+        average over groups (and devices) of the group means and of the biased group variances,
+        i.e. E_B[mu_B] and E_B[var_B] of Algorithm 2 over the groups; pass the group's value
+        count as `batch_size` to `population_moments`/`ema_update`.
+      backward: "paper" uses a `jax.custom_vjp` with Sec. 3's formulas for all of dl/dxhat,
+        dl/dvar, dl/dmu, dl/dx, dl/dgamma and dl/dbeta; "autodiff" lets JAX differentiate the
+        forward pass. They agree to rounding; `scripts/bench_batchnorm.py` times both. Inside
+        `shard_map` *without* `axis_name` (per-device statistics), use `virtual_batch_size`
+        with `axis_name`, or "autodiff": the custom rule cannot tell that gamma is replicated.
 
-  Returns:
-    `(y, Moments(mu_B, var_B))`: y in x's dtype, moments of the feature shape in float32
-    (float64 for float64 input).
-  """
-  axes = _normalize_axes(axes, x.ndim)
-  feature_shape = _feature_shape(x.shape, axes)
-  _check_param_shape("gamma", gamma, feature_shape, "batch_norm")
-  _check_param_shape("beta", beta, feature_shape, "batch_norm")
-  if backward not in ("paper", "autodiff"):
-    raise ValueError(f"batch_norm: backward={backward!r}; expected 'paper' or 'autodiff'.")
+    Returns:
+      `(y, Moments(mu_B, var_B))`: y in x's dtype, moments of the feature shape in float32
+      (float64 for float64 input).
+    """
+    axes = _normalize_axes(axes, x.ndim)
+    feature_shape = _feature_shape(x.shape, axes)
+    _check_param_shape("gamma", gamma, feature_shape, "batch_norm")
+    _check_param_shape("beta", beta, feature_shape, "batch_norm")
+    if backward not in ("paper", "autodiff"):
+        raise ValueError(f"batch_norm: backward={backward!r}; expected 'paper' or 'autodiff'.")
 
-  dtype = _compute_dtype(x.dtype)
-  x32 = x.astype(dtype)
-  param_shape = _keepdims_shape(x.shape, axes)
-  if virtual_batch_size is not None:
-    if 0 not in axes:
-      raise ValueError(f"batch_norm: virtual_batch_size needs the batch axis 0 in axes, got axes={axes}.")
-    if not isinstance(virtual_batch_size, int) or virtual_batch_size < 1 or x.shape[0] % virtual_batch_size:
-      raise ValueError(
-          f"batch_norm: virtual_batch_size={virtual_batch_size!r} does not divide the batch of {x.shape[0]}.")
-    x32 = x32.reshape((x.shape[0] // virtual_batch_size, virtual_batch_size) + x.shape[1:])
-    axes = tuple(a + 1 for a in axes)  # groups live on the new leading axis
-    param_shape = (1,) + param_shape
-  group_axis_name = None if virtual_batch_size is not None else axis_name
-  if _reduced_count(x32, axes, group_axis_name) < 2:
-    raise ValueError(
-        "batch_norm: each feature is normalized over a single value in training mode, so var_B = 0 "
-        f"(input shape {x.shape}, axes {axes}); use a mini-batch of at least 2 or inference mode.")
+    dtype = _compute_dtype(x.dtype)
+    x32 = x.astype(dtype)
+    param_shape = _keepdims_shape(x.shape, axes)
+    if virtual_batch_size is not None:
+        if 0 not in axes:
+            raise ValueError(f"batch_norm: virtual_batch_size needs the batch axis 0 in axes, got axes={axes}.")
+        if not isinstance(virtual_batch_size, int) or virtual_batch_size < 1 or x.shape[0] % virtual_batch_size:
+            raise ValueError(
+                f"batch_norm: virtual_batch_size={virtual_batch_size!r} does not divide the batch of {x.shape[0]}."
+            )
+        x32 = x32.reshape((x.shape[0] // virtual_batch_size, virtual_batch_size) + x.shape[1:])
+        axes = tuple(a + 1 for a in axes)  # groups live on the new leading axis
+        param_shape = (1,) + param_shape
+    group_axis_name = None if virtual_batch_size is not None else axis_name
+    if _reduced_count(x32, axes, group_axis_name) < 2:
+        raise ValueError(
+            "batch_norm: each feature is normalized over a single value in training mode, so var_B = 0 "
+            f"(input shape {x.shape}, axes {axes}); use a mini-batch of at least 2 or inference mode."
+        )
 
-  gamma = jnp.reshape(gamma, param_shape).astype(dtype)
-  beta = jnp.reshape(beta, param_shape).astype(dtype)
-  if backward == "paper":
-    if axis_name is not None:
-      gamma, beta = _as_varying(gamma, axis_name), _as_varying(beta, axis_name)
-    y, mean, var = _transform_paper(x32, gamma, beta, axes, eps, group_axis_name)
-  else:
-    y, mean, var = _transform_autodiff(x32, gamma, beta, axes, eps, group_axis_name)
-  y = y.astype(x.dtype).reshape(x.shape)
+    gamma = jnp.reshape(gamma, param_shape).astype(dtype)
+    beta = jnp.reshape(beta, param_shape).astype(dtype)
+    if backward == "paper":
+        if axis_name is not None:
+            gamma, beta = _as_varying(gamma, axis_name), _as_varying(beta, axis_name)
+        y, mean, var = _transform_paper(x32, gamma, beta, axes, eps, group_axis_name)
+    else:
+        y, mean, var = _transform_autodiff(x32, gamma, beta, axes, eps, group_axis_name)
+    y = y.astype(x.dtype).reshape(x.shape)
 
-  if virtual_batch_size is not None:  # average the groups' moments (see docstring)
-    mean, var = jnp.mean(mean, 0), jnp.mean(var, 0)
-    if axis_name is not None:
-      mean, var = jax.lax.pmean((mean, var), axis_name)
-  return y, Moments(mean.reshape(feature_shape), var.reshape(feature_shape))
+    if virtual_batch_size is not None:  # average the groups' moments (see docstring)
+        mean, var = jnp.mean(mean, 0), jnp.mean(var, 0)
+        if axis_name is not None:
+            mean, var = jax.lax.pmean((mean, var), axis_name)
+    return y, Moments(mean.reshape(feature_shape), var.reshape(feature_shape))
 
 
 def batch_norm_inference(
@@ -275,75 +278,77 @@ def batch_norm_inference(
     axes: int | Sequence[int] | None = None,
     eps: float = DEFAULT_EPS,
 ) -> jax.Array:
-  """Algorithm 2, step 11: the inference network's affine map
+    """Algorithm 2, step 11: the inference network's affine map
 
-      y = gamma / sqrt(Var[x] + eps) * x + (beta - gamma E[x] / sqrt(Var[x] + eps)),
+        y = gamma / sqrt(Var[x] + eps) * x + (beta - gamma E[x] / sqrt(Var[x] + eps)),
 
-  with fixed (population or moving-average) `moments`, so one example's output depends on
-  that example only.
+    with fixed (population or moving-average) `moments`, so one example's output depends on
+    that example only.
 
-  Args:
-    x: the activations.
-    gamma, beta, moments: of the feature shape.
-    axes: the reduced axes as in `batch_norm`; by default the features are x's trailing
-      `gamma.ndim` axes, which covers `(N, d)` and NHWC.
-    eps: as in training.
-  """
-  if axes is None:
-    axes = tuple(range(x.ndim - jnp.ndim(gamma))) or (0,)
-  axes = _normalize_axes(axes, x.ndim)
-  feature_shape = _feature_shape(x.shape, axes)
-  what = "batch_norm_inference"
-  _check_param_shape("gamma", gamma, feature_shape, what)
-  _check_param_shape("beta", beta, feature_shape, what)
-  _check_param_shape("moments.mean", moments.mean, feature_shape, what)
-  _check_param_shape("moments.var", moments.var, feature_shape, what)
+    Args:
+      x: the activations.
+      gamma, beta, moments: of the feature shape.
+      axes: the reduced axes as in `batch_norm`; by default the features are x's trailing
+        `gamma.ndim` axes, which covers `(N, d)` and NHWC.
+      eps: as in training.
+    """
+    if axes is None:
+        axes = tuple(range(x.ndim - jnp.ndim(gamma))) or (0,)
+    axes = _normalize_axes(axes, x.ndim)
+    feature_shape = _feature_shape(x.shape, axes)
+    what = "batch_norm_inference"
+    _check_param_shape("gamma", gamma, feature_shape, what)
+    _check_param_shape("beta", beta, feature_shape, what)
+    _check_param_shape("moments.mean", moments.mean, feature_shape, what)
+    _check_param_shape("moments.var", moments.var, feature_shape, what)
 
-  dtype = _compute_dtype(x.dtype)
-  param_shape = _keepdims_shape(x.shape, axes)
-  scale = gamma.astype(dtype) * jax.lax.rsqrt(moments.var.astype(dtype) + eps)
-  shift = beta.astype(dtype) - moments.mean.astype(dtype) * scale
-  y = x.astype(dtype) * scale.reshape(param_shape) + shift.reshape(param_shape)
-  return y.astype(x.dtype)
+    dtype = _compute_dtype(x.dtype)
+    param_shape = _keepdims_shape(x.shape, axes)
+    scale = gamma.astype(dtype) * jax.lax.rsqrt(moments.var.astype(dtype) + eps)
+    shift = beta.astype(dtype) - moments.mean.astype(dtype) * scale
+    y = x.astype(dtype) * scale.reshape(param_shape) + shift.reshape(param_shape)
+    return y.astype(x.dtype)
 
 
 def _unbiased_factor(batch_size: int | jax.Array) -> float | jax.Array:
-  """m / (m - 1), Bessel's correction for a biased variance over m values."""
-  if isinstance(batch_size, int) and batch_size < 2:
-    raise ValueError(f"batch_size={batch_size}: the unbiased variance m/(m-1) var_B needs m >= 2.")
-  return batch_size / (batch_size - 1)
+    """m / (m - 1), Bessel's correction for a biased variance over m values."""
+    if isinstance(batch_size, int) and batch_size < 2:
+        raise ValueError(f"batch_size={batch_size}: the unbiased variance m/(m-1) var_B needs m >= 2.")
+    return batch_size / (batch_size - 1)
 
 
 def population_moments(stacked: Moments, batch_size: int | jax.Array) -> Moments:
-  """Algorithm 2, steps 8-9: population statistics from K training mini-batches of size m.
+    """Algorithm 2, steps 8-9: population statistics from K training mini-batches of size m.
 
-      E[x] = E_B[mu_B],   Var[x] = m / (m - 1) * E_B[var_B]
+        E[x] = E_B[mu_B],   Var[x] = m / (m - 1) * E_B[var_B]
 
-  Args:
-    stacked: `Moments` from `batch_norm` stacked on a leading axis of length K.
-    batch_size: m, the number of values each mini-batch's statistics were taken over
-      (m' = N*H*W for convolutions, the group's count with `virtual_batch_size`).
-  """
-  if jnp.ndim(stacked.mean) < 1 or jnp.shape(stacked.mean) != jnp.shape(stacked.var):
-    raise ValueError(
-        "population_moments: expected mean and var stacked on a leading mini-batch axis with equal "
-        f"shapes, got {jnp.shape(stacked.mean)} and {jnp.shape(stacked.var)}.")
-  return Moments(jnp.mean(stacked.mean, 0), _unbiased_factor(batch_size) * jnp.mean(stacked.var, 0))
+    Args:
+      stacked: `Moments` from `batch_norm` stacked on a leading axis of length K.
+      batch_size: m, the number of values each mini-batch's statistics were taken over
+        (m' = N*H*W for convolutions, the group's count with `virtual_batch_size`).
+    """
+    if jnp.ndim(stacked.mean) < 1 or jnp.shape(stacked.mean) != jnp.shape(stacked.var):
+        raise ValueError(
+            "population_moments: expected mean and var stacked on a leading mini-batch axis with equal "
+            f"shapes, got {jnp.shape(stacked.mean)} and {jnp.shape(stacked.var)}."
+        )
+    return Moments(jnp.mean(stacked.mean, 0), _unbiased_factor(batch_size) * jnp.mean(stacked.var, 0))
 
 
-def ema_update(running: Moments, batch: Moments, *, momentum: float,
-               batch_size: int | jax.Array | None = None) -> Moments:
-  """Sec. 3.1's moving-average alternative: running <- momentum * running + (1 - momentum) * batch.
+def ema_update(
+    running: Moments, batch: Moments, *, momentum: float, batch_size: int | jax.Array | None = None
+) -> Moments:
+    """Sec. 3.1's moving-average alternative: running <- momentum * running + (1 - momentum) * batch.
 
-  `momentum` is the weight kept on the old value, as in Flax and Haiku: Flax's
-  `momentum=0.99` is PyTorch's `momentum=0.01` (PyTorch's is the weight of the new batch).
-  With `batch_size` (m) the batch variance is first made unbiased, m/(m-1) var_B, as
-  Algorithm 2 and PyTorch do; without it the biased variance is averaged, as Flax and Haiku do.
-  """
-  if not 0.0 <= momentum <= 1.0:
-    raise ValueError(f"ema_update: momentum={momentum} is not in [0, 1] (it is the weight of the old value).")
-  batch_var = batch.var if batch_size is None else _unbiased_factor(batch_size) * batch.var
-  return Moments(
-      momentum * running.mean + (1.0 - momentum) * batch.mean,
-      momentum * running.var + (1.0 - momentum) * batch_var,
-  )
+    `momentum` is the weight kept on the old value, as in Flax and Haiku: Flax's
+    `momentum=0.99` is PyTorch's `momentum=0.01` (PyTorch's is the weight of the new batch).
+    With `batch_size` (m) the batch variance is first made unbiased, m/(m-1) var_B, as
+    Algorithm 2 and PyTorch do; without it the biased variance is averaged, as Flax and Haiku do.
+    """
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"ema_update: momentum={momentum} is not in [0, 1] (it is the weight of the old value).")
+    batch_var = batch.var if batch_size is None else _unbiased_factor(batch_size) * batch.var
+    return Moments(
+        momentum * running.mean + (1.0 - momentum) * batch.mean,
+        momentum * running.var + (1.0 - momentum) * batch_var,
+    )

@@ -21,44 +21,48 @@ FIGURE1_KEYS = ("step", "test_accuracy", "p15", "p50", "p85", "p50_units")
 
 
 def read_evaluations(workdir: str | os.PathLike) -> list[dict]:
-  """The evaluation records (those with `test_accuracy`) of a run's metrics.jsonl, by step."""
-  path = os.path.join(workdir, METRICS_FILE)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} does not exist: is {workdir} a finished bnrepro run directory?")
-  with open(path) as f:
-    records = [json.loads(line) for line in f if line.strip()]
-  evaluations = sorted((r for r in records if "test_accuracy" in r), key=lambda r: r["step"])
-  if not evaluations:
-    raise ValueError(f"{path} holds no evaluation (no record with test_accuracy).")
-  missing = [k for k in FIGURE1_KEYS if k not in evaluations[0]]
-  if missing:
-    raise ValueError(f"{path}: evaluation records lack {missing}; Figure 1 needs {list(FIGURE1_KEYS)}.")
-  return evaluations
+    """The evaluation records (those with `test_accuracy`) of a run's metrics.jsonl, by step."""
+    path = os.path.join(workdir, METRICS_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist: is {workdir} a finished bnrepro run directory?")
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    evaluations = sorted((r for r in records if "test_accuracy" in r), key=lambda r: r["step"])
+    if not evaluations:
+        raise ValueError(f"{path} holds no evaluation (no record with test_accuracy).")
+    missing = [k for k in FIGURE1_KEYS if k not in evaluations[0]]
+    if missing:
+        raise ValueError(f"{path}: evaluation records lack {missing}; Figure 1 needs {list(FIGURE1_KEYS)}.")
+    return evaluations
 
 
 def median_drift(evaluations: list[dict]) -> float:
-  """How far the input distributions move over training: for each last-hidden-layer unit the
-  range (max - min) of its median input across evaluations, averaged over units."""
-  medians = np.asarray([r["p50_units"] for r in evaluations])  # (evaluations, units)
-  return float(np.mean(medians.max(0) - medians.min(0)))
+    """How far the input distributions move over training: for each last-hidden-layer unit the
+    range (max - min) of its median input across evaluations, averaged over units."""
+    medians = np.asarray([r["p50_units"] for r in evaluations])  # (evaluations, units)
+    return float(np.mean(medians.max(0) - medians.min(0)))
 
 
 def plot_figure1(baseline: list[dict], batch_norm: list[dict]) -> plt.Figure:
-  """Figure 1 (a, b, c) from the evaluation records of the baseline and the BN net."""
-  fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-  for records, label, style in ((baseline, "Without BN", "--"), (batch_norm, "With BN", "-")):
-    axes[0].plot([r["step"] for r in records], [r["test_accuracy"] for r in records], style, label=label)
-  axes[0].set(title="(a) test accuracy", xlabel="training step", ylabel="accuracy", ylim=(0.7, 1.0))
-  axes[0].legend(loc="lower right")
-  axes[0].grid(alpha=0.3)
+    """Figure 1 (a, b, c) from the evaluation records of the baseline and the BN net."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for records, label, style in ((baseline, "Without BN", "--"), (batch_norm, "With BN", "-")):
+        axes[0].plot([r["step"] for r in records], [r["test_accuracy"] for r in records], style, label=label)
+    axes[0].set(title="(a) test accuracy", xlabel="training step", ylabel="accuracy", ylim=(0.7, 1.0))
+    axes[0].legend(loc="lower right")
+    axes[0].grid(alpha=0.3)
 
-  limit = max(abs(r[k]) for records in (baseline, batch_norm) for r in records for k in ("p15", "p85"))
-  for ax, records, title in ((axes[1], baseline, "(b) without BN"), (axes[2], batch_norm, "(c) with BN")):
-    steps = [r["step"] for r in records]
-    for key in ("p85", "p50", "p15"):
-      ax.plot(steps, [r[key] for r in records], color="k", lw=1.0 if key == "p50" else 0.7)
-    ax.set(title=f"{title}: drift {median_drift(records):.2f}", xlabel="training step",
-           ylabel="sigmoid input (15/50/85th pct.)", ylim=(-1.05 * limit, 1.05 * limit))
-    ax.grid(alpha=0.3)
-  fig.tight_layout()
-  return fig
+    limit = max(abs(r[k]) for records in (baseline, batch_norm) for r in records for k in ("p15", "p85"))
+    for ax, records, title in ((axes[1], baseline, "(b) without BN"), (axes[2], batch_norm, "(c) with BN")):
+        steps = [r["step"] for r in records]
+        for key in ("p85", "p50", "p15"):
+            ax.plot(steps, [r[key] for r in records], color="k", lw=1.0 if key == "p50" else 0.7)
+        ax.set(
+            title=f"{title}: drift {median_drift(records):.2f}",
+            xlabel="training step",
+            ylabel="sigmoid input (15/50/85th pct.)",
+            ylim=(-1.05 * limit, 1.05 * limit),
+        )
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

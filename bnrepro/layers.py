@@ -34,172 +34,189 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 
 
 def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
-  """The nonlinearity g named `name`, or a ValueError listing the known ones."""
-  try:
-    return ACTIVATIONS[name]
-  except KeyError:
-    raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}.") from None
+    """The nonlinearity g named `name`, or a ValueError listing the known ones."""
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}.") from None
 
 
 class BatchNorm(nn.Module):
-  """Batch Normalization (Algorithms 1 and 2) with explicit `batch_stats`.
+    """Batch Normalization (Algorithms 1 and 2) with explicit `batch_stats`.
 
-  In training (`train=True`) it normalizes with the mini-batch moments and updates the
-  running moments `batch_stats/{mean,var}` by `batchnorm.ema_update`; in inference it applies
-  the affine map of Algorithm 2 with the stored moments. Parameters are named as in
-  `flax.linen.BatchNorm` (`scale` = gamma, `bias` = beta) so trees are interchangeable.
+    In training (`train=True`) it normalizes with the mini-batch moments and updates the
+    running moments `batch_stats/{mean,var}` by `batchnorm.ema_update`; in inference it applies
+    the affine map of Algorithm 2 with the stored moments. Parameters are named as in
+    `flax.linen.BatchNorm` (`scale` = gamma, `bias` = beta) so trees are interchangeable.
 
-  Attributes:
-    axis: the feature axis or axes (the others are reduced), -1 for `(N, d)` and NHWC.
-    momentum: weight of the old value in the moving average (Flax convention; PyTorch's
-      `momentum=0.1` is 0.9 here).
-    eps: added to the variance.
-    unbiased_running_var: store m/(m-1) var_B in the moving average, as Algorithm 2 and
-      PyTorch do (default); False averages the biased var_B, as Flax does.
-    axis_name, virtual_batch_size, backward: as in `batchnorm.batch_norm`.
-    dtype: the output dtype (default: the input's); statistics are float32 regardless.
-    param_dtype: dtype of gamma, beta and the running moments.
-  """
+    Attributes:
+      axis: the feature axis or axes (the others are reduced), -1 for `(N, d)` and NHWC.
+      momentum: weight of the old value in the moving average (Flax convention; PyTorch's
+        `momentum=0.1` is 0.9 here).
+      eps: added to the variance.
+      unbiased_running_var: store m/(m-1) var_B in the moving average, as Algorithm 2 and
+        PyTorch do (default); False averages the biased var_B, as Flax does.
+      axis_name, virtual_batch_size, backward: as in `batchnorm.batch_norm`.
+      dtype: the output dtype (default: the input's); statistics are float32 regardless.
+      param_dtype: dtype of gamma, beta and the running moments.
+    """
 
-  axis: int | Sequence[int] = -1
-  momentum: float = 0.99
-  eps: float = batchnorm.DEFAULT_EPS
-  unbiased_running_var: bool = True
-  axis_name: str | None = None
-  virtual_batch_size: int | None = None
-  backward: batchnorm.Backward = "paper"
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
-  scale_init: Callable[..., jax.Array] = nn.initializers.ones
-  bias_init: Callable[..., jax.Array] = nn.initializers.zeros
+    axis: int | Sequence[int] = -1
+    momentum: float = 0.99
+    eps: float = batchnorm.DEFAULT_EPS
+    unbiased_running_var: bool = True
+    axis_name: str | None = None
+    virtual_batch_size: int | None = None
+    backward: batchnorm.Backward = "paper"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    scale_init: Callable[..., jax.Array] = nn.initializers.ones
+    bias_init: Callable[..., jax.Array] = nn.initializers.zeros
 
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    feature_axes = (self.axis,) if isinstance(self.axis, int) else tuple(self.axis)
-    feature_axes = tuple(a % x.ndim for a in feature_axes)
-    reduced_axes = tuple(i for i in range(x.ndim) if i not in feature_axes)
-    feature_shape = tuple(x.shape[a] for a in feature_axes)
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        feature_axes = (self.axis,) if isinstance(self.axis, int) else tuple(self.axis)
+        feature_axes = tuple(a % x.ndim for a in feature_axes)
+        reduced_axes = tuple(i for i in range(x.ndim) if i not in feature_axes)
+        feature_shape = tuple(x.shape[a] for a in feature_axes)
 
-    gamma = self.param("scale", self.scale_init, feature_shape, self.param_dtype)
-    beta = self.param("bias", self.bias_init, feature_shape, self.param_dtype)
-    running_mean = self.variable("batch_stats", "mean", jnp.zeros, feature_shape, self.param_dtype)
-    running_var = self.variable("batch_stats", "var", jnp.ones, feature_shape, self.param_dtype)
-    if self.dtype is not None:
-      x = x.astype(self.dtype)
+        gamma = self.param("scale", self.scale_init, feature_shape, self.param_dtype)
+        beta = self.param("bias", self.bias_init, feature_shape, self.param_dtype)
+        running_mean = self.variable("batch_stats", "mean", jnp.zeros, feature_shape, self.param_dtype)
+        running_var = self.variable("batch_stats", "var", jnp.ones, feature_shape, self.param_dtype)
+        if self.dtype is not None:
+            x = x.astype(self.dtype)
 
-    if not train:
-      moments = Moments(running_mean.value, running_var.value)
-      return batchnorm.batch_norm_inference(x, gamma, beta, moments, axes=reduced_axes, eps=self.eps)
+        if not train:
+            moments = Moments(running_mean.value, running_var.value)
+            return batchnorm.batch_norm_inference(x, gamma, beta, moments, axes=reduced_axes, eps=self.eps)
 
-    y, moments = batchnorm.batch_norm(
-        x, gamma, beta, axes=reduced_axes, eps=self.eps, axis_name=self.axis_name,
-        virtual_batch_size=self.virtual_batch_size, backward=self.backward)
-    moments = jax.tree.map(jax.lax.stop_gradient, moments)
-    count = self._values_per_statistic(x, reduced_axes)
-    if self.is_mutable_collection(MOMENTS_COLLECTION):
-      self.put_variable(MOMENTS_COLLECTION, "mean", moments.mean)
-      self.put_variable(MOMENTS_COLLECTION, "var", moments.var)
-      self.put_variable(MOMENTS_COLLECTION, "count", jnp.asarray(count, jnp.float32))
-    if not self.is_initializing():
-      updated = batchnorm.ema_update(
-          Moments(running_mean.value, running_var.value), moments, momentum=self.momentum,
-          batch_size=count if self.unbiased_running_var else None)
-      running_mean.value = updated.mean.astype(self.param_dtype)
-      running_var.value = updated.var.astype(self.param_dtype)
-    return y
+        y, moments = batchnorm.batch_norm(
+            x,
+            gamma,
+            beta,
+            axes=reduced_axes,
+            eps=self.eps,
+            axis_name=self.axis_name,
+            virtual_batch_size=self.virtual_batch_size,
+            backward=self.backward,
+        )
+        moments = jax.tree.map(jax.lax.stop_gradient, moments)
+        count = self._values_per_statistic(x, reduced_axes)
+        if self.is_mutable_collection(MOMENTS_COLLECTION):
+            self.put_variable(MOMENTS_COLLECTION, "mean", moments.mean)
+            self.put_variable(MOMENTS_COLLECTION, "var", moments.var)
+            self.put_variable(MOMENTS_COLLECTION, "count", jnp.asarray(count, jnp.float32))
+        if not self.is_initializing():
+            updated = batchnorm.ema_update(
+                Moments(running_mean.value, running_var.value),
+                moments,
+                momentum=self.momentum,
+                batch_size=count if self.unbiased_running_var else None,
+            )
+            running_mean.value = updated.mean.astype(self.param_dtype)
+            running_var.value = updated.var.astype(self.param_dtype)
+        return y
 
-  def _values_per_statistic(self, x: jax.Array, reduced_axes: tuple[int, ...]) -> int:
-    """m of Algorithm 2: values behind one mini-batch statistic (one group's, if virtual)."""
-    count = 1
-    for a in reduced_axes:
-      count *= x.shape[a]
-    if self.virtual_batch_size is not None:
-      return count // x.shape[0] * self.virtual_batch_size
-    if self.axis_name is not None:
-      count *= jax.lax.axis_size(self.axis_name)
-    return count
+    def _values_per_statistic(self, x: jax.Array, reduced_axes: tuple[int, ...]) -> int:
+        """m of Algorithm 2: values behind one mini-batch statistic (one group's, if virtual)."""
+        count = 1
+        for a in reduced_axes:
+            count *= x.shape[a]
+        if self.virtual_batch_size is not None:
+            return count // x.shape[0] * self.virtual_batch_size
+        if self.axis_name is not None:
+            count *= jax.lax.axis_size(self.axis_name)
+        return count
 
 
 class DenseBN(nn.Module):
-  """A fully connected layer z = g(BN(Wu)) (Sec. 3.2), or the baseline z = g(Wu + b).
+    """A fully connected layer z = g(BN(Wu)) (Sec. 3.2), or the baseline z = g(Wu + b).
 
-  With `batch_norm` the bias of W is dropped: BN subtracts the mean, and its beta takes the
-  bias's role. `preactivation` (the input to g, Fig. 1(b, c)) is sown into `intermediates`.
+    With `batch_norm` the bias of W is dropped: BN subtracts the mean, and its beta takes the
+    bias's role. `preactivation` (the input to g, Fig. 1(b, c)) is sown into `intermediates`.
 
-  Attributes:
-    features: width of the layer.
-    activation: name of g (`sigmoid`, `relu`, `tanh`, `identity`).
-    batch_norm: insert BN before g.
-    norm: the BN layer to use, e.g. `functools.partial(BatchNorm, momentum=0.9)`.
-    kernel_init: initializer of W.
-  """
+    Attributes:
+      features: width of the layer.
+      activation: name of g (`sigmoid`, `relu`, `tanh`, `identity`).
+      batch_norm: insert BN before g.
+      norm: the BN layer to use, e.g. `functools.partial(BatchNorm, momentum=0.9)`.
+      kernel_init: initializer of W.
+    """
 
-  features: int
-  activation: str = "relu"
-  batch_norm: bool = True
-  norm: Callable[..., nn.Module] = BatchNorm
-  kernel_init: Callable[..., jax.Array] = nn.linear.default_kernel_init
+    features: int
+    activation: str = "relu"
+    batch_norm: bool = True
+    norm: Callable[..., nn.Module] = BatchNorm
+    kernel_init: Callable[..., jax.Array] = nn.linear.default_kernel_init
 
-  @nn.compact
-  def __call__(self, u: jax.Array, train: bool) -> jax.Array:
-    g = activation_fn(self.activation)
-    x = nn.Dense(self.features, use_bias=not self.batch_norm, kernel_init=self.kernel_init)(u)
-    if self.batch_norm:
-      x = self.norm()(x, train=train)
-    self.sow("intermediates", "preactivation", x)
-    return g(x)
+    @nn.compact
+    def __call__(self, u: jax.Array, train: bool) -> jax.Array:
+        g = activation_fn(self.activation)
+        x = nn.Dense(self.features, use_bias=not self.batch_norm, kernel_init=self.kernel_init)(u)
+        if self.batch_norm:
+            x = self.norm()(x, train=train)
+        self.sow("intermediates", "preactivation", x)
+        return g(x)
 
 
 class ConvBN(nn.Module):
-  """A convolution z = g(BN(W * u)) with one (gamma, beta) and one mean/variance per feature
-  map, over the batch and all locations (Sec. 3.2); or the baseline g(W * u + b).
+    """A convolution z = g(BN(W * u)) with one (gamma, beta) and one mean/variance per feature
+    map, over the batch and all locations (Sec. 3.2); or the baseline g(W * u + b).
 
-  Attributes:
-    features, kernel_size, strides, padding: of the convolution (NHWC).
-    activation, batch_norm, norm, kernel_init: as in `DenseBN`.
-  """
+    Attributes:
+      features, kernel_size, strides, padding: of the convolution (NHWC).
+      activation, batch_norm, norm, kernel_init: as in `DenseBN`.
+    """
 
-  features: int
-  kernel_size: Sequence[int] = (3, 3)
-  strides: Sequence[int] = (1, 1)
-  padding: str | Sequence[tuple[int, int]] = "SAME"
-  activation: str = "relu"
-  batch_norm: bool = True
-  norm: Callable[..., nn.Module] = BatchNorm
-  kernel_init: Callable[..., jax.Array] = nn.linear.default_kernel_init
+    features: int
+    kernel_size: Sequence[int] = (3, 3)
+    strides: Sequence[int] = (1, 1)
+    padding: str | Sequence[tuple[int, int]] = "SAME"
+    activation: str = "relu"
+    batch_norm: bool = True
+    norm: Callable[..., nn.Module] = BatchNorm
+    kernel_init: Callable[..., jax.Array] = nn.linear.default_kernel_init
 
-  @nn.compact
-  def __call__(self, u: jax.Array, train: bool) -> jax.Array:
-    g = activation_fn(self.activation)
-    x = nn.Conv(self.features, tuple(self.kernel_size), strides=tuple(self.strides), padding=self.padding,
-                use_bias=not self.batch_norm, kernel_init=self.kernel_init)(u)
-    if self.batch_norm:
-      x = self.norm()(x, train=train)
-    return g(x)
+    @nn.compact
+    def __call__(self, u: jax.Array, train: bool) -> jax.Array:
+        g = activation_fn(self.activation)
+        x = nn.Conv(
+            self.features,
+            tuple(self.kernel_size),
+            strides=tuple(self.strides),
+            padding=self.padding,
+            use_bias=not self.batch_norm,
+            kernel_init=self.kernel_init,
+        )(u)
+        if self.batch_norm:
+            x = self.norm()(x, train=train)
+        return g(x)
 
 
 def population_statistics(model: nn.Module, variables: dict, batches: Any, **kwargs: Any) -> dict:
-  """Algorithm 2, steps 8-9, for every `BatchNorm` in `model`.
+    """Algorithm 2, steps 8-9, for every `BatchNorm` in `model`.
 
-  Runs `model.apply(variables, batch, train=True, **kwargs)` on each of K training
-  mini-batches (`batches`: arrays or a pytree of arrays with a leading axis K), collects every
-  layer's mini-batch moments, and returns a `batch_stats` tree holding
-  E[x] = E_B[mu_B] and Var[x] = m/(m-1) E_B[var_B]. Parameters are not changed. Jittable.
-  """
+    Runs `model.apply(variables, batch, train=True, **kwargs)` on each of K training
+    mini-batches (`batches`: arrays or a pytree of arrays with a leading axis K), collects every
+    layer's mini-batch moments, and returns a `batch_stats` tree holding
+    E[x] = E_B[mu_B] and Var[x] = m/(m-1) E_B[var_B]. Parameters are not changed. Jittable.
+    """
 
-  def moments_of(carry, batch):
-    _, collections = model.apply(
-        variables, batch, train=True, mutable=["batch_stats", MOMENTS_COLLECTION], **kwargs)
-    return carry, collections[MOMENTS_COLLECTION]
+    def moments_of(carry, batch):
+        _, collections = model.apply(
+            variables, batch, train=True, mutable=["batch_stats", MOMENTS_COLLECTION], **kwargs
+        )
+        return carry, collections[MOMENTS_COLLECTION]
 
-  _, stacked = jax.lax.scan(moments_of, None, batches)
-  flat = traverse_util.flatten_dict(stacked)
-  layers = {path[:-1] for path in flat}
-  result = {}
-  for layer in layers:
-    population = batchnorm.population_moments(
-        Moments(flat[layer + ("mean",)], flat[layer + ("var",)]), flat[layer + ("count",)][0])
-    result[layer + ("mean",)] = population.mean
-    result[layer + ("var",)] = population.var
-  return traverse_util.unflatten_dict(result)
-
+    _, stacked = jax.lax.scan(moments_of, None, batches)
+    flat = traverse_util.flatten_dict(stacked)
+    layers = {path[:-1] for path in flat}
+    result = {}
+    for layer in layers:
+        population = batchnorm.population_moments(
+            Moments(flat[layer + ("mean",)], flat[layer + ("var",)]), flat[layer + ("count",)][0]
+        )
+        result[layer + ("mean",)] = population.mean
+        result[layer + ("var",)] = population.var
+    return traverse_util.unflatten_dict(result)

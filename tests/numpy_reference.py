@@ -5,22 +5,22 @@ import numpy as np
 
 
 def bn_train(x, gamma, beta, axes, eps):
-  """Algorithm 1: returns y, mu_B, sigma^2_B (biased)."""
-  x = np.asarray(x, np.float64)
-  m = np.prod([x.shape[a] for a in axes])
-  mu = x.sum(axis=axes, keepdims=True) / m
-  var = ((x - mu) ** 2).sum(axis=axes, keepdims=True) / m
-  xhat = (x - mu) / np.sqrt(var + eps)
-  y = gamma * xhat + beta  # gamma, beta broadcast over the trailing feature axes
-  return y, np.squeeze(mu, axes), np.squeeze(var, axes)
+    """Algorithm 1: returns y, mu_B, sigma^2_B (biased)."""
+    x = np.asarray(x, np.float64)
+    m = np.prod([x.shape[a] for a in axes])
+    mu = x.sum(axis=axes, keepdims=True) / m
+    var = ((x - mu) ** 2).sum(axis=axes, keepdims=True) / m
+    xhat = (x - mu) / np.sqrt(var + eps)
+    y = gamma * xhat + beta  # gamma, beta broadcast over the trailing feature axes
+    return y, np.squeeze(mu, axes), np.squeeze(var, axes)
 
 
 def bn_population(batch_means, batch_vars, m):
-  """Algorithm 2, steps 8-9: E[x] = E_B[mu_B], Var[x] = m/(m-1) E_B[sigma^2_B]."""
-  return np.mean(batch_means, axis=0), m / (m - 1) * np.mean(batch_vars, axis=0)
+    """Algorithm 2, steps 8-9: E[x] = E_B[mu_B], Var[x] = m/(m-1) E_B[sigma^2_B]."""
+    return np.mean(batch_means, axis=0), m / (m - 1) * np.mean(batch_vars, axis=0)
 
 
 def bn_inference(x, gamma, beta, mean, var, eps):
-  """Algorithm 2, step 11: y = gamma/sqrt(Var+eps) x + (beta - gamma E[x]/sqrt(Var+eps))."""
-  scale = gamma / np.sqrt(var + eps)
-  return scale * np.asarray(x, np.float64) + (beta - scale * mean)
+    """Algorithm 2, step 11: y = gamma/sqrt(Var+eps) x + (beta - gamma E[x]/sqrt(Var+eps))."""
+    scale = gamma / np.sqrt(var + eps)
+    return scale * np.asarray(x, np.float64) + (beta - scale * mean)

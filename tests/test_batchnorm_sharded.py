@@ -21,84 +21,92 @@ pytestmark = pytest.mark.skipif(jax.device_count() < NUM_DEVICES, reason="needs 
 
 @pytest.fixture(scope="module")
 def mesh():
-  return jax.make_mesh((NUM_DEVICES,), ("batch",), axis_types=(jax.sharding.AxisType.Auto,))
+    return jax.make_mesh((NUM_DEVICES,), ("batch",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def _data(shape):
-  rng = np.random.default_rng(0)
-  # A different offset on every device's shard: averaging per-device variances would be wrong.
-  offsets = np.repeat(np.arange(NUM_DEVICES) * 3.0, shape[0] // NUM_DEVICES).reshape(
-      (shape[0],) + (1,) * (len(shape) - 1))
-  x = rng.normal(0.0, 1.0, shape) + offsets
-  gamma, beta = rng.uniform(0.5, 2.0, shape[-1]), rng.normal(size=shape[-1])
-  head = rng.normal(size=shape)
-  return x, gamma, beta, head
+    rng = np.random.default_rng(0)
+    # A different offset on every device's shard: averaging per-device variances would be wrong.
+    offsets = np.repeat(np.arange(NUM_DEVICES) * 3.0, shape[0] // NUM_DEVICES).reshape(
+        (shape[0],) + (1,) * (len(shape) - 1)
+    )
+    x = rng.normal(0.0, 1.0, shape) + offsets
+    gamma, beta = rng.uniform(0.5, 2.0, shape[-1]), rng.normal(size=shape[-1])
+    head = rng.normal(size=shape)
+    return x, gamma, beta, head
 
 
 @pytest.mark.parametrize("backward", ["paper", "autodiff"])
 @pytest.mark.parametrize("shape, axes", [((32, 5), (0,)), ((16, 3, 3, 4), (0, 1, 2))])
 def test_sharded_global_batch_equals_single_device(mesh, shape, axes, backward):
-  x, gamma, beta, head = (jnp.asarray(a, jnp.float32) for a in _data(shape))
+    x, gamma, beta, head = (jnp.asarray(a, jnp.float32) for a in _data(shape))
 
-  def loss(gamma, beta, x, head, axis_name):
-    y, moments = batch_norm(x, gamma, beta, axes=axes, axis_name=axis_name, backward=backward)
-    total = jnp.sum(jnp.tanh(y) * head)
-    if axis_name is not None:
-      total = jax.lax.psum(total, axis_name)
-    return total, (y, moments)
+    def loss(gamma, beta, x, head, axis_name):
+        y, moments = batch_norm(x, gamma, beta, axes=axes, axis_name=axis_name, backward=backward)
+        total = jnp.sum(jnp.tanh(y) * head)
+        if axis_name is not None:
+            total = jax.lax.psum(total, axis_name)
+        return total, (y, moments)
 
-  grad_fn = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)
-  sharded = jax.jit(jax.shard_map(
-      functools.partial(grad_fn, axis_name="batch"), mesh=mesh,
-      in_specs=(P(), P(), P("batch"), P("batch")),
-      out_specs=((P(), (P("batch"), P())), (P(), P(), P("batch")))))
-  (_, (y_s, m_s)), g_s = sharded(gamma, beta, x, head)
-  (_, (y_1, m_1)), g_1 = grad_fn(gamma, beta, x, head, None)
+    grad_fn = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)
+    sharded = jax.jit(
+        jax.shard_map(
+            functools.partial(grad_fn, axis_name="batch"),
+            mesh=mesh,
+            in_specs=(P(), P(), P("batch"), P("batch")),
+            out_specs=((P(), (P("batch"), P())), (P(), P(), P("batch"))),
+        )
+    )
+    (_, (y_s, m_s)), g_s = sharded(gamma, beta, x, head)
+    (_, (y_1, m_1)), g_1 = grad_fn(gamma, beta, x, head, None)
 
-  y_ref, mu_ref, var_ref = ref.bn_train(np.asarray(x), np.asarray(gamma), np.asarray(beta), axes, 1e-5)
-  np.testing.assert_allclose(m_s.mean, mu_ref, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(m_s.var, var_ref, rtol=1e-5)
-  np.testing.assert_allclose(y_s, y_ref, rtol=1e-4, atol=1e-4)
-  np.testing.assert_allclose(y_s, y_1, rtol=1e-5, atol=1e-5)
-  for a, b in zip(g_s, g_1):  # d/dgamma, d/dbeta (replicated), d/dx (sharded)
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    y_ref, mu_ref, var_ref = ref.bn_train(np.asarray(x), np.asarray(gamma), np.asarray(beta), axes, 1e-5)
+    np.testing.assert_allclose(m_s.mean, mu_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(m_s.var, var_ref, rtol=1e-5)
+    np.testing.assert_allclose(y_s, y_ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(y_s, y_1, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g_s, g_1):  # d/dgamma, d/dbeta (replicated), d/dx (sharded)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("backward", ["paper", "autodiff"])
 def test_sharded_virtual_batches_are_per_device_groups(mesh, backward):
-  x, gamma, beta, head = (jnp.asarray(a, jnp.float32) for a in _data((32, 5)))
+    x, gamma, beta, head = (jnp.asarray(a, jnp.float32) for a in _data((32, 5)))
 
-  def loss(gamma, beta, x, head, axis_name):
-    y, moments = batch_norm(x, gamma, beta, axes=(0,), axis_name=axis_name, virtual_batch_size=2,
-                            backward=backward)
-    total = jnp.sum(jnp.tanh(y) * head)
-    return (total if axis_name is None else jax.lax.psum(total, axis_name)), (y, moments)
+    def loss(gamma, beta, x, head, axis_name):
+        y, moments = batch_norm(x, gamma, beta, axes=(0,), axis_name=axis_name, virtual_batch_size=2, backward=backward)
+        total = jnp.sum(jnp.tanh(y) * head)
+        return (total if axis_name is None else jax.lax.psum(total, axis_name)), (y, moments)
 
-  grad_fn = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)
-  sharded = jax.jit(jax.shard_map(
-      functools.partial(grad_fn, axis_name="batch"), mesh=mesh,
-      in_specs=(P(), P(), P("batch"), P("batch")),
-      out_specs=((P(), (P("batch"), P())), (P(), P(), P("batch")))))
-  (_, (y, moments)), grads = sharded(gamma, beta, x, head)
-  (_, (y_one, moments_one)), grads_one = grad_fn(gamma, beta, x, head, None)
-  np.testing.assert_allclose(y, y_one, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(moments.mean, moments_one.mean, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(moments.var, moments_one.var, rtol=1e-5)
-  for a, b in zip(grads, grads_one):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    grad_fn = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)
+    sharded = jax.jit(
+        jax.shard_map(
+            functools.partial(grad_fn, axis_name="batch"),
+            mesh=mesh,
+            in_specs=(P(), P(), P("batch"), P("batch")),
+            out_specs=((P(), (P("batch"), P())), (P(), P(), P("batch"))),
+        )
+    )
+    (_, (y, moments)), grads = sharded(gamma, beta, x, head)
+    (_, (y_one, moments_one)), grads_one = grad_fn(gamma, beta, x, head, None)
+    np.testing.assert_allclose(y, y_one, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(moments.mean, moments_one.mean, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(moments.var, moments_one.var, rtol=1e-5)
+    for a, b in zip(grads, grads_one):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_sharded_layer_keeps_identical_running_statistics(mesh):
-  x, *_ = _data((32, 4, 4, 3))
-  x = jnp.asarray(x, jnp.float32)
-  layer = BatchNorm(axis_name="batch", momentum=0.5)
-  variables = BatchNorm(momentum=0.5).init(jax.random.key(0), x, train=False)
+    x, *_ = _data((32, 4, 4, 3))
+    x = jnp.asarray(x, jnp.float32)
+    layer = BatchNorm(axis_name="batch", momentum=0.5)
+    variables = BatchNorm(momentum=0.5).init(jax.random.key(0), x, train=False)
 
-  def step(variables, x):
-    return layer.apply(variables, x, train=True, mutable=["batch_stats"])
+    def step(variables, x):
+        return layer.apply(variables, x, train=True, mutable=["batch_stats"])
 
-  sharded = jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P("batch")), out_specs=(P("batch"), P())))
-  y, updates = sharded(variables, x)
-  y_one, updates_one = BatchNorm(momentum=0.5).apply(variables, x, train=True, mutable=["batch_stats"])
-  np.testing.assert_allclose(y, y_one, rtol=1e-5, atol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), updates, updates_one)
+    sharded = jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P("batch")), out_specs=(P("batch"), P())))
+    y, updates = sharded(variables, x)
+    y_one, updates_one = BatchNorm(momentum=0.5).apply(variables, x, train=True, mutable=["batch_stats"])
+    np.testing.assert_allclose(y, y_one, rtol=1e-5, atol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), updates, updates_one)

@@ -14,139 +14,145 @@ MOMENTUM, EPS = 0.9, 1e-3
 
 
 def _inputs(shape, seed=0):
-  return jnp.asarray(np.random.default_rng(seed).normal(2.0, 3.0, shape), jnp.float32)
+    return jnp.asarray(np.random.default_rng(seed).normal(2.0, 3.0, shape), jnp.float32)
 
 
 def _pair(**ours):
-  """Our BatchNorm and Flax's with matching settings (biased running variance, as Flax keeps)."""
-  return (BatchNorm(momentum=MOMENTUM, eps=EPS, unbiased_running_var=False, **ours),
-          nn.BatchNorm(momentum=MOMENTUM, epsilon=EPS))
+    """Our BatchNorm and Flax's with matching settings (biased running variance, as Flax keeps)."""
+    return (
+        BatchNorm(momentum=MOMENTUM, eps=EPS, unbiased_running_var=False, **ours),
+        nn.BatchNorm(momentum=MOMENTUM, epsilon=EPS),
+    )
 
 
 def _perturbed(variables, seed=5):
-  """Non-trivial gamma/beta and running moments, identical for both implementations."""
-  leaves, treedef = jax.tree.flatten(variables)
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  return treedef.unflatten([v + 0.3 * jax.random.uniform(k, v.shape) for v, k in zip(leaves, keys)])
+    """Non-trivial gamma/beta and running moments, identical for both implementations."""
+    leaves, treedef = jax.tree.flatten(variables)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    return treedef.unflatten([v + 0.3 * jax.random.uniform(k, v.shape) for v, k in zip(leaves, keys)])
 
 
 @pytest.mark.parametrize("backward", ["paper", "autodiff"])
 @pytest.mark.parametrize("shape", [(16, 5), (4, 6, 6, 3)])
 def test_matches_flax_batchnorm_train_eval_running_stats_and_gradients(shape, backward):
-  ours, theirs = _pair(backward=backward)
-  x = _inputs(shape)
-  variables = _perturbed(theirs.init(jax.random.key(0), x, use_running_average=True))
-  assert jax.tree.structure(variables["params"]) == jax.tree.structure(
-      ours.init(jax.random.key(0), x, train=False)["params"])
-  # Flax names the running variance "var" too: the trees are interchangeable.
-  def our_loss(params, x):
-    y, updates = ours.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
-    return jnp.sum(jnp.sin(y)), (y, updates)
+    ours, theirs = _pair(backward=backward)
+    x = _inputs(shape)
+    variables = _perturbed(theirs.init(jax.random.key(0), x, use_running_average=True))
+    assert jax.tree.structure(variables["params"]) == jax.tree.structure(
+        ours.init(jax.random.key(0), x, train=False)["params"]
+    )
 
-  def their_loss(params, x):
-    y, updates = theirs.apply({**variables, "params": params}, x, use_running_average=False,
-                              mutable=["batch_stats"])
-    return jnp.sum(jnp.sin(y)), (y, updates)
+    # Flax names the running variance "var" too: the trees are interchangeable.
+    def our_loss(params, x):
+        y, updates = ours.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+        return jnp.sum(jnp.sin(y)), (y, updates)
 
-  (_, (y_ours, upd_ours)), g_ours = jax.value_and_grad(our_loss, (0, 1), has_aux=True)(variables["params"], x)
-  (_, (y_theirs, upd_theirs)), g_theirs = jax.value_and_grad(their_loss, (0, 1), has_aux=True)(
-      variables["params"], x)
-  np.testing.assert_allclose(y_ours, y_theirs, rtol=1e-5, atol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), upd_ours, upd_theirs)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g_ours, g_theirs)
+    def their_loss(params, x):
+        y, updates = theirs.apply(
+            {**variables, "params": params}, x, use_running_average=False, mutable=["batch_stats"]
+        )
+        return jnp.sum(jnp.sin(y)), (y, updates)
 
-  y_eval = ours.apply(variables, x, train=False)
-  y_eval_theirs = theirs.apply(variables, x, use_running_average=True)
-  np.testing.assert_allclose(y_eval, y_eval_theirs, rtol=1e-5, atol=1e-5)
+    (_, (y_ours, upd_ours)), g_ours = jax.value_and_grad(our_loss, (0, 1), has_aux=True)(variables["params"], x)
+    (_, (y_theirs, upd_theirs)), g_theirs = jax.value_and_grad(their_loss, (0, 1), has_aux=True)(variables["params"], x)
+    np.testing.assert_allclose(y_ours, y_theirs, rtol=1e-5, atol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), upd_ours, upd_theirs)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g_ours, g_theirs)
+
+    y_eval = ours.apply(variables, x, train=False)
+    y_eval_theirs = theirs.apply(variables, x, use_running_average=True)
+    np.testing.assert_allclose(y_eval, y_eval_theirs, rtol=1e-5, atol=1e-5)
 
 
 def test_unbiased_running_variance_matches_pytorch_convention():
-  """PyTorch: running_var = (1 - 0.1) running_var + 0.1 * m/(m-1) var_B."""
-  x = _inputs((10, 4))
-  layer = BatchNorm(momentum=0.9)
-  variables = layer.init(jax.random.key(0), x, train=False)
-  _, updates = layer.apply(variables, x, train=True, mutable=["batch_stats"])
-  x64 = np.asarray(x, np.float64)
-  np.testing.assert_allclose(updates["batch_stats"]["mean"], 0.1 * x64.mean(0), rtol=1e-5)
-  np.testing.assert_allclose(updates["batch_stats"]["var"], 0.9 + 0.1 * x64.var(0, ddof=1), rtol=1e-5)
+    """PyTorch: running_var = (1 - 0.1) running_var + 0.1 * m/(m-1) var_B."""
+    x = _inputs((10, 4))
+    layer = BatchNorm(momentum=0.9)
+    variables = layer.init(jax.random.key(0), x, train=False)
+    _, updates = layer.apply(variables, x, train=True, mutable=["batch_stats"])
+    x64 = np.asarray(x, np.float64)
+    np.testing.assert_allclose(updates["batch_stats"]["mean"], 0.1 * x64.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(updates["batch_stats"]["var"], 0.9 + 0.1 * x64.var(0, ddof=1), rtol=1e-5)
 
 
 def test_half_precision_layer_keeps_float32_statistics():
-  x = _inputs((8, 3, 3, 4)).astype(jnp.bfloat16)
-  layer = BatchNorm()
-  variables = layer.init(jax.random.key(0), x, train=False)
-  y, updates = layer.apply(variables, x, train=True, mutable=["batch_stats"])
-  assert y.dtype == jnp.bfloat16
-  assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(updates))
+    x = _inputs((8, 3, 3, 4)).astype(jnp.bfloat16)
+    layer = BatchNorm()
+    variables = layer.init(jax.random.key(0), x, train=False)
+    y, updates = layer.apply(variables, x, train=True, mutable=["batch_stats"])
+    assert y.dtype == jnp.bfloat16
+    assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(updates))
 
 
 def test_dense_bn_drops_the_bias_and_baseline_keeps_it():
-  x = _inputs((8, 6))
-  with_bn = DenseBN(4, activation="sigmoid", batch_norm=True).init(jax.random.key(0), x, train=False)
-  without = DenseBN(4, activation="sigmoid", batch_norm=False).init(jax.random.key(0), x, train=False)
-  assert set(with_bn["params"]["Dense_0"]) == {"kernel"}
-  assert set(with_bn["params"]["BatchNorm_0"]) == {"scale", "bias"}
-  assert set(without["params"]["Dense_0"]) == {"kernel", "bias"} and "batch_stats" not in without
+    x = _inputs((8, 6))
+    with_bn = DenseBN(4, activation="sigmoid", batch_norm=True).init(jax.random.key(0), x, train=False)
+    without = DenseBN(4, activation="sigmoid", batch_norm=False).init(jax.random.key(0), x, train=False)
+    assert set(with_bn["params"]["Dense_0"]) == {"kernel"}
+    assert set(with_bn["params"]["BatchNorm_0"]) == {"scale", "bias"}
+    assert set(without["params"]["Dense_0"]) == {"kernel", "bias"} and "batch_stats" not in without
 
 
 def test_dense_bn_is_g_of_bn_of_wu():
-  x = _inputs((8, 6))
-  layer = DenseBN(4, activation="tanh", norm=lambda: BatchNorm(eps=EPS))
-  variables = layer.init(jax.random.key(0), x, train=False)
-  z, _ = layer.apply(variables, x, train=True, mutable=["batch_stats"])
-  wu = np.asarray(x, np.float64) @ np.asarray(variables["params"]["Dense_0"]["kernel"], np.float64)
-  y_ref, _, _ = ref.bn_train(wu, 1.0, 0.0, (0,), EPS)
-  np.testing.assert_allclose(z, np.tanh(y_ref), rtol=1e-4, atol=1e-5)
+    x = _inputs((8, 6))
+    layer = DenseBN(4, activation="tanh", norm=lambda: BatchNorm(eps=EPS))
+    variables = layer.init(jax.random.key(0), x, train=False)
+    z, _ = layer.apply(variables, x, train=True, mutable=["batch_stats"])
+    wu = np.asarray(x, np.float64) @ np.asarray(variables["params"]["Dense_0"]["kernel"], np.float64)
+    y_ref, _, _ = ref.bn_train(wu, 1.0, 0.0, (0,), EPS)
+    np.testing.assert_allclose(z, np.tanh(y_ref), rtol=1e-4, atol=1e-5)
 
 
 def test_conv_bn_statistics_per_feature_map():
-  x = _inputs((2, 5, 5, 3))
-  layer = ConvBN(4, kernel_size=(3, 3), activation="identity")
-  variables = layer.init(jax.random.key(0), x, train=False)
-  assert "bias" not in variables["params"]["Conv_0"]
-  z, _ = layer.apply(variables, x, train=True, mutable=["batch_stats"])
-  assert z.shape == (2, 5, 5, 4)
-  np.testing.assert_allclose(np.asarray(z).reshape(-1, 4).mean(0), 0.0, atol=1e-5)
-  np.testing.assert_allclose(np.asarray(z).reshape(-1, 4).var(0), 1.0, rtol=1e-3)
+    x = _inputs((2, 5, 5, 3))
+    layer = ConvBN(4, kernel_size=(3, 3), activation="identity")
+    variables = layer.init(jax.random.key(0), x, train=False)
+    assert "bias" not in variables["params"]["Conv_0"]
+    z, _ = layer.apply(variables, x, train=True, mutable=["batch_stats"])
+    assert z.shape == (2, 5, 5, 4)
+    np.testing.assert_allclose(np.asarray(z).reshape(-1, 4).mean(0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(z).reshape(-1, 4).var(0), 1.0, rtol=1e-3)
 
 
 def test_unknown_activation_names_the_choices():
-  with pytest.raises(ValueError, match="unknown activation 'swish'.*sigmoid"):
-    DenseBN(3, activation="swish").init(jax.random.key(0), jnp.ones((2, 2)), train=False)
+    with pytest.raises(ValueError, match="unknown activation 'swish'.*sigmoid"):
+        DenseBN(3, activation="swish").init(jax.random.key(0), jnp.ones((2, 2)), train=False)
 
 
 class _TwoLayer(nn.Module):
-  @nn.compact
-  def __call__(self, x, train):
-    x = DenseBN(5, activation="sigmoid", norm=lambda: BatchNorm(eps=EPS))(x, train)
-    return ConvBN(3, kernel_size=(1, 1), activation="relu", norm=lambda: BatchNorm(eps=EPS))(
-        x.reshape(x.shape[0], 1, 1, 5).repeat(2, axis=1), train)
+    @nn.compact
+    def __call__(self, x, train):
+        x = DenseBN(5, activation="sigmoid", norm=lambda: BatchNorm(eps=EPS))(x, train)
+        return ConvBN(3, kernel_size=(1, 1), activation="relu", norm=lambda: BatchNorm(eps=EPS))(
+            x.reshape(x.shape[0], 1, 1, 5).repeat(2, axis=1), train
+        )
 
 
 def test_population_statistics_is_algorithm2_over_training_batches():
-  model = _TwoLayer()
-  k, m = 4, 6
-  batches = jnp.stack([_inputs((m, 7), seed=s) for s in range(k)])
-  variables = _perturbed(model.init(jax.random.key(0), batches[0], train=False))
-  stats = jax.jit(lambda v, b: population_statistics(model, v, b))(variables, batches)
+    model = _TwoLayer()
+    k, m = 4, 6
+    batches = jnp.stack([_inputs((m, 7), seed=s) for s in range(k)])
+    variables = _perturbed(model.init(jax.random.key(0), batches[0], train=False))
+    stats = jax.jit(lambda v, b: population_statistics(model, v, b))(variables, batches)
 
-  # By hand: each layer's pre-BN activations on every batch, then E_B[mu_B], m/(m-1) E_B[var_B].
-  p = jax.tree.map(lambda a: np.asarray(a, np.float64), variables["params"])
-  dense_means, dense_vars, conv_means, conv_vars = [], [], [], []
-  for b in np.asarray(batches, np.float64):
-    wu = b @ p["DenseBN_0"]["Dense_0"]["kernel"]
-    y, mu, var = ref.bn_train(wu, p["DenseBN_0"]["BatchNorm_0"]["scale"], p["DenseBN_0"]["BatchNorm_0"]["bias"],
-                              (0,), EPS)
-    dense_means.append(mu), dense_vars.append(var)
-    h = 1 / (1 + np.exp(-y))
-    conv_in = np.repeat(h.reshape(m, 1, 1, 5), 2, axis=1)
-    wu = conv_in @ p["ConvBN_0"]["Conv_0"]["kernel"][0, 0]
-    _, mu, var = ref.bn_train(wu, 1.0, 0.0, (0, 1, 2), EPS)
-    conv_means.append(mu), conv_vars.append(var)
-  dense_ref = ref.bn_population(dense_means, dense_vars, m)
-  conv_ref = ref.bn_population(conv_means, conv_vars, m * 2)  # m' = m * p * q locations
-  got = stats["DenseBN_0"]["BatchNorm_0"], stats["ConvBN_0"]["BatchNorm_0"]
-  for layer, (mean_ref, var_ref) in zip(got, (dense_ref, conv_ref)):
-    np.testing.assert_allclose(layer["mean"], mean_ref, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(layer["var"], var_ref, rtol=1e-4, atol=1e-6)
-  assert jax.tree.structure(stats) == jax.tree.structure(variables["batch_stats"])
+    # By hand: each layer's pre-BN activations on every batch, then E_B[mu_B], m/(m-1) E_B[var_B].
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), variables["params"])
+    dense_means, dense_vars, conv_means, conv_vars = [], [], [], []
+    for b in np.asarray(batches, np.float64):
+        wu = b @ p["DenseBN_0"]["Dense_0"]["kernel"]
+        y, mu, var = ref.bn_train(
+            wu, p["DenseBN_0"]["BatchNorm_0"]["scale"], p["DenseBN_0"]["BatchNorm_0"]["bias"], (0,), EPS
+        )
+        dense_means.append(mu), dense_vars.append(var)
+        h = 1 / (1 + np.exp(-y))
+        conv_in = np.repeat(h.reshape(m, 1, 1, 5), 2, axis=1)
+        wu = conv_in @ p["ConvBN_0"]["Conv_0"]["kernel"][0, 0]
+        _, mu, var = ref.bn_train(wu, 1.0, 0.0, (0, 1, 2), EPS)
+        conv_means.append(mu), conv_vars.append(var)
+    dense_ref = ref.bn_population(dense_means, dense_vars, m)
+    conv_ref = ref.bn_population(conv_means, conv_vars, m * 2)  # m' = m * p * q locations
+    got = stats["DenseBN_0"]["BatchNorm_0"], stats["ConvBN_0"]["BatchNorm_0"]
+    for layer, (mean_ref, var_ref) in zip(got, (dense_ref, conv_ref)):
+        np.testing.assert_allclose(layer["mean"], mean_ref, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(layer["var"], var_ref, rtol=1e-4, atol=1e-6)
+    assert jax.tree.structure(stats) == jax.tree.structure(variables["batch_stats"])

@@ -8,13 +8,13 @@ README = (ROOT / "README.md").read_text()
 
 
 def test_readme_python_examples_run():
-  blocks = re.findall(r"```python\n(.*?)```", README, re.S)
-  assert len(blocks) >= 2
-  for block in blocks:
-    exec(compile(block, "README.md", "exec"), {})
+    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+    assert len(blocks) >= 2
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})
 
 
 def test_ci_runs_exactly_the_readme_test_command():
-  test_command = next(line.strip() for line in README.splitlines() if "pytest" in line and "pip install" in line)
-  ci_script = (ROOT / ".ci" / "run").read_text()
-  assert test_command in ci_script.splitlines()
+    test_command = next(line.strip() for line in README.splitlines() if "pytest" in line and "pip install" in line)
+    ci_script = (ROOT / ".ci" / "run").read_text()
+    assert test_command in ci_script.splitlines()

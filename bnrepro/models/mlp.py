@@ -13,34 +13,35 @@ from bnrepro.layers import BatchNorm, DenseBN
 
 
 class MLP(nn.Module):
-  """784-100-100-100-10 by default: hidden layers z = g(BN(Wu)) (or g(Wu + b) without BN),
-  then a linear 10-way layer whose logits feed softmax cross-entropy.
+    """784-100-100-100-10 by default: hidden layers z = g(BN(Wu)) (or g(Wu + b) without BN),
+    then a linear 10-way layer whose logits feed softmax cross-entropy.
 
-  Weights are drawn from N(0, init_std^2): the paper says only "small random Gaussian values".
+    Weights are drawn from N(0, init_std^2): the paper says only "small random Gaussian values".
 
-  Attributes:
-    hidden: widths of the hidden layers.
-    num_classes: outputs of the final linear layer.
-    activation: the hidden nonlinearity g (`sigmoid` in the paper).
-    batch_norm: BN before every hidden nonlinearity.
-    init_std: standard deviation of every weight's Gaussian initialization.
-    bn_momentum, bn_eps: the BN layers' moving-average momentum (Flax convention) and eps.
-  """
+    Attributes:
+      hidden: widths of the hidden layers.
+      num_classes: outputs of the final linear layer.
+      activation: the hidden nonlinearity g (`sigmoid` in the paper).
+      batch_norm: BN before every hidden nonlinearity.
+      init_std: standard deviation of every weight's Gaussian initialization.
+      bn_momentum, bn_eps: the BN layers' moving-average momentum (Flax convention) and eps.
+    """
 
-  hidden: Sequence[int] = (100, 100, 100)
-  num_classes: int = 10
-  activation: str = "sigmoid"
-  batch_norm: bool = True
-  init_std: float = 0.1
-  bn_momentum: float = 0.99
-  bn_eps: float = 1e-5
+    hidden: Sequence[int] = (100, 100, 100)
+    num_classes: int = 10
+    activation: str = "sigmoid"
+    batch_norm: bool = True
+    init_std: float = 0.1
+    bn_momentum: float = 0.99
+    bn_eps: float = 1e-5
 
-  @nn.compact
-  def __call__(self, images: jax.Array, train: bool) -> jax.Array:
-    u = images.reshape((images.shape[0], -1)).astype(jnp.float32)
-    kernel_init = nn.initializers.normal(self.init_std)
-    norm = functools.partial(BatchNorm, momentum=self.bn_momentum, eps=self.bn_eps)
-    for width in self.hidden:
-      u = DenseBN(width, activation=self.activation, batch_norm=self.batch_norm, norm=norm,
-                  kernel_init=kernel_init)(u, train=train)
-    return nn.Dense(self.num_classes, kernel_init=kernel_init)(u)
+    @nn.compact
+    def __call__(self, images: jax.Array, train: bool) -> jax.Array:
+        u = images.reshape((images.shape[0], -1)).astype(jnp.float32)
+        kernel_init = nn.initializers.normal(self.init_std)
+        norm = functools.partial(BatchNorm, momentum=self.bn_momentum, eps=self.bn_eps)
+        for width in self.hidden:
+            u = DenseBN(
+                width, activation=self.activation, batch_norm=self.batch_norm, norm=norm, kernel_init=kernel_init
+            )(u, train=train)
+        return nn.Dense(self.num_classes, kernel_init=kernel_init)(u)
