@@ -1,0 +1,136 @@
+"""What a training config may contain: the keys `bnrepro.train` reads, their types and allowed values.
+
+These keys are the contract between config files, sweeps and notebooks. `validate` checks a config against
+it before anything is trained, and names the offending key in a ValueError: an unknown or missing key, a
+wrong type, or an impossible value (a batch size of 0, negative steps, an unknown activation or dataset).
+Keys under `model` other than `model.name` are the attributes of the model class `model.name` selects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import ml_collections
+
+from bnrepro import data, layers, models
+
+EVAL_STATISTICS = ("population", "moving_average")
+
+
+class Field(NamedTuple):
+    """The type of a config value and, optionally, a check returning what is wrong with it (or None)."""
+
+    type: type | tuple[type, ...]
+    check: Callable[[Any], str | None] | None = None
+
+
+def _one_of(allowed: tuple[str, ...]) -> Callable[[Any], str | None]:
+    return lambda v: None if v in allowed else f"expected one of {list(allowed)}"
+
+
+def _at_least(low: int) -> Callable[[Any], str | None]:
+    return lambda v: None if v >= low else f"must be >= {low}"
+
+
+def _positive_finite(v: float) -> str | None:
+    return None if math.isfinite(v) and v > 0 else "must be a positive finite number"
+
+
+def _in_unit_interval(v: float) -> str | None:
+    return None if 0.0 <= v < 1.0 else "must lie in [0, 1)"
+
+
+def _positive_ints(v: tuple) -> str | None:
+    ok = all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in v)
+    return None if ok else "must be a tuple of positive ints"
+
+
+TRAINING_FIELDS: Mapping[str, Field] = {
+    "model": Field(ml_collections.ConfigDict),
+    "dataset": Field(str, _one_of(data.DATASET_NAMES)),
+    "data_source": Field(str, _one_of(data.SOURCES)),
+    "data_dir": Field(str),
+    "validation_size": Field(int, _at_least(0)),
+    "num_steps": Field(int, _at_least(1)),
+    "batch_size": Field(int, _at_least(1)),
+    "learning_rate": Field(float, _positive_finite),
+    "momentum": Field(float, _in_unit_interval),
+    "seed": Field(int),
+    "eval_every": Field(int, _at_least(1)),
+    "eval_statistics": Field(str, _one_of(EVAL_STATISTICS)),
+    "population_batches": Field(int, _at_least(1)),
+    "plot_layer": Field(str),
+    "plot_unit": Field(int, _at_least(0)),
+    "steps_per_dispatch": Field(int, _at_least(1)),
+    "checkpoint_every": Field(int, _at_least(1)),
+    "cpu_cores": Field(int, _at_least(0)),
+}
+
+# Checks of model attributes by name, shared by every model that has them; their types come from the class.
+MODEL_FIELD_CHECKS: Mapping[str, Callable[[Any], str | None]] = {
+    "activation": _one_of(tuple(layers.ACTIVATIONS)),
+    "hidden": _positive_ints,
+    "num_classes": _at_least(1),
+    "init_std": _positive_finite,
+    "bn_momentum": lambda v: None if 0.0 <= v <= 1.0 else "must lie in [0, 1]",
+    "bn_eps": _positive_finite,
+}
+
+
+def _check_value(key: str, value: Any, field: Field) -> None:
+    expected = field.type if isinstance(field.type, tuple) else (field.type,)
+    # bool is an int to Python, never to a config; an int is a fine float.
+    type_ok = isinstance(value, expected) and not (isinstance(value, bool) and bool not in expected)
+    if float in expected and isinstance(value, int) and not isinstance(value, bool):
+        type_ok = True
+    if not type_ok:
+        names = " or ".join(t.__name__ for t in expected)
+        raise ValueError(f"config.{key}: expected {names}, got {type(value).__name__} {value!r}.")
+    problem = field.check(value) if field.check else None
+    if problem:
+        raise ValueError(f"config.{key} = {value!r}: {problem}.")
+
+
+def model_fields(model_config: ml_collections.ConfigDict) -> dict[str, Field]:
+    """The allowed `model.*` keys for the class `model_config.name` names, typed by the class defaults."""
+    cls = models.model_class(model_config.get("name"))
+    fields = {"name": Field(str)}
+    for f in dataclasses.fields(cls):
+        if f.name in ("parent", "name") or f.default is dataclasses.MISSING:
+            continue
+        kind = tuple if isinstance(f.default, (tuple, list)) else type(f.default)
+        fields[f.name] = Field(kind, MODEL_FIELD_CHECKS.get(f.name))
+    return fields
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks `config` against the training contract.
+
+    Raises:
+      ValueError: naming the first key that is unknown, missing, of the wrong type or impossible.
+    """
+    unknown = sorted(set(config.keys()) - set(TRAINING_FIELDS))
+    if unknown:
+        raise ValueError(f"config.{unknown[0]}: unknown key; the known keys are {sorted(TRAINING_FIELDS)}.")
+    for key, field in TRAINING_FIELDS.items():
+        if key not in config:
+            raise ValueError(f"config.{key}: missing.")
+        _check_value(key, config[key], field)
+
+    if "name" not in config.model:
+        raise ValueError(f"config.model.name: missing; expected one of {sorted(models.MODELS)}.")
+    if config.model.name not in models.MODELS:
+        raise ValueError(f"config.model.name = {config.model.name!r}: expected one of {sorted(models.MODELS)}.")
+    allowed = model_fields(config.model)
+    for key in config.model:
+        if key not in allowed:
+            raise ValueError(
+                f"config.model.{key}: unknown key for model {config.model.name!r}; known: {sorted(allowed)}."
+            )
+        _check_value(f"model.{key}", config.model[key], allowed[key])
+
+    if config.model.get("batch_norm", False) and config.batch_size < 2:
+        raise ValueError(f"config.batch_size = {config.batch_size}: BN needs at least 2 examples per mini-batch.")

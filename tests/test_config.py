@@ -1,0 +1,151 @@
+"""The MNIST config file and the training-config contract (`bnrepro.config_schema`)."""
+
+import importlib.util
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import ml_collections
+import pytest
+
+from bnrepro import config_schema
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def load_config_file(path: Path):
+    """Imports a config file by path, as `--config=path` does."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+mnist_mlp = load_config_file(REPO / "configs" / "mnist_mlp.py")
+CONTRACT = (
+    "model.activation", "model.batch_norm", "model.init_std", "num_steps", "batch_size", "learning_rate", "seed",
+    "eval_every", "dataset", "data_source",
+)  # fmt: skip
+
+
+def _get(config: ml_collections.ConfigDict, dotted: str):
+    for key in dotted.split("."):
+        config = config[key]
+    return config
+
+
+def _modified(config: ml_collections.ConfigDict, dotted: str, value) -> ml_collections.ConfigDict:
+    """A copy of `config` with `dotted` set to `value`, bypassing ConfigDict's own type checks."""
+    tree = config.to_dict()
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for key in parents:
+        node = node[key]
+    node[leaf] = value
+    return ml_collections.ConfigDict(tree)
+
+
+@pytest.mark.parametrize("variant", mnist_mlp.VARIANTS)
+def test_variants_are_valid_and_hold_the_contract_keys(variant: str) -> None:
+    config = mnist_mlp.get_config(variant)
+    config_schema.validate(config)
+    for key in CONTRACT:
+        _get(config, key)
+    assert config.model.batch_norm == (variant == "bn")
+    assert (config.num_steps, config.batch_size, config.model.activation) == (50_000, 60, "sigmoid")
+
+
+def test_variants_differ_only_in_batch_norm() -> None:
+    bn, baseline = (mnist_mlp.get_config(v).to_dict() for v in ("bn", "baseline"))
+    assert bn.pop("model").pop("batch_norm") and not baseline.pop("model").pop("batch_norm")
+    bn_model, baseline_model = (mnist_mlp.get_config(v).model.to_dict() for v in ("bn", "baseline"))
+    assert {k: v for k, v in bn_model.items() if k != "batch_norm"} == {
+        k: v for k, v in baseline_model.items() if k != "batch_norm"
+    }
+    assert bn == baseline  # same learning rate, steps, data, seed...
+
+
+def test_unknown_variant() -> None:
+    with pytest.raises(ValueError, match="unknown variant 'resnet'"):
+        mnist_mlp.get_config("resnet")
+
+
+def test_config_is_locked() -> None:
+    config = mnist_mlp.get_config("bn")
+    with pytest.raises(AttributeError):
+        config.learnig_rate = 0.1
+    with pytest.raises(TypeError):
+        config.batch_size = "60"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("batch_size", 0, r"config\.batch_size = 0: must be >= 1"),
+        ("num_steps", -5, r"config\.num_steps = -5: must be >= 1"),
+        ("eval_every", 0, r"config\.eval_every"),
+        ("learning_rate", 0.0, r"config\.learning_rate = 0\.0: must be a positive finite"),
+        ("learning_rate", math.nan, r"config\.learning_rate"),
+        ("momentum", 1.0, r"config\.momentum"),
+        ("dataset", "cifar10", r"config\.dataset = 'cifar10': expected one of \['mnist', 'fashion_mnist'\]"),
+        ("data_source", "web", r"config\.data_source = 'web'"),
+        ("eval_statistics", "test_batch", r"config\.eval_statistics"),
+        ("model.activation", "swish", r"config\.model\.activation = 'swish': expected one of"),
+        ("model.init_std", -0.1, r"config\.model\.init_std"),
+        ("model.hidden", (100, 0), r"config\.model\.hidden"),
+        ("model.name", "resnet", r"config\.model\.name = 'resnet'"),
+        ("batch_size", "60", r"config\.batch_size: expected int, got str '60'"),
+        ("num_steps", 1.5, r"config\.num_steps: expected int, got float"),
+        ("model.batch_norm", "yes", r"config\.model\.batch_norm: expected bool, got str"),
+        ("seed", True, r"config\.seed: expected int, got bool"),
+    ],
+)
+def test_impossible_values_and_wrong_types_name_the_key(key: str, value, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        config_schema.validate(_modified(mnist_mlp.get_config("bn"), key, value))
+
+
+def test_unknown_and_missing_keys_name_the_key() -> None:
+    config = mnist_mlp.get_config("bn")
+    with pytest.raises(ValueError, match=r"config\.learnig_rate: unknown key"):
+        config_schema.validate(_modified(config, "learnig_rate", 0.1))
+    with pytest.raises(ValueError, match=r"config\.model\.dropout: unknown key for model 'mlp'"):
+        config_schema.validate(_modified(config, "model.dropout", 0.5))
+    tree = config.to_dict()
+    del tree["seed"]
+    with pytest.raises(ValueError, match=r"config\.seed: missing"):
+        config_schema.validate(ml_collections.ConfigDict(tree))
+
+
+def test_batch_norm_needs_two_examples_per_batch() -> None:
+    with pytest.raises(ValueError, match=r"config\.batch_size = 1: BN needs at least 2"):
+        config_schema.validate(_modified(mnist_mlp.get_config("bn"), "batch_size", 1))
+    config_schema.validate(_modified(mnist_mlp.get_config("baseline"), "batch_size", 1))
+
+
+def test_an_int_learning_rate_is_fine() -> None:
+    config_schema.validate(_modified(mnist_mlp.get_config("bn"), "learning_rate", 1))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("--config.learnig_rate=0.1", "--config.learnig_rate: unknown config key 'learnig_rate'"),
+        ("--config.batch_size=0", "config.batch_size = 0: must be >= 1"),
+        ("--config.model.activation=swish", "config.model.activation = 'swish'"),
+    ],
+)
+def test_cli_rejects_bad_overrides_before_training(tmp_path: Path, override: str, message: str) -> None:
+    workdir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "bnrepro.main", "--config=configs/mnist_mlp.py:bn", f"--workdir={workdir}", override],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "ValueError" in result.stderr and message in result.stderr, result.stderr[-2000:]
+    assert not workdir.exists()  # stopped before training
