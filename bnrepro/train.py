@@ -1,0 +1,422 @@
+"""The training loop: one loop for every experiment, in the shape of Flax's ImageNet example.
+
+Top to bottom: the model named by the config → the initial `TrainState` → `train_step` (pure, SGD on the
+softmax cross-entropy) → `train_steps`, which fuses K steps into one program with `jax.lax.scan` and draws
+their mini-batches on the device → `evaluate`, on the whole test set with population statistics
+(Algorithm 2) → `train_and_evaluate`: the loop with evaluation, metrics (`metrics.jsonl`, TensorBoard,
+console), orbax checkpoints, resumption and divergence detection.
+
+The training set lives on the device. Every epoch it is permuted once, by a key derived from the seed and
+the epoch number, and step i of the epoch reads the contiguous slice [i*B, (i+1)*B) of the permuted copy:
+no host-to-device copy and no random gather per step. A run is a function of its config: the data position
+(epoch, batch index) and the RNG are part of the checkpointed state, so a run killed at any moment and
+resumed ends with exactly the parameters of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import tensorboardX
+from absl import logging
+from flax import struct
+from flax.training import train_state
+
+from bnrepro import config_schema, data, layers, models
+
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.json"
+DIVERGED_FILE = "DIVERGED"
+CHECKPOINT_DIR = "checkpoints"
+# Keys that may change when a run is resumed: none of them changes what is computed at a given step.
+RESUMABLE_CHANGES = ("num_steps", "eval_every", "checkpoint_every", "steps_per_dispatch", "cpu_cores", "data_dir")
+PERCENTILES = (15, 50, 85)  # of the plotted unit's input over test examples: Fig. 1(b, c)
+
+
+class DivergedError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class TrainState(train_state.TrainState):
+    """`step`, `params`, `opt_state` (and the static `apply_fn`, `tx`) as in Flax, plus:
+
+    Attributes:
+      batch_stats: the BN layers' moving averages (empty without BN).
+      rng: the raw key data (uint32) every epoch's shuffling is derived from.
+      epoch: the epoch the data position is in.
+      batch_index: the mini-batches of that epoch already drawn.
+    """
+
+    batch_stats: Any
+    rng: jax.Array
+    epoch: jax.Array
+    batch_index: jax.Array
+
+
+@struct.dataclass
+class Dataset:
+    """A split on the device, each example one contiguous row: gathering a mini-batch copies B rows
+    (a gather from (N, 28, 28) is ~13 us/step slower on CPU).
+
+    Attributes:
+      images: raw pixels (uint8 for MNIST), shape (N, prod(example_shape)).
+      labels: int32 class labels, shape (N,).
+      example_shape: the shape of one image, e.g. (28, 28).
+    """
+
+    images: jax.Array
+    labels: jax.Array
+    example_shape: tuple[int, ...] = struct.field(pytree_node=False)
+
+    @classmethod
+    def create(cls, images: np.ndarray, labels: np.ndarray) -> Dataset:
+        """Puts `images` (N, ...) and `labels` (N,) on the device."""
+        return cls(jnp.asarray(images.reshape(len(images), -1)), jnp.asarray(labels), tuple(images.shape[1:]))
+
+    def take(self, indices: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The images (len(indices), *example_shape) and labels of the examples `indices`."""
+        images = jnp.take(self.images, indices, axis=0).reshape(indices.shape + self.example_shape)
+        return images, jnp.take(self.labels, indices, axis=0)
+
+
+def create_model(model_config: ml_collections.ConfigDict) -> nn.Module:
+    """The network `model_config.name` names, with the other `model_config` keys as its attributes."""
+    kwargs = {k: v for k, v in model_config.items() if k != "name"}  # `name` is a Flax Module attribute
+    return models.model_class(model_config.name)(**kwargs)
+
+
+def preprocess(images: jax.Array) -> jax.Array:
+    """uint8 pixels to float32 in [0, 1]."""
+    return images.astype(jnp.float32) * (1.0 / 255.0)
+
+
+def create_train_state(
+    config: ml_collections.ConfigDict, model: nn.Module, rng: jax.Array, example_images: jax.Array
+) -> TrainState:
+    """Initial parameters (N(0, init_std^2) weights), BN statistics, SGD state and data position."""
+    init_rng, data_rng = jax.random.split(rng)
+    # One compiled program: op by op, initialization compiles dozens of small ones (seconds on CPU).
+    variables = jax.jit(lambda r, x: model.init(r, preprocess(x), train=False))(init_rng, example_images)
+    momentum = config.momentum or None  # 0 is plain SGD, with an empty optimizer state
+    return TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        tx=optax.sgd(config.learning_rate, momentum=momentum),
+        batch_stats=variables.get("batch_stats", {}),
+        rng=jax.random.key_data(data_rng),
+        epoch=jnp.zeros((), jnp.int32),
+        batch_index=jnp.zeros((), jnp.int32),
+    ).replace(step=jnp.zeros((), jnp.int32))
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean softmax cross-entropy over the mini-batch."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def train_step(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One SGD step on a mini-batch; BN normalizes with the mini-batch's own moments (Algorithm 1)."""
+
+    def loss_fn(params):
+        logits, updates = state.apply_fn(
+            {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True, mutable=["batch_stats"]
+        )
+        return cross_entropy(logits, batch["label"]), updates
+
+    (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats))
+    return state, {"loss": loss}
+
+
+def epoch_permutation(rng: jax.Array, epoch: jax.Array, num_examples: int) -> jax.Array:
+    """The order in which `epoch` visits the training set: a uniformly random permutation, the same
+    whenever the same epoch is replayed. One sort by 64 random bits per example (ties are ~1e-10 likely):
+    half the cost of `jax.random.permutation`'s two 32-bit rounds, and it runs once per epoch."""
+    bits = jax.random.bits(jax.random.fold_in(jax.random.wrap_key_data(rng), epoch), (2, num_examples))
+    return jax.lax.sort((bits[0], bits[1], jnp.arange(num_examples, dtype=jnp.int32)), num_keys=2)[-1]
+
+
+def train_steps(
+    state: TrainState, train_data: Dataset, permutation: jax.Array, *, batch_size: int, num_steps: int
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """`num_steps` consecutive `train_step`s in one program. Mini-batch i of the epoch is the examples
+    `permutation[i*B:(i+1)*B]`, gathered on the device. Returns the state and each step's metrics."""
+
+    def step(state, _):
+        indices = jax.lax.dynamic_slice_in_dim(permutation, state.batch_index * batch_size, batch_size)
+        images, labels = train_data.take(indices)
+        state, metrics = train_step(state, {"image": preprocess(images), "label": labels})
+        return state.replace(batch_index=state.batch_index + 1), metrics
+
+    return jax.lax.scan(step, state, length=num_steps)
+
+
+def population_batch_stats(model: nn.Module, state: TrainState, batches: jax.Array) -> Any:
+    """Algorithm 2, steps 8-9: E[x] = E_B[mu_B] and Var[x] = m/(m-1) E_B[var_B] over the training
+    mini-batches `batches` (K, m, ...) with the current parameters; empty for a net without BN."""
+    if not state.batch_stats:
+        return state.batch_stats
+    return layers.population_statistics(model, {"params": state.params, "batch_stats": state.batch_stats}, batches)
+
+
+def evaluate(state: TrainState, batch_stats: Any, images: jax.Array, labels: jax.Array, *, plot_layer: str) -> dict:
+    """Loss and accuracy of the inference network (Algorithm 2, step 11) on preprocessed `images`.
+
+    Each example's output depends on that example only (`batch_stats` are fixed), so the result does not
+    depend on how the test set is batched. With `plot_layer` (a module path such as `DenseBN_2`), also the
+    `preactivation` of that layer, the input to its nonlinearity, for every example: Fig. 1(b, c).
+    """
+    logits, intermediates = state.apply_fn(
+        {"params": state.params, "batch_stats": batch_stats}, images, train=False, mutable=["intermediates"]
+    )
+    metrics = {
+        "loss": cross_entropy(logits, labels),
+        "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
+    }
+    if plot_layer:
+        tree = intermediates["intermediates"]
+        for name in plot_layer.split("/"):
+            tree = tree[name]
+        preactivation = tree["preactivation"][0]
+        metrics["preactivation"] = preactivation.reshape((-1, preactivation.shape[-1]))
+    return metrics
+
+
+def unit_percentiles(preactivation: np.ndarray, unit: int) -> dict[str, Any]:
+    """Fig. 1(b, c): the 15th, 50th and 85th percentiles over examples of unit `unit`'s input, and the
+    median of every unit (`p50_units`). Linear interpolation, as `np.percentile`; computed on the host,
+    where sorting 10,000 x 100 values takes milliseconds (XLA's CPU sort takes ~30x longer)."""
+    ordered = np.sort(np.asarray(preactivation, np.float64), axis=0)
+    position = np.asarray(PERCENTILES) / 100 * (len(ordered) - 1)
+    low = np.floor(position).astype(int)
+    high = np.minimum(low + 1, len(ordered) - 1)
+    fraction = (position - low)[:, None]
+    quantiles = ordered[low] * (1 - fraction) + ordered[high] * fraction  # (percentiles, units)
+    result = {f"p{q}": float(quantiles[i, unit]) for i, q in enumerate(PERCENTILES)}
+    result["p50_units"] = quantiles[PERCENTILES.index(50)].tolist()
+    return result
+
+
+class MetricsWriter:
+    """One JSON object per evaluation in `WORKDIR/metrics.jsonl`, and the scalars as TensorBoard events.
+
+    Resuming from step T drops what a killed run wrote after T, so no step appears twice.
+    """
+
+    def __init__(self, workdir: Path, resume_step: int):
+        self._path = workdir / METRICS_FILE
+        if self._path.exists():
+            kept = [line for line in self._path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
+            self._path.write_text("".join(line + "\n" for line in kept))
+        self._tensorboard = tensorboardX.SummaryWriter(str(workdir), purge_step=resume_step + 1)
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        with self._path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)):
+                self._tensorboard.add_scalar(key, value, record["step"])
+        self._tensorboard.flush()
+
+    def close(self) -> None:
+        self._tensorboard.close()
+
+
+def _check_resumed_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
+    """Saves the config in a new workdir; in a used one, refuses a config that changes what is computed."""
+    path = workdir / CONFIG_FILE
+    current = json.loads(config.to_json_best_effort())
+    if path.exists():
+        saved = json.loads(path.read_text())
+        flat_saved, flat_current = _flatten(saved), _flatten(current)
+        changed = sorted(
+            k
+            for k in set(flat_saved) | set(flat_current)
+            if flat_saved.get(k) != flat_current.get(k) and k not in RESUMABLE_CHANGES
+        )
+        if changed:
+            raise ValueError(
+                f"config.{changed[0]}: {workdir} holds a run with {changed[0]}={flat_saved.get(changed[0])!r}, "
+                f"not {flat_current.get(changed[0])!r} (changed keys: {changed}). Use a new --workdir."
+            )
+    path.write_text(json.dumps(current, indent=2) + "\n")
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def _next_boundary(step: int, every: int) -> int:
+    """The first multiple of `every` after `step`."""
+    return (step // every + 1) * every
+
+
+class _Data(NamedTuple):
+    train: Dataset  # raw, on the device
+    test_images: jax.Array  # preprocessed once, on the device
+    test_labels: jax.Array
+    steps_per_epoch: int
+
+
+def _load_data(config: ml_collections.ConfigDict) -> _Data:
+    splits = data.load_dataset(
+        config.dataset, config.data_source, data_dir=config.data_dir or None, validation_size=config.validation_size
+    )
+    num_train = len(splits.train.labels)
+    steps_per_epoch = num_train // config.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"config.batch_size = {config.batch_size}: more than the {num_train} training examples.")
+    if config.population_batches > steps_per_epoch:
+        raise ValueError(
+            f"config.population_batches = {config.population_batches}: more than the {steps_per_epoch} "
+            "mini-batches of an epoch."
+        )
+    logging.info(
+        "%s (%s): %d training examples (%d steps per epoch), %d test examples.",
+        config.dataset, config.data_source, num_train, steps_per_epoch, len(splits.test.labels),
+    )  # fmt: skip
+    return _Data(
+        train=Dataset.create(splits.train.images, splits.train.labels),
+        test_images=preprocess(jnp.asarray(splits.test.images)),
+        test_labels=jnp.asarray(splits.test.labels),
+        steps_per_epoch=steps_per_epoch,
+    )
+
+
+def _raise_diverged(workdir: Path, step: int, losses: np.ndarray, last_checkpoint: int | None) -> None:
+    bad = int(np.argmin(np.isfinite(losses)))
+    message = (
+        f"diverged at step {step + bad + 1}: the training loss is {losses[bad]}. The last good checkpoint "
+        f"(step {last_checkpoint}) is kept in {workdir / CHECKPOINT_DIR}."
+    )
+    (workdir / DIVERGED_FILE).write_text(message + "\n")
+    raise DivergedError(message)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
+    """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final state.
+
+    Writes `metrics.jsonl` and TensorBoard events (one record per evaluation, every `eval_every` steps and
+    at the end), orbax checkpoints every `checkpoint_every` steps and at the end, and `config.json`.
+
+    Raises:
+      ValueError: the config is invalid, or differs from the one the workdir was started with.
+      DivergedError: the training loss became NaN or infinite (also written to `WORKDIR/DIVERGED`).
+    """
+    config_schema.validate(config)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    _check_resumed_config(config, workdir)
+    (workdir / DIVERGED_FILE).unlink(missing_ok=True)
+    dataset = _load_data(config)
+
+    model = create_model(config.model)
+    example_images = dataset.train.take(jnp.arange(config.batch_size))[0]
+    state = create_train_state(config, model, jax.random.key(config.seed), example_images)
+    checkpoints = ocp.CheckpointManager(
+        (workdir / CHECKPOINT_DIR).absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
+    )
+    if checkpoints.latest_step() is not None:
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+        state = checkpoints.restore(checkpoints.latest_step(), args=ocp.args.StandardRestore(abstract))
+        logging.info("Resumed from the checkpoint at step %d.", int(state.step))
+    step, epoch, batch_index = int(state.step), int(state.epoch), int(state.batch_index)
+    writer = MetricsWriter(workdir, resume_step=step)
+
+    permute = jax.jit(epoch_permutation, static_argnames="num_examples")
+    run_steps = jax.jit(train_steps, static_argnames=("batch_size", "num_steps"))
+    programs = {}  # one compiled program per number of fused steps; there are few
+
+    @jax.jit
+    def evaluation(state, train_data, permutation, test_images, test_labels):
+        batch_stats = state.batch_stats
+        if config.eval_statistics == "population":  # the first K training mini-batches of the epoch
+            indices = permutation[: config.population_batches * config.batch_size]
+            images = preprocess(train_data.take(indices)[0])
+            batches = images.reshape((config.population_batches, config.batch_size) + images.shape[1:])
+            batch_stats = population_batch_stats(model, state, batches)
+        return evaluate(state, batch_stats, test_images, test_labels, plot_layer=config.plot_layer)
+
+    permutation = None
+    losses_since_eval, train_time, steps_timed = [], 0.0, 0
+    start_step, start_time = step, time.perf_counter()
+    while step < config.num_steps:
+        if batch_index == dataset.steps_per_epoch:
+            epoch, batch_index, permutation = epoch + 1, 0, None
+            state = state.replace(epoch=jnp.asarray(epoch, jnp.int32), batch_index=jnp.zeros((), jnp.int32))
+        t = time.perf_counter()
+        if permutation is None:
+            permutation = permute(state.rng, state.epoch, num_examples=len(dataset.train.labels))
+        num_steps = (
+            min(
+                _next_boundary(step, config.steps_per_dispatch),
+                _next_boundary(step, config.eval_every),
+                _next_boundary(step, config.checkpoint_every),
+                step - batch_index + dataset.steps_per_epoch,
+                config.num_steps,
+            )
+            - step
+        )
+        if num_steps not in programs:
+            programs[num_steps] = run_steps.lower(
+                state, dataset.train, permutation, batch_size=config.batch_size, num_steps=num_steps
+            ).compile()
+            logging.info("Compiled the %d-step training program in %.1f s.", num_steps, time.perf_counter() - t)
+            t = time.perf_counter()
+
+        new_state, metrics = programs[num_steps](state, dataset.train, permutation)
+        losses = np.asarray(metrics["loss"])  # waits for the program; the next one needs its result anyway
+        train_time, steps_timed = train_time + time.perf_counter() - t, steps_timed + num_steps
+        if not np.isfinite(losses).all():
+            checkpoints.wait_until_finished()
+            writer.close()
+            _raise_diverged(workdir, step, losses, checkpoints.latest_step())
+        state, step, batch_index = new_state, step + num_steps, batch_index + num_steps
+        losses_since_eval.append(losses)
+
+        if step % config.eval_every == 0 or step == config.num_steps:
+            t = time.perf_counter()
+            results = evaluation(state, dataset.train, permutation, dataset.test_images, dataset.test_labels)
+            record = {
+                "step": step,
+                "train_loss": float(np.mean(np.concatenate(losses_since_eval))),
+                "test_loss": float(results["loss"]),
+                "test_accuracy": float(results["accuracy"]),
+                **(unit_percentiles(results["preactivation"], config.plot_unit) if config.plot_layer else {}),
+                "steps_per_second": steps_timed / train_time,
+            }
+            writer.write(record)
+            elapsed = time.perf_counter() - start_time
+            logging.info(
+                "step %d/%d: train_loss %.4f, test_accuracy %.4f | %.0f steps/s, eval %.3f s, ETA %.0f s",
+                step, config.num_steps, record["train_loss"], record["test_accuracy"], record["steps_per_second"],
+                time.perf_counter() - t, (config.num_steps - step) * elapsed / (step - start_step),
+            )  # fmt: skip
+            losses_since_eval, train_time, steps_timed = [], 0.0, 0
+
+        if step % config.checkpoint_every == 0 or step == config.num_steps:
+            checkpoints.save(step, args=ocp.args.StandardSave(state))
+
+    checkpoints.wait_until_finished()
+    checkpoints.close()
+    writer.close()
+    if step > start_step:
+        logging.info("Trained steps %d to %d in %.1f s.", start_step, step, time.perf_counter() - start_time)
+    return state

@@ -1,0 +1,339 @@
+"""The training loop: model, train step, on-device batching, evaluation, and the CLI end to end.
+
+The CLI tests run `python -m bnrepro.main` on a fake, learnable MNIST written where the offline loader caches
+the real one (`$BNREPRO_DATA_DIR/mnist.npz`), so nothing is downloaded.
+"""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from tensorboard.backend.event_processing import event_accumulator
+
+import bnrepro.data
+from bnrepro import train
+from bnrepro.data import mnist_offline
+
+REPO = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("mnist_mlp", REPO / "configs" / "mnist_mlp.py")
+mnist_mlp = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(mnist_mlp)
+
+
+def learnable_images(labels: np.ndarray, seed: int) -> np.ndarray:
+    """uint8 (N, 28, 28) images: a fixed random pattern per class with 30% of the pixels replaced by noise."""
+    rng = np.random.default_rng(seed)
+    prototypes = np.random.default_rng(1234).integers(0, 256, (10, 28, 28), dtype=np.uint8)
+    noise = rng.integers(0, 256, (len(labels), 28, 28), dtype=np.uint8)
+    return np.where(rng.random((len(labels), 28, 28)) < 0.3, noise, prototypes[labels])
+
+
+def write_fake_mnist(directory: Path, sizes: dict[str, int]) -> Path:
+    """An `mnist.npz` cache as the offline loader writes it, with learnable fake data."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for i, (name, size) in enumerate(sizes.items()):
+        labels = rng.integers(0, 10, size).astype(np.uint8)
+        arrays[f"{name}_images"], arrays[f"{name}_labels"] = learnable_images(labels, seed=i), labels
+    directory.mkdir(parents=True, exist_ok=True)
+    np.savez(directory / mnist_offline.CACHE_FILENAME, **arrays)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def full_size_fake_mnist(tmp_path_factory) -> Path:
+    """60,000 + 10,000 fake examples: what `load_dataset` accepts without patching (for subprocesses)."""
+    return write_fake_mnist(tmp_path_factory.mktemp("mnist"), {"train": 50_000, "valid": 10_000, "test": 10_000})
+
+
+@pytest.fixture
+def small_fake_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """1,200 + 300 fake examples, accepted by `load_dataset` in this process."""
+    monkeypatch.setattr(bnrepro.data, "EXPECTED_COUNTS", {"train": 1_200, "test": 300})
+    return write_fake_mnist(tmp_path / "mnist", {"train": 1_000, "valid": 200, "test": 300})
+
+
+def small_config(variant: str = "bn", **overrides):
+    config = mnist_mlp.get_config(variant)
+    config.update(
+        {"num_steps": 60, "eval_every": 20, "checkpoint_every": 20, "steps_per_dispatch": 20, "population_batches": 5}
+    )
+    config.update(overrides)
+    return config
+
+
+def synthetic_dataset(n: int, seed: int = 0) -> train.Dataset:
+    labels = np.random.default_rng(seed).integers(0, 10, n).astype(np.int32)
+    return train.Dataset.create(learnable_images(labels, seed), labels)
+
+
+def initial_state(variant: str, learning_rate: float = 0.5) -> tuple[train.TrainState, object]:
+    config = mnist_mlp.get_config(variant)
+    config.learning_rate = learning_rate
+    model = train.create_model(config.model)
+    return train.create_train_state(config, model, jax.random.key(0), jnp.zeros((60, 28, 28), jnp.uint8)), model
+
+
+# --- Model and state ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["bn", "baseline"])
+def test_model_shapes_and_bias_dropping(variant: str) -> None:
+    state, _ = initial_state(variant)
+    shapes = jax.tree.map(jnp.shape, state.params)
+    widths = [(784, 100), (100, 100), (100, 100)]
+    for i, kernel_shape in enumerate(widths):
+        layer = shapes[f"DenseBN_{i}"]
+        assert layer["Dense_0"]["kernel"] == kernel_shape
+        if variant == "bn":  # z = g(BN(Wu)): no bias in W, BN's beta and gamma instead (Sec. 3.2)
+            assert "bias" not in layer["Dense_0"]
+            assert layer["BatchNorm_0"] == {"scale": (100,), "bias": (100,)}
+        else:  # z = g(Wu + b)
+            assert layer["Dense_0"]["bias"] == (100,) and "BatchNorm_0" not in layer
+    assert shapes["Dense_0"] == {"kernel": (100, 10), "bias": (10,)}
+    assert bool(state.batch_stats) == (variant == "bn")
+    kernel = np.asarray(state.params["DenseBN_0"]["Dense_0"]["kernel"])
+    assert abs(kernel.std() - 0.1) < 0.005  # N(0, init_std^2) with the config's init_std
+    assert (int(state.step), int(state.epoch), int(state.batch_index)) == (0, 0, 0)
+
+
+def test_epoch_permutation_is_a_seeded_permutation_per_epoch() -> None:
+    rng = jax.random.key_data(jax.random.key(3))
+    first, again, second = (np.asarray(train.epoch_permutation(rng, e, 1000)) for e in (0, 0, 1))
+    np.testing.assert_array_equal(np.sort(first), np.arange(1000))
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, second)
+
+
+# --- Training ----------------------------------------------------------------------------------------------
+
+
+def full_loss(state: train.TrainState, model, dataset: train.Dataset) -> float:
+    """The inference network's loss on all of `dataset` (population statistics over all of it)."""
+    images, labels = dataset.take(jnp.arange(len(dataset.labels)))
+    images = train.preprocess(images)
+    batch_stats = train.population_batch_stats(model, state, images.reshape((-1, 60) + images.shape[1:]))
+    return float(train.evaluate(state, batch_stats, images, labels, plot_layer="")["loss"])
+
+
+@pytest.mark.parametrize(("variant", "factor"), [("bn", 0.1), ("baseline", 0.95)])
+def test_a_few_steps_lower_the_loss(variant: str, factor: float) -> None:
+    dataset = synthetic_dataset(6000)
+    state, model = initial_state(variant)
+    before = full_loss(state, model, dataset)
+    permutation = train.epoch_permutation(state.rng, 0, 6000)
+    state, metrics = jax.jit(train.train_steps, static_argnames=("batch_size", "num_steps"))(
+        state, dataset, permutation, batch_size=60, num_steps=100
+    )
+    assert np.asarray(metrics["loss"]).shape == (100,) and np.isfinite(metrics["loss"]).all()
+    assert full_loss(state, model, dataset) < factor * before  # the sigmoid net without BN starts slowly (Fig. 1)
+    assert (int(state.step), int(state.batch_index)) == (100, 100)
+
+
+def test_fused_steps_are_train_step_on_consecutive_slices_of_the_permutation() -> None:
+    dataset = synthetic_dataset(300)
+    state, _ = initial_state("bn")
+    permutation = train.epoch_permutation(state.rng, 0, 300)
+    fused, _ = jax.jit(train.train_steps, static_argnames=("batch_size", "num_steps"))(
+        state, dataset, permutation, batch_size=60, num_steps=3
+    )
+    manual = state
+    for i in range(3):
+        indices = permutation[i * 60 : (i + 1) * 60]
+        images, labels = dataset.take(indices)
+        batch = {"image": train.preprocess(images), "label": labels}
+        manual, _ = jax.jit(train.train_step)(manual, batch)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), fused.params, manual.params)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), fused.batch_stats, manual.batch_stats
+    )
+
+
+def test_splitting_a_dispatch_changes_nothing() -> None:
+    dataset = synthetic_dataset(600)
+    state, _ = initial_state("bn")
+    permutation = train.epoch_permutation(state.rng, 0, 600)
+    run = jax.jit(train.train_steps, static_argnames=("batch_size", "num_steps"))
+    once, _ = run(state, dataset, permutation, batch_size=60, num_steps=6)
+    twice, _ = run(state, dataset, permutation, batch_size=60, num_steps=3)
+    twice, _ = run(twice, dataset, permutation, batch_size=60, num_steps=3)
+    jax.tree.map(np.testing.assert_array_equal, once, twice)
+
+
+# --- Evaluation --------------------------------------------------------------------------------------------
+
+
+def test_evaluation_does_not_depend_on_the_batch_composition() -> None:
+    dataset = synthetic_dataset(1200)
+    state, model = initial_state("bn")
+    permutation = train.epoch_permutation(state.rng, 0, 1200)
+    state, _ = train.train_steps(state, dataset, permutation, batch_size=60, num_steps=10)
+    batches = train.preprocess(dataset.take(permutation[:600])[0]).reshape(10, 60, 28, 28)
+    batch_stats = train.population_batch_stats(model, state, batches)
+    assert jax.tree.structure(batch_stats) == jax.tree.structure(state.batch_stats)
+
+    images, labels = synthetic_dataset(200, seed=1).take(jnp.arange(200))
+    images = train.preprocess(images)
+    evaluate = jax.jit(train.evaluate, static_argnames="plot_layer")
+    whole = evaluate(state, batch_stats, images, labels, plot_layer="DenseBN_2")["preactivation"]
+    shuffled_order = np.random.default_rng(0).permutation(200)
+    shuffled = evaluate(state, batch_stats, images[shuffled_order], labels[shuffled_order], plot_layer="DenseBN_2")
+    alone = evaluate(state, batch_stats, images[:1], labels[:1], plot_layer="DenseBN_2")["preactivation"]
+    np.testing.assert_allclose(shuffled["preactivation"], whole[shuffled_order], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(alone, whole[:1], rtol=1e-5, atol=1e-5)
+    # In training mode the first example's output would depend on the other 199.
+    logits_train, _ = model.apply(
+        {"params": state.params, "batch_stats": batch_stats}, images, train=True, mutable=["batch_stats"]
+    )
+    logits_alone_batch, _ = model.apply(
+        {"params": state.params, "batch_stats": batch_stats}, images[:2], train=True, mutable=["batch_stats"]
+    )
+    assert not np.allclose(logits_train[:2], logits_alone_batch, atol=1e-3)
+
+
+def test_unit_percentiles_match_numpy() -> None:
+    values = np.random.default_rng(0).normal(size=(1001, 7)).astype(np.float32)
+    result = train.unit_percentiles(values, unit=3)
+    expected = np.percentile(values.astype(np.float64), [15, 50, 85], axis=0)
+    np.testing.assert_allclose([result["p15"], result["p50"], result["p85"]], expected[:, 3], rtol=1e-12)
+    np.testing.assert_allclose(result["p50_units"], expected[1], rtol=1e-12)
+
+
+# --- The loop, in this process -----------------------------------------------------------------------------
+
+
+def test_train_and_evaluate_writes_metrics_and_resumes(small_fake_mnist: Path, tmp_path: Path) -> None:
+    config = small_config(data_dir=str(small_fake_mnist))
+    workdir = tmp_path / "run"
+    state = train.train_and_evaluate(config, workdir)
+    records = [json.loads(line) for line in (workdir / train.METRICS_FILE).read_text().splitlines()]
+    assert [r["step"] for r in records] == [20, 40, 60]
+    for key in ("test_accuracy", "train_loss", "test_loss", "p15", "p50", "p85"):
+        assert all(isinstance(r[key], float) for r in records), key
+    assert all(len(r["p50_units"]) == 100 for r in records)
+    assert records[0]["p15"] <= records[0]["p50"] <= records[0]["p85"]
+    assert records[-1]["p50"] == records[-1]["p50_units"][0]  # plot_unit = 0
+    assert int(state.step) == 60 and int(state.epoch) == 2 and int(state.batch_index) == 20  # 20 steps per epoch
+
+    config.num_steps = 80  # extending a finished run resumes it
+    longer = train.train_and_evaluate(config, workdir)
+    assert int(longer.step) == 80
+    assert [json.loads(line)["step"] for line in (workdir / train.METRICS_FILE).read_text().splitlines()] == [
+        20, 40, 60, 80,
+    ]  # fmt: skip
+
+    config.learning_rate *= 2
+    with pytest.raises(ValueError, match=r"config\.learning_rate: .* holds a run with learning_rate="):
+        train.train_and_evaluate(config, workdir)
+
+
+def test_moving_average_statistics_option(small_fake_mnist: Path, tmp_path: Path) -> None:
+    config = small_config(data_dir=str(small_fake_mnist), eval_statistics="moving_average", num_steps=20)
+    train.train_and_evaluate(config, tmp_path / "run")
+    record = json.loads((tmp_path / "run" / train.METRICS_FILE).read_text())
+    assert 0.0 <= record["test_accuracy"] <= 1.0
+
+
+def test_nan_loss_stops_with_diverged_at_step(small_fake_mnist: Path, tmp_path: Path, monkeypatch) -> None:
+    real_train_step = train.train_step
+
+    def train_step_with_nan_from_step_26(state, batch):
+        state, metrics = real_train_step(state, batch)
+        return state, {**metrics, "loss": jnp.where(state.step >= 26, jnp.nan, metrics["loss"])}
+
+    monkeypatch.setattr(train, "train_step", train_step_with_nan_from_step_26)
+    config = small_config(data_dir=str(small_fake_mnist), checkpoint_every=10, eval_every=10, steps_per_dispatch=10)
+    workdir = tmp_path / "run"
+    with pytest.raises(train.DivergedError, match=r"^diverged at step 26: the training loss is nan"):
+        train.train_and_evaluate(config, workdir)
+    assert (workdir / train.DIVERGED_FILE).read_text().startswith("diverged at step 26")
+    assert ocp.CheckpointManager((workdir / train.CHECKPOINT_DIR).absolute()).latest_step() == 20
+    assert [json.loads(line)["step"] for line in (workdir / train.METRICS_FILE).read_text().splitlines()] == [10, 20]
+
+
+# --- The CLI -----------------------------------------------------------------------------------------------
+
+CLI_OVERRIDES = (
+    "--config.num_steps=4000",
+    "--config.eval_every=500",
+    "--config.checkpoint_every=1000",
+    "--config.steps_per_dispatch=500",
+    "--config.population_batches=10",
+)
+
+
+def cli(workdir: Path, data_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "bnrepro.main", "--config=configs/mnist_mlp.py:bn", f"--workdir={workdir}"] + [
+        *CLI_OVERRIDES,
+        f"--config.data_dir={data_dir}",
+    ]
+
+
+def final_params(workdir: Path) -> dict:
+    manager = ocp.CheckpointManager((workdir / train.CHECKPOINT_DIR).absolute())
+    return manager.restore(manager.latest_step())["params"]
+
+
+@pytest.fixture(scope="session")
+def uninterrupted_run(full_size_fake_mnist: Path, tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    subprocess.run(cli(workdir, full_size_fake_mnist), cwd=REPO, check=True, capture_output=True, timeout=300)
+    return workdir
+
+
+def test_cli_writes_metrics_checkpoints_and_tensorboard_events(uninterrupted_run: Path) -> None:
+    records = [json.loads(line) for line in (uninterrupted_run / train.METRICS_FILE).read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(500, 4001, 500))
+    assert records[-1]["test_accuracy"] > 0.9  # the fake data is learnable
+    assert ocp.CheckpointManager((uninterrupted_run / train.CHECKPOINT_DIR).absolute()).latest_step() == 4000
+    events = event_accumulator.EventAccumulator(str(uninterrupted_run))
+    events.Reload()
+    for tag in ("test_accuracy", "train_loss", "p15", "p50", "p85"):
+        assert [e.step for e in events.Scalars(tag)] == [r["step"] for r in records], tag
+    np.testing.assert_allclose(
+        [e.value for e in events.Scalars("test_accuracy")], [r["test_accuracy"] for r in records], rtol=1e-6
+    )
+
+
+def test_cli_resumes_after_sigkill_with_identical_parameters(
+    uninterrupted_run: Path, full_size_fake_mnist: Path, tmp_path: Path
+) -> None:
+    workdir = tmp_path / "run"
+    checkpoints = workdir / train.CHECKPOINT_DIR
+    process = subprocess.Popen(
+        cli(workdir, full_size_fake_mnist), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:  # kill -9 as soon as the first checkpoint is complete
+        deadline = time.monotonic() + 120
+        while not (checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir())):
+            assert process.poll() is None and time.monotonic() < deadline, "no checkpoint before the run ended"
+            time.sleep(0.01)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    steps_at_kill = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+    assert steps_at_kill[-1] < 4000, "the run finished before it was killed"
+
+    resumed = subprocess.run(
+        cli(workdir, full_size_fake_mnist), cwd=REPO, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resumed from the checkpoint at step" in resumed.stderr
+    jax.tree.map(np.testing.assert_array_equal, final_params(workdir), final_params(uninterrupted_run))
+
+    def evaluations(run: Path) -> list[dict]:
+        records = [json.loads(line) for line in (run / train.METRICS_FILE).read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k != "steps_per_second"} for r in records]
+
+    assert evaluations(workdir) == evaluations(uninterrupted_run)
