@@ -6,11 +6,13 @@ their mini-batches on the device → `evaluate`, on the whole test set with popu
 (Algorithm 2) → `train_and_evaluate`: the loop with evaluation, metrics (`metrics.jsonl`, TensorBoard,
 console), orbax checkpoints, resumption and divergence detection.
 
-The training set lives on the device. Every epoch it is permuted once, by a key derived from the seed and
-the epoch number, and step i of the epoch reads the contiguous slice [i*B, (i+1)*B) of the permuted copy:
-no host-to-device copy and no random gather per step. A run is a function of its config: the data position
-(epoch, batch index) and the RNG are part of the checkpointed state, so a run killed at any moment and
-resumed ends with exactly the parameters of an uninterrupted one.
+The training set lives on the device. Every epoch a permutation of it is drawn on the device, from a key
+derived from the seed and the epoch number, and step i of the epoch gathers the examples
+permutation[i*B:(i+1)*B] inside the compiled program: no host-to-device copy per step. (Gathering B rows per
+step costs about what slicing a permuted copy would, ~2 us, and saves copying the whole set every epoch.)
+A run is a function of its config: the data position (epoch, batch index) and the RNG are part of the
+checkpointed state, so a run killed at any moment and resumed ends with exactly the parameters of an
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -197,7 +199,9 @@ def unit_percentiles(preactivation: np.ndarray, unit: int) -> dict[str, Any]:
     """Fig. 1(b, c): the 15th, 50th and 85th percentiles over examples of unit `unit`'s input, and the
     median of every unit (`p50_units`). Linear interpolation, as `np.percentile`; computed on the host,
     where sorting 10,000 x 100 values takes milliseconds (XLA's CPU sort takes ~30x longer)."""
-    ordered = np.sort(np.asarray(preactivation, np.float64), axis=0)
+    ordered = np.sort(np.asarray(preactivation), axis=0).astype(np.float64)
+    if not 0 <= unit < ordered.shape[1]:
+        raise ValueError(f"config.plot_unit = {unit}: the plotted layer has {ordered.shape[1]} units.")
     position = np.asarray(PERCENTILES) / 100 * (len(ordered) - 1)
     low = np.floor(position).astype(int)
     high = np.minimum(low + 1, len(ordered) - 1)
@@ -215,11 +219,17 @@ class MetricsWriter:
     """
 
     def __init__(self, workdir: Path, resume_step: int):
+        self._workdir = workdir
         self._path = workdir / METRICS_FILE
         if self._path.exists():
             kept = [line for line in self._path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
             self._path.write_text("".join(line + "\n" for line in kept))
-        self._tensorboard = tensorboardX.SummaryWriter(str(workdir), purge_step=resume_step + 1)
+        # On resumption, TensorBoard drops the killed run's events after `resume_step`.
+        self._tensorboard = self._open_tensorboard(resume_step, purge_step=resume_step + 1 if resume_step else None)
+
+    def _open_tensorboard(self, step: int, purge_step: int | None = None) -> tensorboardX.SummaryWriter:
+        # One events file per segment between checkpoints; the suffix keeps names unique within a second.
+        return tensorboardX.SummaryWriter(str(self._workdir), purge_step=purge_step, filename_suffix=f".{step}")
 
     def write(self, record: Mapping[str, Any]) -> None:
         with self._path.open("a") as f:
@@ -229,28 +239,30 @@ class MetricsWriter:
                 self._tensorboard.add_scalar(key, value, record["step"])
         self._tensorboard.flush()
 
+    def sync(self, step: int) -> None:
+        """Puts everything written so far on disk; call it before checkpointing `step`. (tensorboardX writes
+        from a thread, and only `close` waits for it.)"""
+        self._tensorboard.close()
+        self._tensorboard = self._open_tensorboard(step)
+
     def close(self) -> None:
         self._tensorboard.close()
 
 
 def _check_resumed_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
-    """Saves the config in a new workdir; in a used one, refuses a config that changes what is computed."""
+    """Refuses to resume a run under a config that changes what is computed (`RESUMABLE_CHANGES` may change)."""
     path = workdir / CONFIG_FILE
-    current = json.loads(config.to_json_best_effort())
-    if path.exists():
-        saved = json.loads(path.read_text())
-        flat_saved, flat_current = _flatten(saved), _flatten(current)
-        changed = sorted(
-            k
-            for k in set(flat_saved) | set(flat_current)
-            if flat_saved.get(k) != flat_current.get(k) and k not in RESUMABLE_CHANGES
+    if not path.exists():
+        return
+    saved, current = _flatten(json.loads(path.read_text())), _flatten(json.loads(config.to_json_best_effort()))
+    changed = sorted(
+        k for k in set(saved) | set(current) if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES
+    )
+    if changed:
+        raise ValueError(
+            f"config.{changed[0]}: {workdir} holds a run with {changed[0]}={saved.get(changed[0])!r}, not "
+            f"{current.get(changed[0])!r} (changed keys: {changed}). Use a new --workdir."
         )
-        if changed:
-            raise ValueError(
-                f"config.{changed[0]}: {workdir} holds a run with {changed[0]}={flat_saved.get(changed[0])!r}, "
-                f"not {flat_current.get(changed[0])!r} (changed keys: {changed}). Use a new --workdir."
-            )
-    path.write_text(json.dumps(current, indent=2) + "\n")
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -300,6 +312,42 @@ def _load_data(config: ml_collections.ConfigDict) -> _Data:
     )
 
 
+def _compile_evaluation(config: ml_collections.ConfigDict, model: nn.Module, state: TrainState, dataset: _Data):
+    """The evaluation program, compiled before training starts so that a wrong `plot_layer` or `plot_unit`
+    stops the run at once. It takes (state, train data, epoch permutation, test images, test labels)."""
+
+    def evaluation(state, train_data, permutation, test_images, test_labels):
+        batch_stats = state.batch_stats
+        if config.eval_statistics == "population":  # the first K training mini-batches of the epoch
+            indices = permutation[: config.population_batches * config.batch_size]
+            images = preprocess(train_data.take(indices)[0])
+            batches = images.reshape((config.population_batches, config.batch_size) + images.shape[1:])
+            batch_stats = population_batch_stats(model, state, batches)
+        return evaluate(state, batch_stats, test_images, test_labels, plot_layer=config.plot_layer)
+
+    permutation = jax.ShapeDtypeStruct(dataset.train.labels.shape, jnp.int32)
+    try:
+        lowered = jax.jit(evaluation).lower(state, dataset.train, permutation, dataset.test_images, dataset.test_labels)
+    except KeyError as e:
+        raise ValueError(
+            f"config.plot_layer = {config.plot_layer!r}: the model sows no preactivation at {e}."
+        ) from None
+    if config.plot_layer and config.plot_unit >= lowered.out_info["preactivation"].shape[-1]:
+        raise ValueError(f"config.plot_unit = {config.plot_unit}: {config.plot_layer} has fewer units.")
+    return lowered.compile()
+
+
+def _restore_latest(checkpoints: ocp.CheckpointManager, state: TrainState, config, workdir: Path) -> TrainState:
+    """The state of the latest checkpoint in `workdir`, or `state` if there is none."""
+    if checkpoints.latest_step() is None:
+        return state
+    _check_resumed_config(config, workdir)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    state = checkpoints.restore(checkpoints.latest_step(), args=ocp.args.StandardRestore(abstract))
+    logging.info("Resumed from the checkpoint at step %d.", int(state.step))
+    return state
+
+
 def _raise_diverged(workdir: Path, step: int, losses: np.ndarray, last_checkpoint: int | None) -> None:
     bad = int(np.argmin(np.isfinite(losses)))
     message = (
@@ -317,43 +365,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     at the end), orbax checkpoints every `checkpoint_every` steps and at the end, and `config.json`.
 
     Raises:
-      ValueError: the config is invalid, or differs from the one the workdir was started with.
+      ValueError: the config is invalid, or differs from the one the workdir's checkpoints were made with.
       DivergedError: the training loss became NaN or infinite (also written to `WORKDIR/DIVERGED`).
     """
     config_schema.validate(config)
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    _check_resumed_config(config, workdir)
-    (workdir / DIVERGED_FILE).unlink(missing_ok=True)
     dataset = _load_data(config)
-
     model = create_model(config.model)
     example_images = dataset.train.take(jnp.arange(config.batch_size))[0]
     state = create_train_state(config, model, jax.random.key(config.seed), example_images)
+    evaluation = _compile_evaluation(config, model, state, dataset)
+
     checkpoints = ocp.CheckpointManager(
         (workdir / CHECKPOINT_DIR).absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
     )
-    if checkpoints.latest_step() is not None:
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        state = checkpoints.restore(checkpoints.latest_step(), args=ocp.args.StandardRestore(abstract))
-        logging.info("Resumed from the checkpoint at step %d.", int(state.step))
+    state = _restore_latest(checkpoints, state, config, workdir)
+    (workdir / CONFIG_FILE).write_text(json.dumps(json.loads(config.to_json_best_effort()), indent=2) + "\n")
+    (workdir / DIVERGED_FILE).unlink(missing_ok=True)
     step, epoch, batch_index = int(state.step), int(state.epoch), int(state.batch_index)
     writer = MetricsWriter(workdir, resume_step=step)
 
     permute = jax.jit(epoch_permutation, static_argnames="num_examples")
     run_steps = jax.jit(train_steps, static_argnames=("batch_size", "num_steps"))
     programs = {}  # one compiled program per number of fused steps; there are few
-
-    @jax.jit
-    def evaluation(state, train_data, permutation, test_images, test_labels):
-        batch_stats = state.batch_stats
-        if config.eval_statistics == "population":  # the first K training mini-batches of the epoch
-            indices = permutation[: config.population_batches * config.batch_size]
-            images = preprocess(train_data.take(indices)[0])
-            batches = images.reshape((config.population_batches, config.batch_size) + images.shape[1:])
-            batch_stats = population_batch_stats(model, state, batches)
-        return evaluate(state, batch_stats, test_images, test_labels, plot_layer=config.plot_layer)
-
     permutation = None
     losses_since_eval, train_time, steps_timed = [], 0.0, 0
     start_step, start_time = step, time.perf_counter()
@@ -364,16 +398,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         t = time.perf_counter()
         if permutation is None:
             permutation = permute(state.rng, state.epoch, num_examples=len(dataset.train.labels))
-        num_steps = (
-            min(
-                _next_boundary(step, config.steps_per_dispatch),
-                _next_boundary(step, config.eval_every),
-                _next_boundary(step, config.checkpoint_every),
-                step - batch_index + dataset.steps_per_epoch,
-                config.num_steps,
-            )
-            - step
-        )
+        boundaries = (config.steps_per_dispatch, config.eval_every, config.checkpoint_every)
+        end = min(min(_next_boundary(step, every) for every in boundaries), config.num_steps)
+        num_steps = min(end, step - batch_index + dataset.steps_per_epoch) - step  # never past the epoch's end
         if num_steps not in programs:
             programs[num_steps] = run_steps.lower(
                 state, dataset.train, permutation, batch_size=config.batch_size, num_steps=num_steps
@@ -412,6 +439,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             losses_since_eval, train_time, steps_timed = [], 0.0, 0
 
         if step % config.checkpoint_every == 0 or step == config.num_steps:
+            writer.sync(step)
             checkpoints.save(step, args=ocp.args.StandardSave(state))
 
     checkpoints.wait_until_finished()

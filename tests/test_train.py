@@ -244,6 +244,24 @@ def test_moving_average_statistics_option(small_fake_mnist: Path, tmp_path: Path
     assert 0.0 <= record["test_accuracy"] <= 1.0
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"plot_layer": "DenseBN_7"}, r"config\.plot_layer = 'DenseBN_7'"),
+        ({"plot_unit": 100}, r"config\.plot_unit = 100"),
+        ({"population_batches": 21}, r"config\.population_batches = 21: more than the 20 mini-batches"),
+        ({"batch_size": 1300}, r"config\.batch_size = 1300: more than the 1200 training examples"),
+    ],
+)
+def test_config_errors_found_with_the_data_stop_before_training(
+    small_fake_mnist: Path, tmp_path: Path, override: dict, message: str
+) -> None:
+    config = small_config(data_dir=str(small_fake_mnist), **override)
+    with pytest.raises(ValueError, match=message):
+        train.train_and_evaluate(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_nan_loss_stops_with_diverged_at_step(small_fake_mnist: Path, tmp_path: Path, monkeypatch) -> None:
     real_train_step = train.train_step
 
@@ -337,3 +355,10 @@ def test_cli_resumes_after_sigkill_with_identical_parameters(
         return [{k: v for k, v in r.items() if k != "steps_per_second"} for r in records]
 
     assert evaluations(workdir) == evaluations(uninterrupted_run)
+
+    def scalars(run: Path) -> list[tuple[int, float]]:  # TensorBoard drops what the killed run wrote after 1000
+        events = event_accumulator.EventAccumulator(str(run))
+        events.Reload()
+        return [(e.step, e.value) for e in events.Scalars("test_accuracy")]
+
+    assert scalars(workdir) == scalars(uninterrupted_run)
