@@ -107,6 +107,20 @@ def test_model_shapes_and_bias_dropping(variant: str) -> None:
     assert (int(state.step), int(state.epoch), int(state.batch_index)) == (0, 0, 0)
 
 
+def test_dataset_take_returns_the_examples() -> None:
+    images = np.random.default_rng(0).integers(0, 256, (50, 28, 28), dtype=np.uint8)
+    labels = np.arange(50, dtype=np.int32) % 10
+    dataset = train.Dataset.create(images, labels)
+    assert dataset.rows.dtype == jnp.uint32  # 4 pixels per gathered element
+    indices = jnp.asarray([7, 0, 49, 7])
+    taken_images, taken_labels = jax.jit(train.Dataset.take)(dataset, indices)
+    np.testing.assert_array_equal(taken_images, images[[7, 0, 49, 7]])
+    np.testing.assert_array_equal(taken_labels, labels[[7, 0, 49, 7]])
+    odd = train.Dataset.create(images[:, :27, :27], labels)  # rows of 27*27 bytes: kept as bytes
+    assert odd.rows.dtype == jnp.uint8
+    np.testing.assert_array_equal(odd.take(indices)[0], images[[7, 0, 49, 7], :27, :27])
+
+
 def test_epoch_permutation_is_a_seeded_permutation_per_epoch() -> None:
     rng = jax.random.key_data(jax.random.key(3))
     first, again, second = (np.asarray(train.epoch_permutation(rng, e, 1000)) for e in (0, 0, 1))
