@@ -304,6 +304,17 @@ CLI_OVERRIDES = (
 )
 
 
+@pytest.fixture(scope="session")
+def cli_env(tmp_path_factory) -> dict[str, str]:
+    """The environment of the CLI runs: they share a persistent compilation cache (~2.5 s saved per run)."""
+    return {
+        **os.environ,
+        "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
+
+
 def cli(workdir: Path, data_dir: Path) -> list[str]:
     return [sys.executable, "-m", "bnrepro.main", "--config=configs/mnist_mlp.py:bn", f"--workdir={workdir}"] + [
         *CLI_OVERRIDES,
@@ -317,9 +328,11 @@ def final_params(workdir: Path) -> dict:
 
 
 @pytest.fixture(scope="session")
-def uninterrupted_run(full_size_fake_mnist: Path, tmp_path_factory) -> Path:
+def uninterrupted_run(full_size_fake_mnist: Path, tmp_path_factory, cli_env: dict[str, str]) -> Path:
     workdir = tmp_path_factory.mktemp("uninterrupted") / "run"
-    subprocess.run(cli(workdir, full_size_fake_mnist), cwd=REPO, check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        cli(workdir, full_size_fake_mnist), cwd=REPO, env=cli_env, check=True, capture_output=True, timeout=300
+    )
     return workdir
 
 
@@ -338,12 +351,12 @@ def test_cli_writes_metrics_checkpoints_and_tensorboard_events(uninterrupted_run
 
 
 def test_cli_resumes_after_sigkill_with_identical_parameters(
-    uninterrupted_run: Path, full_size_fake_mnist: Path, tmp_path: Path
+    uninterrupted_run: Path, full_size_fake_mnist: Path, tmp_path: Path, cli_env: dict[str, str]
 ) -> None:
     workdir = tmp_path / "run"
     checkpoints = workdir / train.CHECKPOINT_DIR
     process = subprocess.Popen(
-        cli(workdir, full_size_fake_mnist), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        cli(workdir, full_size_fake_mnist), cwd=REPO, env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:  # kill -9 as soon as the first checkpoint is complete
         deadline = time.monotonic() + 120
@@ -358,7 +371,13 @@ def test_cli_resumes_after_sigkill_with_identical_parameters(
     assert steps_at_kill[-1] < 4000, "the run finished before it was killed"
 
     resumed = subprocess.run(
-        cli(workdir, full_size_fake_mnist), cwd=REPO, capture_output=True, text=True, timeout=300, check=False
+        cli(workdir, full_size_fake_mnist),
+        cwd=REPO,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resumed from the checkpoint at step" in resumed.stderr
