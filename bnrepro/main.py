@@ -39,7 +39,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 def use_cpu_cores(count: int) -> None:
     """Restricts this process to `count` of its cores (0: all) before JAX starts its thread pool.
 
-    For a net as small as the MNIST MLP, XLA's threads cost more than they give (about 3300 vs 2700 steps/s
+    For a net as small as the MNIST MLP, XLA's threads cost more than they give (BN net: ~3100 vs ~2600 steps/s
     on 2 cores). Undone when JAX runs on an accelerator.
     """
     allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
