@@ -77,6 +77,7 @@ MODEL_FIELD_CHECKS: Mapping[str, Callable[[Any], str | None]] = {
     "init_std": _positive_finite,
     "bn_momentum": lambda v: None if 0.0 <= v <= 1.0 else "must lie in [0, 1]",
     "bn_eps": _positive_finite,
+    "bn_backward": _one_of(("paper", "autodiff")),
 }
 
 

