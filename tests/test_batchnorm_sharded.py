@@ -36,45 +36,13 @@ def _data(shape):
     return x, gamma, beta, head
 
 
-@pytest.mark.parametrize("backward", ["paper", "autodiff"])
-@pytest.mark.parametrize("shape, axes", [((32, 5), (0,)), ((16, 3, 3, 4), (0, 1, 2))])
-def test_sharded_global_batch_equals_single_device(mesh, shape, axes, backward):
+def _sharded_and_single_device(mesh, shape, **bn_kwargs):
+    """Loss value, (y, moments) and gradients w.r.t. (gamma, beta, x) of a BN under `shard_map` over 8
+    devices with axis_name="batch", and of the same BN on one device holding the whole batch."""
     x, gamma, beta, head = (jnp.asarray(a, jnp.float32) for a in _data(shape))
 
     def loss(gamma, beta, x, head, axis_name):
-        y, moments = batch_norm(x, gamma, beta, axes=axes, axis_name=axis_name, backward=backward)
-        total = jnp.sum(jnp.tanh(y) * head)
-        if axis_name is not None:
-            total = jax.lax.psum(total, axis_name)
-        return total, (y, moments)
-
-    grad_fn = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)
-    sharded = jax.jit(
-        jax.shard_map(
-            functools.partial(grad_fn, axis_name="batch"),
-            mesh=mesh,
-            in_specs=(P(), P(), P("batch"), P("batch")),
-            out_specs=((P(), (P("batch"), P())), (P(), P(), P("batch"))),
-        )
-    )
-    (_, (y_s, m_s)), g_s = sharded(gamma, beta, x, head)
-    (_, (y_1, m_1)), g_1 = grad_fn(gamma, beta, x, head, None)
-
-    y_ref, mu_ref, var_ref = ref.bn_train(np.asarray(x), np.asarray(gamma), np.asarray(beta), axes, 1e-5)
-    np.testing.assert_allclose(m_s.mean, mu_ref, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(m_s.var, var_ref, rtol=1e-5)
-    np.testing.assert_allclose(y_s, y_ref, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(y_s, y_1, rtol=1e-5, atol=1e-5)
-    for a, b in zip(g_s, g_1):  # d/dgamma, d/dbeta (replicated), d/dx (sharded)
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize("backward", ["paper", "autodiff"])
-def test_sharded_virtual_batches_are_per_device_groups(mesh, backward):
-    x, gamma, beta, head = (jnp.asarray(a, jnp.float32) for a in _data((32, 5)))
-
-    def loss(gamma, beta, x, head, axis_name):
-        y, moments = batch_norm(x, gamma, beta, axes=(0,), axis_name=axis_name, virtual_batch_size=2, backward=backward)
+        y, moments = batch_norm(x, gamma, beta, axis_name=axis_name, **bn_kwargs)
         total = jnp.sum(jnp.tanh(y) * head)
         return (total if axis_name is None else jax.lax.psum(total, axis_name)), (y, moments)
 
@@ -87,13 +55,35 @@ def test_sharded_virtual_batches_are_per_device_groups(mesh, backward):
             out_specs=((P(), (P("batch"), P())), (P(), P(), P("batch"))),
         )
     )
-    (_, (y, moments)), grads = sharded(gamma, beta, x, head)
-    (_, (y_one, moments_one)), grads_one = grad_fn(gamma, beta, x, head, None)
-    np.testing.assert_allclose(y, y_one, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(moments.mean, moments_one.mean, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(moments.var, moments_one.var, rtol=1e-5)
-    for a, b in zip(grads, grads_one):
+    return (x, gamma, beta), sharded(gamma, beta, x, head), grad_fn(gamma, beta, x, head, None)
+
+
+def _assert_same(sharded, single):
+    (_, (y_s, m_s)), g_s = sharded
+    (_, (y_1, m_1)), g_1 = single
+    np.testing.assert_allclose(y_s, y_1, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(m_s.mean, m_1.mean, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(m_s.var, m_1.var, rtol=1e-5)
+    for a, b in zip(g_s, g_1):  # d/dgamma, d/dbeta (replicated), d/dx (sharded)
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backward", ["paper", "autodiff"])
+@pytest.mark.parametrize("shape, axes", [((32, 5), (0,)), ((16, 3, 3, 4), (0, 1, 2))])
+def test_sharded_global_batch_equals_single_device(mesh, shape, axes, backward):
+    (x, gamma, beta), sharded, single = _sharded_and_single_device(mesh, shape, axes=axes, backward=backward)
+    _assert_same(sharded, single)
+    (_, (y_s, m_s)), _ = sharded
+    y_ref, mu_ref, var_ref = ref.bn_train(np.asarray(x), np.asarray(gamma), np.asarray(beta), axes, 1e-5)
+    np.testing.assert_allclose(m_s.mean, mu_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(m_s.var, var_ref, rtol=1e-5)
+    np.testing.assert_allclose(y_s, y_ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backward", ["paper", "autodiff"])
+def test_sharded_virtual_batches_are_per_device_groups(mesh, backward):
+    _, sharded, single = _sharded_and_single_device(mesh, (32, 5), axes=(0,), virtual_batch_size=2, backward=backward)
+    _assert_same(sharded, single)
 
 
 def test_sharded_layer_keeps_identical_running_statistics(mesh):
