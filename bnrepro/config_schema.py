@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -58,6 +59,9 @@ TRAINING_FIELDS: Mapping[str, Field] = {
     "batch_size": Field(int, _at_least(1)),
     "learning_rate": Field(float, _positive_finite),
     "momentum": Field(float, _in_unit_interval),
+    "weight_decay": Field(float, lambda v: None if v >= 0.0 else "must be >= 0"),
+    "lr_decay_rate": Field(float, lambda v: None if 0.0 < v <= 1.0 else "must lie in (0, 1]"),
+    "lr_decay_steps": Field(int, _at_least(1)),
     "seed": Field(int),
     "eval_every": Field(int, _at_least(1)),
     "eval_statistics": Field(str, _one_of(EVAL_STATISTICS)),
@@ -98,11 +102,14 @@ def _check_value(key: str, value: Any, field: Field) -> None:
 def model_fields(model_config: ml_collections.ConfigDict) -> dict[str, Field]:
     """The allowed `model.*` keys for the class `model_config.name` names, typed by the class defaults."""
     cls = models.model_class(model_config.get("name"))
+    hints = typing.get_type_hints(cls)
     fields = {"name": Field(str)}
     for f in dataclasses.fields(cls):
         if f.name in ("parent", "name") or f.default is dataclasses.MISSING:
             continue
         kind = tuple if isinstance(f.default, (tuple, list)) else type(f.default)
+        if f.default is None:  # an optional attribute: the types its annotation allows, e.g. `int | None`
+            kind = tuple(t for t in typing.get_args(hints[f.name]) if isinstance(t, type))
         fields[f.name] = Field(kind, MODEL_FIELD_CHECKS.get(f.name))
     return fields
 

@@ -13,8 +13,8 @@ import os
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 METRICS_FILE = "metrics.jsonl"
 FIGURE1_KEYS = ("step", "test_accuracy", "p15", "p50", "p85", "p50_units")

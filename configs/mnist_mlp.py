@@ -51,6 +51,9 @@ def get_config(variant: str = "bn") -> ml_collections.ConfigDict:
     config.batch_size = 60  # examples per mini-batch, m
     config.learning_rate = 0.1  # plain SGD, the same for both nets; see the docstring
     config.momentum = 0.0  # 0 = plain SGD
+    config.weight_decay = 0.0  # L2 weight decay on the weights (not on gamma, beta, biases)
+    config.lr_decay_rate = 1.0  # learning rate * lr_decay_rate^(step / lr_decay_steps); 1 = constant
+    config.lr_decay_steps = 1  # steps per factor lr_decay_rate of exponential decay
     config.seed = 0  # initialization, shuffling and the population-statistics samples
 
     config.eval_every = 1000  # steps between evaluations on the whole test set

@@ -4,9 +4,9 @@ and 2, finite differences in float64, and the paper's stated properties."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpy_reference as ref
 import pytest
 
-import numpy_reference as ref
 from bnrepro.batchnorm import Moments, batch_norm, batch_norm_inference, ema_update, population_moments
 
 EPS = 1e-5

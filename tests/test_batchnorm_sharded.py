@@ -8,10 +8,10 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpy_reference as ref
 import pytest
 from jax.sharding import PartitionSpec as P
 
-import numpy_reference as ref
 from bnrepro.batchnorm import batch_norm
 from bnrepro.layers import BatchNorm
 

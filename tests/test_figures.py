@@ -10,21 +10,21 @@ from bnrepro import figures
 def _write_run(path, medians_per_eval):
     with open(path / "metrics.jsonl", "w") as f:
         f.write(json.dumps({"step": 5, "train_loss": 1.0}) + "\n")  # a training record: ignored
-        for i, medians in enumerate(medians_per_eval):
-            f.write(
-                json.dumps(
-                    {
-                        "step": 100 * (i + 1),
-                        "test_accuracy": 0.8 + 0.05 * i,
-                        "train_loss": 0.5,
-                        "p15": -1.0 - i,
-                        "p50": medians[0],
-                        "p85": 1.0 + i,
-                        "p50_units": medians,
-                    }
-                )
-                + "\n"
+        f.writelines(
+            json.dumps(
+                {
+                    "step": 100 * (i + 1),
+                    "test_accuracy": 0.8 + 0.05 * i,
+                    "train_loss": 0.5,
+                    "p15": -1.0 - i,
+                    "p50": medians[0],
+                    "p85": 1.0 + i,
+                    "p50_units": medians,
+                }
             )
+            + "\n"
+            for i, medians in enumerate(medians_per_eval)
+        )
 
 
 def test_median_drift_is_the_mean_over_units_of_each_median_range(tmp_path):

@@ -5,9 +5,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpy_reference as ref
 import pytest
 
-import numpy_reference as ref
 from bnrepro.layers import BatchNorm, ConvBN, DenseBN, population_statistics
 
 MOMENTUM, EPS = 0.9, 1e-3

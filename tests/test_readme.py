@@ -8,7 +8,7 @@ README = (ROOT / "README.md").read_text()
 
 
 def test_readme_python_examples_run():
-    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+    blocks = re.findall(r"```python\n(.*?)```", README, re.DOTALL)
     assert len(blocks) >= 2
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})

@@ -15,7 +15,7 @@ import numpy as np
 from bnrepro.data import idx, mnist_offline, tfds_source
 from bnrepro.data.core import DataError, Split, Splits
 
-__all__ = ["DATASET_NAMES", "SOURCES", "EXPECTED_COUNTS", "DataError", "Split", "Splits", "load_dataset"]
+__all__ = ["DATASET_NAMES", "EXPECTED_COUNTS", "SOURCES", "DataError", "Split", "Splits", "load_dataset"]
 
 DATASET_NAMES = ("mnist", "fashion_mnist")
 SOURCES = ("offline", "tfds")

@@ -279,6 +279,8 @@ class BNInception(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array, train: bool) -> jax.Array:
         x = images.astype(jnp.float32)
+        if x.ndim == 3:  # grayscale (N, H, W), as the trainer serves MNIST/Fashion-MNIST: one channel
+            x = x[..., None]
         norm = functools.partial(
             BatchNorm,
             momentum=self.bn_momentum,

@@ -1,0 +1,93 @@
+"""The optimizer the config describes (Sec. 4.2.1's knobs), dropout keys, and optional model fields."""
+
+import importlib.util
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from bnrepro import config_schema, train
+
+REPO = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("mnist_mlp", REPO / "configs" / "mnist_mlp.py")
+mnist_mlp = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(mnist_mlp)
+
+PARAMS = {"Dense_0": {"kernel": jnp.full((2, 2), 2.0), "bias": jnp.full((2,), 2.0)},
+          "BatchNorm_0": {"scale": jnp.full((2,), 2.0), "bias": jnp.full((2,), 2.0)}}  # fmt: skip
+
+
+def _config(**overrides):
+    config = mnist_mlp.get_config("bn")
+    config.update(overrides)
+    return config
+
+
+def test_weight_decay_is_l2_on_kernels_only():
+    tx = train.create_optimizer(_config(learning_rate=0.1, weight_decay=0.5))
+    zero_grads = jax.tree.map(jnp.zeros_like, PARAMS)
+    updates, _ = tx.update(zero_grads, tx.init(PARAMS), PARAMS)
+    new = optax.apply_updates(PARAMS, updates)
+    np.testing.assert_allclose(new["Dense_0"]["kernel"], 2.0 - 0.1 * 0.5 * 2.0)  # w - lr * wd * w
+    for leaf in (new["Dense_0"]["bias"], new["BatchNorm_0"]["scale"], new["BatchNorm_0"]["bias"]):
+        np.testing.assert_allclose(leaf, 2.0)
+
+
+def test_exponential_learning_rate_decay():
+    tx = train.create_optimizer(_config(learning_rate=1.0, lr_decay_rate=0.5, lr_decay_steps=10))
+    grads = jax.tree.map(jnp.ones_like, PARAMS)
+    state, steps = tx.init(PARAMS), []
+    for _ in range(21):
+        updates, state = tx.update(grads, state, PARAMS)
+        steps.append(float(-updates["Dense_0"]["kernel"][0, 0]))
+    np.testing.assert_allclose([steps[0], steps[10], steps[20]], [1.0, 0.5, 0.25], rtol=1e-6)
+
+
+def test_constant_plain_sgd_by_default():
+    tx = train.create_optimizer(_config(learning_rate=0.3))
+    updates, _ = tx.update(jax.tree.map(jnp.ones_like, PARAMS), tx.init(PARAMS), PARAMS)
+    np.testing.assert_allclose(updates["BatchNorm_0"]["scale"], -0.3)
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [("weight_decay", -1.0, "must be >= 0"), ("lr_decay_rate", 0.0, r"\(0, 1\]"), ("lr_decay_steps", 0, ">= 1")],
+)
+def test_optimizer_config_errors_name_the_key(key, value, message):
+    config = _config()
+    config[key] = value
+    with pytest.raises(ValueError, match=rf"config\.{key}.*{message}"):
+        config_schema.validate(config)
+
+
+def test_dropout_gets_a_new_key_every_step():
+    class Dropout:  # records the dropout keys an apply_fn is given
+        keys = []
+
+        def __call__(self, variables, images, train, mutable, rngs):
+            self.keys.append(jax.random.key_data(rngs["dropout"]))
+            return jnp.zeros((images.shape[0], 10)) + variables["params"]["w"], {}
+
+    state = train.TrainState.create(
+        apply_fn=Dropout(), params={"w": jnp.zeros(())}, tx=optax.sgd(0.1), batch_stats={},
+        rng=jax.random.key_data(jax.random.key(0)), epoch=jnp.zeros((), jnp.int32),
+        batch_index=jnp.zeros((), jnp.int32),
+    )  # fmt: skip
+    batch = {"image": jnp.zeros((4, 28, 28)), "label": jnp.zeros((4,), jnp.int32)}
+    state, _ = train.train_step(state, batch)
+    train.train_step(state, batch)
+    first, second = Dropout.keys
+    assert not np.array_equal(first, second)
+
+
+def test_optional_model_fields_take_their_annotated_type():
+    config = _config()
+    model = {"name": "bn_inception", "num_classes": 10, "small_input": True}
+    config.model = {**model, "bn_virtual_batch_size": 32}
+    config_schema.validate(config)
+    config.model = {**model, "bn_virtual_batch_size": "32"}
+    with pytest.raises(ValueError, match=r"config\.model\.bn_virtual_batch_size: expected int or NoneType"):
+        config_schema.validate(config)
