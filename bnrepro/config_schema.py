@@ -71,6 +71,7 @@ TRAINING_FIELDS: Mapping[str, Field] = {
     "steps_per_dispatch": Field(int, _at_least(1)),
     "checkpoint_every": Field(int, _at_least(1)),
     "cpu_cores": Field(int, _at_least(0)),
+    "num_devices": Field(int, _at_least(0)),
 }
 
 # Checks of model attributes by name, shared by every model that has them; their types come from the class.

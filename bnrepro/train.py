@@ -181,20 +181,45 @@ def epoch_permutation(rng: jax.Array, epoch: jax.Array, num_examples: int) -> ja
 
 
 def train_steps(
-    state: TrainState, train_data: Dataset, permutation: jax.Array, *, batch_size: int, num_steps: int
+    state: TrainState,
+    train_data: Dataset,
+    permutation: jax.Array,
+    *,
+    batch_size: int,
+    num_steps: int,
+    batch_sharding: jax.sharding.Sharding | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """`num_steps` consecutive `train_step`s in one program. Mini-batch i of the epoch is the examples
-    `permutation[i*B:(i+1)*B]`, gathered on the device. Returns the state and each step's metrics."""
+    `permutation[i*B:(i+1)*B]`, gathered on the device. Returns the state and each step's metrics.
+
+    With `batch_sharding` (data parallelism, `data_parallel_sharding`) each mini-batch is split across the
+    devices and the replicated parameters see the whole batch: BN's statistics are then global over all
+    devices (XLA adds the cross-device reductions), unless the model's `bn_virtual_batch_size` normalizes
+    each device's share, the paper's per-replica mini-batches, on its own."""
 
     def step(state, _):
         indices = jax.lax.dynamic_slice_in_dim(permutation, state.batch_index * batch_size, batch_size)
         images, labels = train_data.take(indices)
+        if batch_sharding is not None:
+            images, labels = jax.lax.with_sharding_constraint((images, labels), batch_sharding)
         state, metrics = train_step(state, {"image": preprocess(images), "label": labels})
         return state.replace(batch_index=state.batch_index + 1), metrics
 
     # A single step is unrolled: inside XLA:CPU's while loop, convolutions run ~15x slower than outside it
     # (measured on the small BN-Inception), so conv nets on CPU train with steps_per_dispatch = 1.
     return jax.lax.scan(step, state, length=num_steps, unroll=num_steps == 1)
+
+
+def data_parallel_sharding(num_devices: int, batch_size: int) -> jax.sharding.NamedSharding | None:
+    """How a mini-batch is split across the first `num_devices` devices (0: all of them): along its leading
+    axis, named "batch"; None for a single device. The batch must split evenly."""
+    devices = jax.devices()[: num_devices or None]
+    if len(devices) == 1:
+        return None
+    if batch_size % len(devices):
+        raise ValueError(f"config.batch_size = {batch_size}: does not split evenly across {len(devices)} devices.")
+    mesh = jax.sharding.Mesh(np.asarray(devices), ("batch",), axis_types=(jax.sharding.AxisType.Auto,))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
 
 
 def population_batch_stats(model: nn.Module, state: TrainState, batches: jax.Array) -> Any:
@@ -358,7 +383,7 @@ def _compile_evaluation(config: ml_collections.ConfigDict, model: nn.Module, sta
             batch_stats = population_batch_stats(model, state, batches)
         return evaluate(state, batch_stats, test_images, test_labels, plot_layer=config.plot_layer)
 
-    permutation = jax.ShapeDtypeStruct(dataset.train.labels.shape, jnp.int32)
+    permutation = jax.ShapeDtypeStruct(dataset.train.labels.shape, jnp.int32, sharding=dataset.train.labels.sharding)
     try:
         lowered = jax.jit(evaluation).lower(state, dataset.train, permutation, dataset.test_images, dataset.test_labels)
     except KeyError as e:
@@ -403,23 +428,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     """
     config_schema.validate(config)
     workdir = Path(workdir)
+    batch_sharding = data_parallel_sharding(config.num_devices, config.batch_size)
+    # Everything else is replicated on the devices the batch is split across.
+    place = (lambda tree: tree) if batch_sharding is None else (
+        lambda tree: jax.device_put(tree, batch_sharding.update(spec=jax.sharding.PartitionSpec()))
+    )  # fmt: skip
     dataset = _load_data(config)
+    dataset = dataset._replace(**place({"train": dataset.train, "test_images": dataset.test_images,
+                                        "test_labels": dataset.test_labels}))  # fmt: skip
     model = create_model(config.model)
     example_images = dataset.train.take(jnp.arange(config.batch_size))[0]
-    state = create_train_state(config, model, jax.random.key(config.seed), example_images)
+    state = place(create_train_state(config, model, jax.random.key(config.seed), example_images))
     evaluation = _compile_evaluation(config, model, state, dataset)
 
     checkpoints = ocp.CheckpointManager(
         (workdir / CHECKPOINT_DIR).absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
     )
-    state = _restore_latest(checkpoints, state, config, workdir)
+    state = place(_restore_latest(checkpoints, state, config, workdir))
     (workdir / CONFIG_FILE).write_text(json.dumps(json.loads(config.to_json_best_effort()), indent=2) + "\n")
     (workdir / DIVERGED_FILE).unlink(missing_ok=True)
     step, epoch, batch_index = int(state.step), int(state.epoch), int(state.batch_index)
     writer = MetricsWriter(workdir, resume_step=step)
 
     permute = jax.jit(epoch_permutation, static_argnames="num_examples")
-    run_steps = jax.jit(train_steps, static_argnames=("batch_size", "num_steps"))
+    run_steps = jax.jit(train_steps, static_argnames=("batch_size", "num_steps", "batch_sharding"))
     programs = {}  # one compiled program per number of fused steps; there are few
     permutation = None
     losses_since_eval, train_time, steps_timed = [], 0.0, 0
@@ -430,13 +462,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             state = state.replace(epoch=jnp.asarray(epoch, jnp.int32), batch_index=jnp.zeros((), jnp.int32))
         t = time.perf_counter()
         if permutation is None:
-            permutation = permute(state.rng, state.epoch, num_examples=len(dataset.train.labels))
+            permutation = place(permute(state.rng, state.epoch, num_examples=len(dataset.train.labels)))
         boundaries = (config.steps_per_dispatch, config.eval_every, config.checkpoint_every)
         end = min(min(_next_boundary(step, every) for every in boundaries), config.num_steps)
         num_steps = min(end, step - batch_index + dataset.steps_per_epoch) - step  # never past the epoch's end
         if num_steps not in programs:
             programs[num_steps] = run_steps.lower(
-                state, dataset.train, permutation, batch_size=config.batch_size, num_steps=num_steps
+                state,
+                dataset.train,
+                permutation,
+                batch_size=config.batch_size,
+                num_steps=num_steps,
+                batch_sharding=batch_sharding,
             ).compile()
             logging.info("Compiled the %d-step training program in %.1f s.", num_steps, time.perf_counter() - t)
             t = time.perf_counter()

@@ -67,6 +67,7 @@ def get_config(variant: str = "bn") -> ml_collections.ConfigDict:
     # On a CPU-only host, run on this many of the allowed cores (0 = all): for a net this small one core is
     # fastest (~3100 vs ~2600 steps/s on two). Two runs in parallel: `taskset -c 1` the second one.
     config.cpu_cores = 1
+    config.num_devices = 1  # devices each mini-batch is split across (0 = all); a net this small needs one
 
     config.lock()  # overriding a key that does not exist is an error
     return config

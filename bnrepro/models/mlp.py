@@ -25,6 +25,7 @@ class MLP(nn.Module):
       batch_norm: BN before every hidden nonlinearity.
       init_std: standard deviation of every weight's Gaussian initialization.
       bn_momentum, bn_eps: the BN layers' moving-average momentum (Flax convention) and eps.
+      bn_virtual_batch_size: normalize groups of this many examples separately (ghost / per-device batches).
       bn_backward: BN's backward pass, "paper" (Sec. 3's formulas) or "autodiff" (`batchnorm.batch_norm`).
     """
 
@@ -35,13 +36,20 @@ class MLP(nn.Module):
     init_std: float = 0.1
     bn_momentum: float = 0.99
     bn_eps: float = 1e-5
+    bn_virtual_batch_size: int | None = None
     bn_backward: str = "paper"
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool) -> jax.Array:
         u = images.reshape((images.shape[0], -1)).astype(jnp.float32)
         kernel_init = nn.initializers.normal(self.init_std)
-        norm = functools.partial(BatchNorm, momentum=self.bn_momentum, eps=self.bn_eps, backward=self.bn_backward)
+        norm = functools.partial(
+            BatchNorm,
+            momentum=self.bn_momentum,
+            eps=self.bn_eps,
+            virtual_batch_size=self.bn_virtual_batch_size,
+            backward=self.bn_backward,
+        )
         for width in self.hidden:
             u = DenseBN(
                 width, activation=self.activation, batch_norm=self.batch_norm, norm=norm, kernel_init=kernel_init
