@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import matplotlib
 
@@ -16,12 +17,15 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt
 import numpy as np
 
+from bnrepro.train import DIVERGED_FILE
+
 METRICS_FILE = "metrics.jsonl"
 FIGURE1_KEYS = ("step", "test_accuracy", "p15", "p50", "p85", "p50_units")
 
 
-def read_evaluations(workdir: str | os.PathLike) -> list[dict]:
-    """The evaluation records (those with `test_accuracy`) of a run's metrics.jsonl, by step."""
+def read_evaluations(workdir: str | os.PathLike, required: tuple[str, ...] = FIGURE1_KEYS) -> list[dict]:
+    """The evaluation records (those with `test_accuracy`) of a run's metrics.jsonl, by step, which must
+    hold the keys `required` (by default those Figure 1 needs)."""
     path = os.path.join(workdir, METRICS_FILE)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} does not exist: is {workdir} a finished bnrepro run directory?")
@@ -30,9 +34,9 @@ def read_evaluations(workdir: str | os.PathLike) -> list[dict]:
     evaluations = sorted((r for r in records if "test_accuracy" in r), key=lambda r: r["step"])
     if not evaluations:
         raise ValueError(f"{path} holds no evaluation (no record with test_accuracy).")
-    missing = [k for k in FIGURE1_KEYS if k not in evaluations[0]]
+    missing = [k for k in required if k not in evaluations[0]]
     if missing:
-        raise ValueError(f"{path}: evaluation records lack {missing}; Figure 1 needs {list(FIGURE1_KEYS)}.")
+        raise ValueError(f"{path}: evaluation records lack {missing}; expected {list(required)}.")
     return evaluations
 
 
@@ -66,3 +70,42 @@ def plot_figure1(baseline: list[dict], batch_norm: list[dict]) -> plt.Figure:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+TABLE2_RUNS = ("inception", "bn_baseline", "bn_x5", "bn_x30", "bn_x5_sigmoid", "sigmoid")
+TABLE2_PAPER = {  # Table 2: steps to 72.2% (Inception's best), max accuracy
+    "inception": ("31.0e6", "72.2%"),
+    "bn_baseline": ("13.3e6", "72.7%"),
+    "bn_x5": ("2.1e6", "73.0%"),
+    "bn_x30": ("2.7e6", "74.8%"),
+    "bn_x5_sigmoid": ("—", "69.8%"),
+    "sigmoid": ("—", "chance"),
+}
+
+
+def table2(workdir: str | os.PathLike) -> str:
+    """Table 2 in markdown from `workdir/RUN` run directories (configs/fashion_table2.py): for each run the
+    steps it needs to reach the `inception` run's best accuracy, and its own best, beside the paper's."""
+    workdir = Path(workdir)
+    runs = {}
+    for variant in TABLE2_RUNS:
+        diverged = workdir / variant / DIVERGED_FILE
+        runs[variant] = [] if diverged.exists() else read_evaluations(workdir / variant, required=())
+    target = max(r["test_accuracy"] for r in runs["inception"]) if runs["inception"] else float("nan")
+    lines = [
+        f"| run | steps to {target:.1%} | max accuracy (at step) | paper: steps to 72.2% | paper: max |",
+        "|---|---|---|---|---|",
+    ]
+    for variant, records in runs.items():
+        if not records:
+            lines.append(
+                f"| {variant} | diverged | diverged | {TABLE2_PAPER[variant][0]} | {TABLE2_PAPER[variant][1]} |"
+            )
+            continue
+        reached = next((r["step"] for r in records if r["test_accuracy"] >= target), None)
+        best = max(records, key=lambda r: r["test_accuracy"])
+        lines.append(
+            f"| {variant} | {reached if reached is not None else '—'} | {best['test_accuracy']:.1%} "
+            f"({best['step']}) | {TABLE2_PAPER[variant][0]} | {TABLE2_PAPER[variant][1]} |"
+        )
+    return "\n".join(lines)

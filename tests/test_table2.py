@@ -1,0 +1,89 @@
+"""The CPU-scale Table 2: its six configs are valid and say what Sec. 4.2.1 changes; the table is computed
+from the runs' metrics.jsonl; one fused step equals one unfused step."""
+
+import functools
+import importlib.util
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bnrepro import config_schema, figures, train
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _load(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+table2_config = _load(REPO / "configs" / "fashion_table2.py", "fashion_table2")
+mnist_mlp = _load(REPO / "configs" / "mnist_mlp.py", "mnist_mlp")
+
+
+@pytest.mark.parametrize("variant", table2_config.VARIANTS)
+def test_configs_are_valid(variant):
+    config_schema.validate(table2_config.get_config(variant))
+    config_schema.validate(table2_config.get_config(f"{variant},quick"))
+
+
+def test_accelerations_of_sec_4_2_1():
+    base, x5, x30 = (table2_config.get_config(v) for v in ("bn_baseline", "bn_x5", "bn_x30"))
+    assert base.model.batch_norm and not table2_config.get_config("inception").model.batch_norm
+    assert x5.learning_rate == pytest.approx(5 * base.learning_rate)
+    assert x30.learning_rate == pytest.approx(30 * base.learning_rate)
+    assert (base.model.dropout_rate, x5.model.dropout_rate) == (0.4, 0.0)
+    assert x5.weight_decay == pytest.approx(base.weight_decay / 5)
+    assert x5.lr_decay_steps * 6 == base.lr_decay_steps
+    assert base.model.lrn and not x5.model.lrn
+    assert table2_config.get_config("bn_x5_sigmoid").model.activation == "sigmoid"
+    sigmoid = table2_config.get_config("sigmoid")
+    assert sigmoid.model.activation == "sigmoid" and not sigmoid.model.batch_norm
+    with pytest.raises(ValueError, match="bad argument 'bn_x50'"):
+        table2_config.get_config("bn_x50")
+
+
+def test_table_counts_steps_to_the_inception_runs_best_accuracy(tmp_path):
+    curves = {  # accuracy at steps 100, 200, 300
+        "inception": [0.5, 0.6, 0.7],
+        "bn_baseline": [0.6, 0.7, 0.75],
+        "bn_x5": [0.72, 0.8, 0.8],
+        "bn_x30": [0.65, 0.69, 0.71],
+        "bn_x5_sigmoid": [0.4, 0.5, 0.6],
+    }
+    for variant, accuracies in curves.items():
+        (tmp_path / variant).mkdir()
+        lines = [json.dumps({"step": 100 * (i + 1), "test_accuracy": a}) for i, a in enumerate(accuracies)]
+        (tmp_path / variant / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "sigmoid").mkdir()
+    (tmp_path / "sigmoid" / train.DIVERGED_FILE).write_text("diverged at step 3\n")
+    rows = {line.split(" | ")[0].strip("| "): line for line in figures.table2(tmp_path).splitlines()[2:]}
+    assert "steps to 70.0%" in figures.table2(tmp_path).splitlines()[0]
+    assert rows["inception"].startswith("| inception | 300 | 70.0% (300)")
+    assert rows["bn_baseline"].startswith("| bn_baseline | 200 | 75.0% (300)")
+    assert rows["bn_x5"].startswith("| bn_x5 | 100 | 80.0% (200)")
+    assert rows["bn_x30"].startswith("| bn_x30 | 300 | 71.0% (300)")
+    assert rows["bn_x5_sigmoid"].startswith("| bn_x5_sigmoid | — | 60.0% (300)")
+    assert rows["sigmoid"].startswith("| sigmoid | diverged")
+
+
+def test_a_single_step_dispatch_equals_a_fused_one():
+    config = mnist_mlp.get_config("bn")
+    model = train.create_model(config.model)
+    rng = np.random.default_rng(0)
+    data = train.Dataset.create(rng.integers(0, 256, (240, 28, 28), dtype=np.uint8), rng.integers(0, 10, 240))
+    state = train.create_train_state(config, model, jax.random.key(0), data.take(jnp.arange(60))[0])
+    permutation = train.epoch_permutation(state.rng, state.epoch, 240)
+    steps = functools.partial(train.train_steps, train_data=data, permutation=permutation, batch_size=60)
+    one_by_one = state
+    for _ in range(2):
+        one_by_one, metrics = jax.jit(functools.partial(steps, num_steps=1))(one_by_one)
+        assert metrics["loss"].shape == (1,)
+    fused, _ = jax.jit(functools.partial(steps, num_steps=2))(state)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), one_by_one.params, fused.params)
