@@ -1,6 +1,5 @@
 """The MNIST config file and the training-config contract (`bnrepro.config_schema`)."""
 
-import importlib.util
 import math
 import subprocess
 import sys
@@ -8,21 +7,13 @@ from pathlib import Path
 
 import ml_collections
 import pytest
+from config_files import mnist_mlp
 
 from bnrepro import config_schema
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def load_config_file(path: Path):
-    """Imports a config file by path, as `--config=path` does."""
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-mnist_mlp = load_config_file(REPO / "configs" / "mnist_mlp.py")
 CONTRACT = (
     "model.activation", "model.batch_norm", "model.init_std", "num_steps", "batch_size", "learning_rate", "seed",
     "eval_every", "dataset", "data_source",

@@ -3,23 +3,17 @@ exactly as one device holding it, with global BN statistics, or with per-device 
 per-replica mini-batches) through `bn_virtual_batch_size`."""
 
 import functools
-import importlib.util
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from config_files import mnist_mlp
 
 from bnrepro import train
 
 NUM_DEVICES, BATCH = 8, 64
 pytestmark = pytest.mark.skipif(jax.device_count() < NUM_DEVICES, reason="needs 8 (simulated) devices")
-
-REPO = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("mnist_mlp", REPO / "configs" / "mnist_mlp.py")
-mnist_mlp = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(mnist_mlp)
 
 
 def _train(batch_sharding, virtual_batch_size=None, num_steps=3):

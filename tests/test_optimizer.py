@@ -1,20 +1,13 @@
 """The optimizer the config describes (Sec. 4.2.1's knobs), dropout keys, and optional model fields."""
 
-import importlib.util
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from config_files import mnist_mlp
 
 from bnrepro import config_schema, train
-
-REPO = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("mnist_mlp", REPO / "configs" / "mnist_mlp.py")
-mnist_mlp = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(mnist_mlp)
 
 PARAMS = {"Dense_0": {"kernel": jnp.full((2, 2), 2.0), "bias": jnp.full((2,), 2.0)},
           "BatchNorm_0": {"scale": jnp.full((2,), 2.0), "bias": jnp.full((2,), 2.0)}}  # fmt: skip

@@ -2,29 +2,16 @@
 from the runs' metrics.jsonl; one fused step equals one unfused step."""
 
 import functools
-import importlib.util
 import json
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from config_files import fashion_table2 as table2_config
+from config_files import mnist_mlp
 
 from bnrepro import config_schema, figures, train
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _load(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-table2_config = _load(REPO / "configs" / "fashion_table2.py", "fashion_table2")
-mnist_mlp = _load(REPO / "configs" / "mnist_mlp.py", "mnist_mlp")
 
 
 @pytest.mark.parametrize("variant", table2_config.VARIANTS)

@@ -4,7 +4,6 @@ The CLI tests run `python -m bnrepro.main` on a fake, learnable MNIST written wh
 the real one (`$BNREPRO_DATA_DIR/mnist.npz`), so nothing is downloaded.
 """
 
-import importlib.util
 import json
 import os
 import signal
@@ -18,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from config_files import mnist_mlp
 from tensorboard.backend.event_processing import event_accumulator
 
 import bnrepro.data
@@ -25,9 +25,6 @@ from bnrepro import train
 from bnrepro.data import mnist_offline
 
 REPO = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("mnist_mlp", REPO / "configs" / "mnist_mlp.py")
-mnist_mlp = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(mnist_mlp)
 
 
 def learnable_images(labels: np.ndarray, seed: int) -> np.ndarray:
