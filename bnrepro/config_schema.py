@@ -4,6 +4,8 @@ These keys are the contract between config files, sweeps and notebooks. `validat
 it before anything is trained, and names the offending key in a ValueError: an unknown or missing key, a
 wrong type, or an impossible value (a batch size of 0, negative steps, an unknown activation or dataset).
 Keys under `model` other than `model.name` are the attributes of the model class `model.name` selects.
+`input` holds the ImageNet input pipeline's settings; it is required for `dataset="imagenet2012"` and refused
+otherwise (MNIST-size datasets live on the device and have no pipeline to configure).
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from typing import Any, NamedTuple
 import ml_collections
 
 from bnrepro import data, layers, models
+from bnrepro.data import imagenet
 
 EVAL_STATISTICS = ("population", "moving_average")
+DATASETS = (*data.DATASET_NAMES, imagenet.DATASET_NAME)  # the last one is read from disk by a host pipeline
 
 
 class Field(NamedTuple):
@@ -51,7 +55,7 @@ def _positive_ints(v: tuple) -> str | None:
 
 TRAINING_FIELDS: Mapping[str, Field] = {
     "model": Field(ml_collections.ConfigDict),
-    "dataset": Field(str, _one_of(data.DATASET_NAMES)),
+    "dataset": Field(str, _one_of(DATASETS)),
     "data_source": Field(str, _one_of(data.SOURCES)),
     "data_dir": Field(str),
     "validation_size": Field(int, _at_least(0)),
@@ -72,6 +76,18 @@ TRAINING_FIELDS: Mapping[str, Field] = {
     "checkpoint_every": Field(int, _at_least(1)),
     "cpu_cores": Field(int, _at_least(0)),
     "num_devices": Field(int, _at_least(0)),
+}
+
+# `config.input`, the host-fed ImageNet pipeline (`bnrepro.data.imagenet.train_dataset` / `eval_dataset`).
+INPUT_FIELDS: Mapping[str, Field] = {
+    "image_size": Field(int, _at_least(16)),
+    "shuffle": Field(str, _one_of(imagenet.SHUFFLE_MODES)),
+    "distortion": Field(str, _one_of(tuple(imagenet.DISTORTIONS))),
+    "train_split": Field(str),
+    "eval_split": Field(str),
+    "eval_batch_size": Field(int, _at_least(1)),
+    "read_threads": Field(int, _at_least(0)),
+    "prefetch_buffer_size": Field(int, _at_least(0)),
 }
 
 # Checks of model attributes by name, shared by every model that has them; their types come from the class.
@@ -115,19 +131,37 @@ def model_fields(model_config: ml_collections.ConfigDict) -> dict[str, Field]:
     return fields
 
 
+def _check_fields(config: ml_collections.ConfigDict, fields: Mapping[str, Field], prefix: str = "") -> None:
+    unknown = sorted(set(config.keys()) - set(fields))
+    if unknown:
+        raise ValueError(f"config.{prefix}{unknown[0]}: unknown key; the known keys are {sorted(fields)}.")
+    for key, field in fields.items():
+        if key not in config:
+            raise ValueError(f"config.{prefix}{key}: missing.")
+        _check_value(prefix + key, config[key], field)
+
+
+def _check_host_fed(config: ml_collections.ConfigDict) -> None:
+    """What a host-fed (ImageNet) config needs, and the on-device features it cannot have."""
+    _check_fields(config.input, INPUT_FIELDS, prefix="input.")
+    if config.data_source != "tfds":
+        raise ValueError(f"config.data_source = {config.data_source!r}: {config.dataset} is read through tfds only.")
+    for key, value in (("validation_size", 0), ("plot_layer", "")):
+        if config[key] != value:
+            raise ValueError(f"config.{key} = {config[key]!r}: only {value!r} is supported for {config.dataset}.")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks `config` against the training contract.
 
     Raises:
       ValueError: naming the first key that is unknown, missing, of the wrong type or impossible.
     """
-    unknown = sorted(set(config.keys()) - set(TRAINING_FIELDS))
-    if unknown:
-        raise ValueError(f"config.{unknown[0]}: unknown key; the known keys are {sorted(TRAINING_FIELDS)}.")
-    for key, field in TRAINING_FIELDS.items():
-        if key not in config:
-            raise ValueError(f"config.{key}: missing.")
-        _check_value(key, config[key], field)
+    host_fed = config.get("dataset") == imagenet.DATASET_NAME
+    fields = {**TRAINING_FIELDS, "input": Field(ml_collections.ConfigDict)} if host_fed else TRAINING_FIELDS
+    _check_fields(config, fields)
+    if host_fed:
+        _check_host_fed(config)
 
     if "name" not in config.model:
         raise ValueError(f"config.model.name: missing; expected one of {sorted(models.MODELS)}.")

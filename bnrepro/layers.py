@@ -194,29 +194,33 @@ class ConvBN(nn.Module):
         return g(x)
 
 
-def population_statistics(model: nn.Module, variables: dict, batches: Any, **kwargs: Any) -> dict:
-    """Algorithm 2, steps 8-9, for every `BatchNorm` in `model`.
+def minibatch_moments(model: nn.Module, variables: dict, batch: Any, **kwargs: Any) -> dict:
+    """Algorithm 1's mini-batch moments of every `BatchNorm` in `model` on one training mini-batch `batch`:
+    a tree of {"mean", "var", "count"} per layer (`model.apply(variables, batch, train=True, **kwargs)`).
+    Parameters and `batch_stats` are not changed. Jittable."""
+    _, collections = model.apply(variables, batch, train=True, mutable=["batch_stats", MOMENTS_COLLECTION], **kwargs)
+    return collections[MOMENTS_COLLECTION]
 
-    Runs `model.apply(variables, batch, train=True, **kwargs)` on each of K training
-    mini-batches (`batches`: arrays or a pytree of arrays with a leading axis K), collects every
-    layer's mini-batch moments, and returns a `batch_stats` tree holding
-    E[x] = E_B[mu_B] and Var[x] = m/(m-1) E_B[var_B]. Parameters are not changed. Jittable.
-    """
 
-    def moments_of(carry, batch):
-        _, collections = model.apply(
-            variables, batch, train=True, mutable=["batch_stats", MOMENTS_COLLECTION], **kwargs
-        )
-        return carry, collections[MOMENTS_COLLECTION]
-
-    _, stacked = jax.lax.scan(moments_of, None, batches)
+def population_from_moments(stacked: dict) -> dict:
+    """Algorithm 2, steps 8-9: a `batch_stats` tree with E[x] = E_B[mu_B] and Var[x] = m/(m-1) E_B[var_B],
+    from `minibatch_moments` trees of K mini-batches stacked on a leading axis."""
     flat = traverse_util.flatten_dict(stacked)
-    layers = {path[:-1] for path in flat}
     result = {}
-    for layer in layers:
+    for layer in {path[:-1] for path in flat}:
         population = batchnorm.population_moments(
             Moments(flat[layer + ("mean",)], flat[layer + ("var",)]), flat[layer + ("count",)][0]
         )
         result[layer + ("mean",)] = population.mean
         result[layer + ("var",)] = population.var
     return traverse_util.unflatten_dict(result)
+
+
+def population_statistics(model: nn.Module, variables: dict, batches: Any, **kwargs: Any) -> dict:
+    """Algorithm 2, steps 8-9, for every `BatchNorm` in `model`, over K training mini-batches `batches` (arrays
+    or a pytree of arrays with a leading axis K) in one `lax.scan`: `population_from_moments` of their
+    `minibatch_moments`. Parameters are not changed. Jittable."""
+    _, stacked = jax.lax.scan(
+        lambda _, batch: (None, minibatch_moments(model, variables, batch, **kwargs)), None, batches
+    )
+    return population_from_moments(stacked)

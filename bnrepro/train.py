@@ -2,17 +2,18 @@
 
 Top to bottom: the model named by the config → the initial `TrainState` → `train_step` (pure, SGD on the
 softmax cross-entropy) → `train_steps`, which fuses K steps into one program with `jax.lax.scan` and draws
-their mini-batches on the device → `evaluate`, on the whole test set with population statistics
-(Algorithm 2) → `train_and_evaluate`: the loop with evaluation, metrics (`metrics.jsonl`, TensorBoard,
-console), orbax checkpoints, resumption and divergence detection.
+their mini-batches on the device → `evaluate`, with population statistics (Algorithm 2) → the inputs →
+`train_and_evaluate`: the loop with evaluation, metrics (`metrics.jsonl`, TensorBoard, console), orbax
+checkpoints, resumption and divergence detection.
 
-The training set lives on the device. Every epoch a permutation of it is drawn on the device, from a key
-derived from the seed and the epoch number, and step i of the epoch gathers the examples
-permutation[i*B:(i+1)*B] inside the compiled program: no host-to-device copy per step. (Gathering B rows per
-step, 4 pixels at a time, costs about what slicing a permuted copy of the set would, without the copy.)
-A run is a function of its config: the data position (epoch, batch index) and the RNG are part of the
-checkpointed state, so a run killed at any moment and resumed ends with exactly the parameters of an
-uninterrupted one.
+Two inputs feed the same loop. `OnDeviceInput` (MNIST, Fashion-MNIST): the training set lives on the device.
+Every epoch a permutation of it is drawn on the device, from a key derived from the seed and the epoch
+number, and step i of the epoch gathers the examples permutation[i*B:(i+1)*B] inside the compiled program: no
+host-to-device copy per step. (Gathering B rows per step, 4 pixels at a time, costs about what slicing a
+permuted copy of the set would, without the copy.) `HostFedInput` (ImageNet): a grain pipeline on each host
+reads its share of every mini-batch from disk, whose position in the stream is the step.
+A run is a function of its config: the data position and the RNG are part of the checkpointed state, so a
+run killed at any moment and resumed ends with exactly the parameters of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import flax.linen as nn
+import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -36,6 +38,7 @@ from flax import struct
 from flax.training import train_state
 
 from bnrepro import config_schema, data, layers, models
+from bnrepro.data import imagenet
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
@@ -56,7 +59,7 @@ class TrainState(train_state.TrainState):
     Attributes:
       batch_stats: the BN layers' moving averages (empty without BN).
       rng: the raw key data (uint32) every epoch's shuffling is derived from.
-      epoch: the epoch the data position is in.
+      epoch: the epoch the data position is in (on-device inputs; a host-fed input's position is `step`).
       batch_index: the mini-batches of that epoch already drawn.
     """
 
@@ -107,7 +110,9 @@ def create_model(model_config: ml_collections.ConfigDict) -> nn.Module:
 
 
 def preprocess(images: jax.Array) -> jax.Array:
-    """uint8 pixels to float32 in [0, 1]."""
+    """uint8 pixels to float32 in [0, 1]; float images (a host pipeline normalized them already) pass as they are."""
+    if jnp.issubdtype(images.dtype, jnp.floating):
+        return images
     return images.astype(jnp.float32) * (1.0 / 255.0)
 
 
@@ -342,61 +347,247 @@ def _next_boundary(step: int, every: int) -> int:
     return (step // every + 1) * every
 
 
-class _Data(NamedTuple):
-    train: Dataset  # raw, on the device
-    test_images: jax.Array  # preprocessed once, on the device
-    test_labels: jax.Array
-    steps_per_epoch: int
+class TrainChunk(NamedTuple):
+    """What an input's `train` returns: the state after the steps, each step's loss, and the seconds spent
+    compiling (left out of the steps/s the loop reports)."""
+
+    state: TrainState
+    losses: np.ndarray
+    compile_seconds: float
 
 
-def _load_data(config: ml_collections.ConfigDict) -> _Data:
-    splits = data.load_dataset(
-        config.dataset, config.data_source, data_dir=config.data_dir or None, validation_size=config.validation_size
-    )
-    num_train = len(splits.train.labels)
-    steps_per_epoch = num_train // config.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"config.batch_size = {config.batch_size}: more than the {num_train} training examples.")
-    if config.population_batches > steps_per_epoch:
-        raise ValueError(
-            f"config.population_batches = {config.population_batches}: more than the {steps_per_epoch} "
-            "mini-batches of an epoch."
+class OnDeviceInput:
+    """A dataset small enough to live on the device (MNIST, Fashion-MNIST): mini-batches are gathered inside the
+    compiled program (`train_steps`), up to `steps_per_dispatch` steps at a time, and the whole test set is
+    evaluated in one program. Its position is the state's (epoch, batch_index)."""
+
+    def __init__(self, config: ml_collections.ConfigDict, model: nn.Module, place, batch_sharding):
+        splits = data.load_dataset(
+            config.dataset, config.data_source, data_dir=config.data_dir or None,
+            validation_size=config.validation_size,
+        )  # fmt: skip
+        num_train = len(splits.train.labels)
+        self.steps_per_epoch = num_train // config.batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"config.batch_size = {config.batch_size}: more than the {num_train} training examples.")
+        if config.population_batches > self.steps_per_epoch:
+            raise ValueError(
+                f"config.population_batches = {config.population_batches}: more than the {self.steps_per_epoch} "
+                "mini-batches of an epoch."
+            )
+        logging.info(
+            "%s (%s): %d training examples (%d steps per epoch), %d test examples.",
+            config.dataset, config.data_source, num_train, self.steps_per_epoch, len(splits.test.labels),
+        )  # fmt: skip
+        self._config, self._model, self._batch_sharding = config, model, batch_sharding
+        self.train_data = place(Dataset.create(splits.train.images, splits.train.labels))
+        self._test_images = place(preprocess(jnp.asarray(splits.test.images)))
+        self._test_labels = place(jnp.asarray(splits.test.labels))
+        self._place = place
+        self._permute = jax.jit(epoch_permutation, static_argnames="num_examples")
+        self._run_steps = jax.jit(train_steps, static_argnames=("batch_size", "num_steps", "batch_sharding"))
+        self._programs = {}  # one compiled program per number of fused steps; there are few
+        self._evaluation = None
+        self._epoch, self._batch_index, self._permutation = 0, 0, None
+
+    def example_images(self) -> jax.Array:
+        return self.train_data.take(jnp.arange(self._config.batch_size))[0]
+
+    def compile(self, state: TrainState) -> None:
+        """Compiles the evaluation, so that a wrong `plot_layer` or `plot_unit` stops the run before training."""
+        self._evaluation = self._compile_evaluation(state)
+
+    def start(self, state: TrainState) -> None:
+        """Continues from `state`'s data position."""
+        self._epoch, self._batch_index, self._permutation = int(state.epoch), int(state.batch_index), None
+
+    def _permutation_of(self, state: TrainState) -> jax.Array:
+        if self._permutation is None:
+            self._permutation = self._place(
+                self._permute(state.rng, state.epoch, num_examples=len(self.train_data.labels))
+            )
+        return self._permutation
+
+    def train(self, state: TrainState, max_steps: int) -> TrainChunk:
+        """At most `max_steps` steps in one program, never past the end of the epoch."""
+        if self._batch_index == self.steps_per_epoch:
+            self._epoch, self._batch_index, self._permutation = self._epoch + 1, 0, None
+            state = state.replace(epoch=jnp.asarray(self._epoch, jnp.int32), batch_index=jnp.zeros((), jnp.int32))
+        permutation = self._permutation_of(state)
+        num_steps = min(max_steps, self.steps_per_epoch - self._batch_index)
+        compile_seconds = 0.0
+        if num_steps not in self._programs:
+            t = time.perf_counter()
+            self._programs[num_steps] = self._run_steps.lower(
+                state, self.train_data, permutation, batch_size=self._config.batch_size, num_steps=num_steps,
+                batch_sharding=self._batch_sharding,
+            ).compile()  # fmt: skip
+            compile_seconds = time.perf_counter() - t
+            logging.info("Compiled the %d-step training program in %.1f s.", num_steps, compile_seconds)
+        state, metrics = self._programs[num_steps](state, self.train_data, permutation)
+        losses = np.asarray(metrics["loss"])  # waits for the program; the next one needs its result anyway
+        self._batch_index += num_steps
+        return TrainChunk(state, losses, compile_seconds)
+
+    def evaluate(self, state: TrainState) -> dict[str, Any]:
+        """Test loss and accuracy (and the plotted layer's preactivations) of the inference network."""
+        return self._evaluation(
+            state, self.train_data, self._permutation_of(state), self._test_images, self._test_labels
         )
-    logging.info(
-        "%s (%s): %d training examples (%d steps per epoch), %d test examples.",
-        config.dataset, config.data_source, num_train, steps_per_epoch, len(splits.test.labels),
-    )  # fmt: skip
-    return _Data(
-        train=Dataset.create(splits.train.images, splits.train.labels),
-        test_images=preprocess(jnp.asarray(splits.test.images)),
-        test_labels=jnp.asarray(splits.test.labels),
-        steps_per_epoch=steps_per_epoch,
-    )
+
+    def _compile_evaluation(self, state: TrainState):
+        """The evaluation program: takes (state, train data, epoch permutation, test images, test labels)."""
+        config, model = self._config, self._model
+
+        def evaluation(state, train_data, permutation, test_images, test_labels):
+            batch_stats = state.batch_stats
+            if config.eval_statistics == "population":  # the first K training mini-batches of the epoch
+                indices = permutation[: config.population_batches * config.batch_size]
+                images = preprocess(train_data.take(indices)[0])
+                batches = images.reshape((config.population_batches, config.batch_size) + images.shape[1:])
+                batch_stats = population_batch_stats(model, state, batches)
+            return evaluate(state, batch_stats, test_images, test_labels, plot_layer=config.plot_layer)
+
+        labels = self.train_data.labels
+        permutation = jax.ShapeDtypeStruct(labels.shape, jnp.int32, sharding=labels.sharding)
+        try:
+            lowered = jax.jit(evaluation).lower(
+                state, self.train_data, permutation, self._test_images, self._test_labels
+            )
+        except KeyError as e:
+            raise ValueError(
+                f"config.plot_layer = {config.plot_layer!r}: the model sows no preactivation at {e}."
+            ) from None
+        if config.plot_layer and config.plot_unit >= lowered.out_info["preactivation"].shape[-1]:
+            raise ValueError(f"config.plot_unit = {config.plot_unit}: {config.plot_layer} has fewer units.")
+        return lowered.compile()
 
 
-def _compile_evaluation(config: ml_collections.ConfigDict, model: nn.Module, state: TrainState, dataset: _Data):
-    """The evaluation program, compiled before training starts so that a wrong `plot_layer` or `plot_unit`
-    stops the run at once. It takes (state, train data, epoch permutation, test images, test labels)."""
+def eval_sums(state: TrainState, batch_stats: Any, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    """The summed loss, the number correct and the number of real examples (`mask`) of one padded evaluation
+    batch, through the inference network (Algorithm 2, step 11)."""
+    logits = state.apply_fn({"params": state.params, "batch_stats": batch_stats}, batch["image"], train=False)
+    mask = batch["mask"].astype(jnp.float32)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    return {
+        "loss": jnp.sum(losses * mask),
+        "correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),
+        "count": jnp.sum(mask),
+    }
 
-    def evaluation(state, train_data, permutation, test_images, test_labels):
+
+class HostFedInput:
+    """A dataset read from disk by a grain pipeline on the host (ImageNet, `bnrepro.data.imagenet`): each
+    process reads its share of every mini-batch, which is split across the devices, one step per dispatch.
+
+    The pipeline is a function of the seed and the batch's position, so step T's mini-batch is batch T of
+    the stream: resuming at step T skips T batches, and there is no iterator state to checkpoint. Evaluation
+    runs over the whole `input.eval_split`, batch by batch; with `eval_statistics="population"` BN uses
+    Algorithm 2's statistics of `population_batches` training mini-batches, drawn from a stream of their own
+    seeded by the step (so a resumed run evaluates exactly as an uninterrupted one)."""
+
+    def __init__(self, config: ml_collections.ConfigDict, model: nn.Module, batch_sharding):
+        self._config, self._model, self._batch_sharding = config, model, batch_sharding
+        devices = batch_sharding.num_devices if batch_sharding is not None else 1
+        for key, value in (("batch_size", config.batch_size), ("input.eval_batch_size", config.input.eval_batch_size)):
+            if value % jax.process_count() or value % devices:
+                raise ValueError(
+                    f"config.{key} = {value}: does not split evenly across {jax.process_count()} hosts and "
+                    f"{devices} devices."
+                )
+        data_dir = config.data_dir or None
+        self._train_source = imagenet.open_split(config.input.train_split, data_dir)
+        self._eval_source = imagenet.open_split(config.input.eval_split, data_dir)
+        logging.info(
+            "%s: %d training examples (%s), %d evaluation examples (%s).", config.dataset,
+            len(self._train_source), config.input.train_split, len(self._eval_source), config.input.eval_split,
+        )  # fmt: skip
+        self._read_options = grain.ReadOptions(
+            num_threads=config.input.read_threads, prefetch_buffer_size=config.input.prefetch_buffer_size
+        )
+        self._program = None
+        self._batches = None
+        self._moments = jax.jit(
+            lambda state, images: layers.minibatch_moments(
+                model, {"params": state.params, "batch_stats": state.batch_stats}, images,
+                rngs={"dropout": jax.random.key(0)},
+            )
+        )  # fmt: skip
+        self._population = jax.jit(layers.population_from_moments)
+        self._eval_sums = jax.jit(eval_sums)
+
+    def example_images(self) -> np.ndarray:
+        """One blank image: initialization needs only the shape."""
+        size = self._config.input.image_size
+        return np.zeros((1, size, size, 3), np.float32)
+
+    def _train_batches(self, seed: int, start_batch: int):
+        config = self._config
+        return iter(
+            imagenet.train_dataset(
+                self._train_source, batch_size=config.batch_size // jax.process_count(), seed=seed,
+                image_size=config.input.image_size, shuffle=config.input.shuffle,
+                distortion=config.input.distortion, start_batch=start_batch, read_options=self._read_options,
+            )
+        )  # fmt: skip
+
+    def _to_devices(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+        """This process's share of a global batch, put on the devices (split across them when sharded)."""
+        if self._batch_sharding is None:
+            return jax.device_put(dict(batch))
+        return {k: jax.make_array_from_process_local_data(self._batch_sharding, v) for k, v in batch.items()}
+
+    def compile(self, state: TrainState) -> None:
+        """Compiles the training step for the global batch."""
+        t, size = time.perf_counter(), self._config.input.image_size
+        batch = {
+            "image": jax.ShapeDtypeStruct((self._config.batch_size, size, size, 3), jnp.float32),
+            "label": jax.ShapeDtypeStruct((self._config.batch_size,), jnp.int32),
+        }
+        if self._batch_sharding is not None:
+            batch = {k: v.update(sharding=self._batch_sharding) for k, v in batch.items()}
+        self._program = jax.jit(train_step).lower(state, batch).compile()
+        logging.info("Compiled the training step in %.1f s.", time.perf_counter() - t)
+
+    def start(self, state: TrainState) -> None:
+        """Continues from `state`'s step: the stream starts at its batch `step`."""
+        self._batches = self._train_batches(self._config.seed, int(state.step))
+
+    def train(self, state: TrainState, max_steps: int) -> TrainChunk:
+        """`max_steps` steps, each dispatched as soon as its batch is read (grain prefetches the next ones)."""
+        losses = []
+        for _ in range(max_steps):
+            state, metrics = self._program(state, self._to_devices(next(self._batches)))
+            losses.append(metrics["loss"])
+        return TrainChunk(state, np.asarray(jnp.stack(losses)), 0.0)
+
+    def evaluate(self, state: TrainState) -> dict[str, Any]:
+        """Loss and top-1 accuracy of the inference network on every example of `input.eval_split` once."""
+        config = self._config
         batch_stats = state.batch_stats
-        if config.eval_statistics == "population":  # the first K training mini-batches of the epoch
-            indices = permutation[: config.population_batches * config.batch_size]
-            images = preprocess(train_data.take(indices)[0])
-            batches = images.reshape((config.population_batches, config.batch_size) + images.shape[1:])
-            batch_stats = population_batch_stats(model, state, batches)
-        return evaluate(state, batch_stats, test_images, test_labels, plot_layer=config.plot_layer)
+        if config.eval_statistics == "population" and batch_stats:
+            seed = int(np.random.SeedSequence([config.seed, int(state.step)]).generate_state(1)[0])
+            batches = self._train_batches(seed, start_batch=0)
+            moments = [self._moments(state, self._to_devices(next(batches))["image"])
+                       for _ in range(config.population_batches)]  # fmt: skip
+            batch_stats = self._population(jax.tree.map(lambda *m: jnp.stack(m), *moments))
+        sums = []
+        for batch in imagenet.eval_dataset(
+            self._eval_source, batch_size=config.input.eval_batch_size // jax.process_count(),
+            image_size=config.input.image_size, read_options=self._read_options,
+        ):  # fmt: skip
+            sums.append(self._eval_sums(state, batch_stats, self._to_devices(batch)))
+        total = jax.tree.map(lambda *v: float(np.sum(v)), *sums)
+        return {"loss": total["loss"] / total["count"], "accuracy": total["correct"] / total["count"]}
 
-    permutation = jax.ShapeDtypeStruct(dataset.train.labels.shape, jnp.int32, sharding=dataset.train.labels.sharding)
-    try:
-        lowered = jax.jit(evaluation).lower(state, dataset.train, permutation, dataset.test_images, dataset.test_labels)
-    except KeyError as e:
-        raise ValueError(
-            f"config.plot_layer = {config.plot_layer!r}: the model sows no preactivation at {e}."
-        ) from None
-    if config.plot_layer and config.plot_unit >= lowered.out_info["preactivation"].shape[-1]:
-        raise ValueError(f"config.plot_unit = {config.plot_unit}: {config.plot_layer} has fewer units.")
-    return lowered.compile()
+
+def create_input(
+    config: ml_collections.ConfigDict, model: nn.Module, place, batch_sharding
+) -> OnDeviceInput | HostFedInput:
+    """The input `config.dataset` needs: ImageNet is read from disk on the host, the rest live on the device."""
+    if "input" in config:
+        return HostFedInput(config, model, batch_sharding)
+    return OnDeviceInput(config, model, place, batch_sharding)
 
 
 def _restore_latest(checkpoints: ocp.CheckpointManager, state: TrainState, config, workdir: Path) -> TrainState:
@@ -410,13 +601,14 @@ def _restore_latest(checkpoints: ocp.CheckpointManager, state: TrainState, confi
     return state
 
 
-def _raise_diverged(workdir: Path, step: int, losses: np.ndarray, last_checkpoint: int | None) -> None:
+def _raise_diverged(workdir: Path, step: int, losses: np.ndarray, last_checkpoint: int | None, primary: bool):
     bad = int(np.argmin(np.isfinite(losses)))
     message = (
         f"diverged at step {step + bad + 1}: the training loss is {losses[bad]}. The last good checkpoint "
         f"(step {last_checkpoint}) is kept in {workdir / CHECKPOINT_DIR}."
     )
-    (workdir / DIVERGED_FILE).write_text(message + "\n")
+    if primary:
+        (workdir / DIVERGED_FILE).write_text(message + "\n")
     raise DivergedError(message)
 
 
@@ -424,7 +616,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final state.
 
     Writes `metrics.jsonl` and TensorBoard events (one record per evaluation, every `eval_every` steps and
-    at the end), orbax checkpoints every `checkpoint_every` steps and at the end, and `config.json`.
+    at the end), orbax checkpoints every `checkpoint_every` steps and at the end, and `config.json`. With
+    several processes (`jax.distributed`), every process trains and checkpoints, process 0 writes the files.
 
     Raises:
       ValueError: the config is invalid, or differs from the one the workdir's checkpoints were made with.
@@ -432,69 +625,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     """
     config_schema.validate(config)
     workdir = Path(workdir)
+    primary = jax.process_index() == 0
     batch_sharding = data_parallel_sharding(config.num_devices, config.batch_size)
     # Everything else is replicated on the devices the batch is split across.
     place = (lambda tree: tree) if batch_sharding is None else (
         lambda tree: jax.device_put(tree, batch_sharding.update(spec=jax.sharding.PartitionSpec()))
     )  # fmt: skip
-    dataset = _load_data(config)
-    dataset = dataset._replace(**place({"train": dataset.train, "test_images": dataset.test_images,
-                                        "test_labels": dataset.test_labels}))  # fmt: skip
     model = create_model(config.model)
-    example_images = dataset.train.take(jnp.arange(config.batch_size))[0]
-    state = place(create_train_state(config, model, jax.random.key(config.seed), example_images))
-    evaluation = _compile_evaluation(config, model, state, dataset)
+    inputs = create_input(config, model, place, batch_sharding)
+    state = place(create_train_state(config, model, jax.random.key(config.seed), inputs.example_images()))
+    inputs.compile(state)
 
     checkpoints = ocp.CheckpointManager(
         (workdir / CHECKPOINT_DIR).absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
     )
     state = place(_restore_latest(checkpoints, state, config, workdir))
-    (workdir / CONFIG_FILE).write_text(json.dumps(json.loads(config.to_json_best_effort()), indent=2) + "\n")
-    (workdir / DIVERGED_FILE).unlink(missing_ok=True)
-    step, epoch, batch_index = int(state.step), int(state.epoch), int(state.batch_index)
-    writer = MetricsWriter(workdir, resume_step=step)
+    inputs.start(state)
+    if primary:
+        (workdir / CONFIG_FILE).write_text(json.dumps(json.loads(config.to_json_best_effort()), indent=2) + "\n")
+        (workdir / DIVERGED_FILE).unlink(missing_ok=True)
+    step = int(state.step)
+    writer = MetricsWriter(workdir, resume_step=step) if primary else None
 
-    permute = jax.jit(epoch_permutation, static_argnames="num_examples")
-    run_steps = jax.jit(train_steps, static_argnames=("batch_size", "num_steps", "batch_sharding"))
-    programs = {}  # one compiled program per number of fused steps; there are few
-    permutation = None
     losses_since_eval, train_time, steps_timed = [], 0.0, 0
     start_step, start_time = step, time.perf_counter()
     while step < config.num_steps:
-        if batch_index == dataset.steps_per_epoch:
-            epoch, batch_index, permutation = epoch + 1, 0, None
-            state = state.replace(epoch=jnp.asarray(epoch, jnp.int32), batch_index=jnp.zeros((), jnp.int32))
-        t = time.perf_counter()
-        if permutation is None:
-            permutation = place(permute(state.rng, state.epoch, num_examples=len(dataset.train.labels)))
         boundaries = (config.steps_per_dispatch, config.eval_every, config.checkpoint_every)
         end = min(min(_next_boundary(step, every) for every in boundaries), config.num_steps)
-        num_steps = min(end, step - batch_index + dataset.steps_per_epoch) - step  # never past the epoch's end
-        if num_steps not in programs:
-            programs[num_steps] = run_steps.lower(
-                state,
-                dataset.train,
-                permutation,
-                batch_size=config.batch_size,
-                num_steps=num_steps,
-                batch_sharding=batch_sharding,
-            ).compile()
-            logging.info("Compiled the %d-step training program in %.1f s.", num_steps, time.perf_counter() - t)
-            t = time.perf_counter()
-
-        new_state, metrics = programs[num_steps](state, dataset.train, permutation)
-        losses = np.asarray(metrics["loss"])  # waits for the program; the next one needs its result anyway
-        train_time, steps_timed = train_time + time.perf_counter() - t, steps_timed + num_steps
-        if not np.isfinite(losses).all():
+        t = time.perf_counter()
+        chunk = inputs.train(state, end - step)
+        num_steps = len(chunk.losses)
+        train_time, steps_timed = train_time + time.perf_counter() - t - chunk.compile_seconds, steps_timed + num_steps
+        if not np.isfinite(chunk.losses).all():
             checkpoints.wait_until_finished()
-            writer.close()
-            _raise_diverged(workdir, step, losses, checkpoints.latest_step())
-        state, step, batch_index = new_state, step + num_steps, batch_index + num_steps
-        losses_since_eval.append(losses)
+            if writer:
+                writer.close()
+            _raise_diverged(workdir, step, chunk.losses, checkpoints.latest_step(), primary)
+        state, step = chunk.state, step + num_steps
+        losses_since_eval.append(chunk.losses)
 
         if step % config.eval_every == 0 or step == config.num_steps:
             t = time.perf_counter()
-            results = evaluation(state, dataset.train, permutation, dataset.test_images, dataset.test_labels)
+            results = inputs.evaluate(state)
             record = {
                 "step": step,
                 "train_loss": float(np.mean(np.concatenate(losses_since_eval))),
@@ -503,22 +675,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 **(unit_percentiles(results["preactivation"], config.plot_unit) if config.plot_layer else {}),
                 "steps_per_second": steps_timed / train_time,
             }
-            writer.write(record)
+            if writer:
+                writer.write(record)
             elapsed = time.perf_counter() - start_time
             logging.info(
-                "step %d/%d: train_loss %.4f, test_accuracy %.4f | %.0f steps/s, eval %.3f s, ETA %.0f s",
+                "step %d/%d: train_loss %.4f, test_accuracy %.4f | %.1f steps/s, eval %.3f s, ETA %.0f s",
                 step, config.num_steps, record["train_loss"], record["test_accuracy"], record["steps_per_second"],
                 time.perf_counter() - t, (config.num_steps - step) * elapsed / (step - start_step),
             )  # fmt: skip
             losses_since_eval, train_time, steps_timed = [], 0.0, 0
 
         if step % config.checkpoint_every == 0 or step == config.num_steps:
-            writer.sync(step)
+            if writer:
+                writer.sync(step)
             checkpoints.save(step, args=ocp.args.StandardSave(state))
 
     checkpoints.wait_until_finished()
     checkpoints.close()
-    writer.close()
+    if writer:
+        writer.close()
     if step > start_step:
         logging.info("Trained steps %d to %d in %.1f s.", start_step, step, time.perf_counter() - start_time)
     return state

@@ -79,7 +79,11 @@ def test_config_is_locked() -> None:
         ("learning_rate", 0.0, r"config\.learning_rate = 0\.0: must be a positive finite"),
         ("learning_rate", math.nan, r"config\.learning_rate"),
         ("momentum", 1.0, r"config\.momentum"),
-        ("dataset", "cifar10", r"config\.dataset = 'cifar10': expected one of \['mnist', 'fashion_mnist'\]"),
+        (
+            "dataset",
+            "cifar10",
+            r"config\.dataset = 'cifar10': expected one of \['mnist', 'fashion_mnist', 'imagenet2012'\]",
+        ),
         ("data_source", "web", r"config\.data_source = 'web'"),
         ("eval_statistics", "test_batch", r"config\.eval_statistics"),
         ("model.activation", "swish", r"config\.model\.activation = 'swish': expected one of"),

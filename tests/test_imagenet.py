@@ -289,6 +289,19 @@ def test_checkpointed_iterator_resumes_at_the_same_batch():
         np.testing.assert_array_equal(a["label"], b["label"])
 
 
+def test_start_batch_skips_exactly_that_many_batches():
+    source = fake_source(10)
+    kwargs = {"batch_size": 3, "seed": 5, "image_size": SIZE, "read_options": SEQUENTIAL}
+    kwargs.update(process_index=1, process_count=2)
+    expected = take(iter(imagenet.train_dataset(source, **kwargs)), 6)[4:]  # Batches 4 and 5 cross into epoch 2.
+    resumed = take(iter(imagenet.train_dataset(source, start_batch=4, **kwargs)), 2)
+    for a, b in zip(expected, resumed):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+    with pytest.raises(ValueError, match="start_batch must be >= 0"):
+        imagenet.train_dataset(source, start_batch=-1, **kwargs)
+
+
 def test_eval_covers_every_example_once_with_padding():
     source = fake_source(11)
     kwargs = {"batch_size": 4, "image_size": SIZE, "read_options": SEQUENTIAL}

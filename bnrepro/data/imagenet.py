@@ -461,6 +461,7 @@ def train_dataset(
     std: tuple[float, float, float] = STDDEV_RGB,
     dtype: Any = np.float32,
     num_epochs: int | None = None,
+    start_batch: int = 0,
     process_index: int | None = None,
     process_count: int | None = None,
     read_options: grain.ReadOptions | None = None,
@@ -485,6 +486,8 @@ def train_dataset(
       dtype: image dtype, e.g. ``np.float32`` or ``jnp.bfloat16``.
       num_epochs: None to repeat forever (reshuffled each epoch); else the stream stops after that many epochs,
         cut to a whole number of global batches so every process yields the same number of batches.
+      start_batch: the number of batches to skip: a run resumed at step T starts at T. Every batch is a function
+        of the seed and its position only, so skipping equals drawing them (no iterator state to checkpoint).
       process_index, process_count: this process's place; None for ``jax.process_index()/process_count()``.
       read_options: grain's reader threads and prefetch buffer (grain's defaults if None: 16 threads; PIL
         releases the GIL while decoding and resizing).
@@ -493,6 +496,8 @@ def train_dataset(
       A grain ``IterDataset``; ``iter()`` on it gives an iterator with ``get_state()`` / ``set_state()``.
     """
     _check_seed(seed)
+    if start_batch < 0:
+        raise ValueError(f"start_batch must be >= 0, got {start_batch}.")
     if len(source) == 0:
         raise DataError("The training source is empty.")
     process_index, process_count = _process(process_index, process_count)
@@ -512,7 +517,7 @@ def train_dataset(
         .random_map(preprocess, seed=seed)
     )
     return (
-        stream[process_index::process_count]
+        stream[process_index::process_count][start_batch * batch_size :]
         .to_iter_dataset(read_options or grain.ReadOptions())
         .batch(batch_size, drop_remainder=True)
     )

@@ -1,0 +1,18 @@
+r"""Table 2's "BN-Baseline" run (Sec. 4.2): the Inception run with BN before every nonlinearity, nothing else changed.
+
+    python -m bnrepro.main --config=configs/imagenet_bn_baseline.py --workdir=runs/imagenet/bn_baseline
+
+Paper (Table 2): 72.2% after 13.3e6 mini-batches of 32 (Inception: 31.0e6); maximum 72.7%.
+Everything else, and the argument (the number of replicas, default 8), as in `configs/imagenet_inception.py`;
+divide the paper's steps (mini-batches of 32) by the number of replicas to compare with this run's steps.
+"""
+
+import ml_collections
+
+from configs import imagenet_inception
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The BN-Baseline run on `arg` replicas (default 8) of 32 examples each."""
+    config = imagenet_inception.get_config(arg, config_file="configs/imagenet_bn_baseline.py")
+    return imagenet_inception.with_batch_norm(config)

@@ -1,0 +1,185 @@
+"""The five ImageNet runs of Table 2 as configs, and the host-fed training loop they use, on tfds mock data.
+
+The loop is `train.train_and_evaluate`, the same one MNIST uses; here its input is `train.HostFedInput` (grain
+pipeline on the host). The network is swapped for a small MLP so that a test trains in seconds; the configs'
+own network is BN-Inception, whose shapes tests/test_inception.py checks.
+"""
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+import tensorflow_datasets as tfds
+from config_files import IMAGENET_RUNS
+from config_files import imagenet as imagenet_configs
+
+from bnrepro import config_schema, train
+from bnrepro.data import imagenet
+
+NUM_EXAMPLES = 48  # per split of the mock dataset
+SIZE = 16
+
+
+# --- The configs -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("run", IMAGENET_RUNS)
+def test_configs_are_valid_and_build_the_figure_5_network(run):
+    config = imagenet_configs[run].get_config()
+    config_schema.validate(config)
+    model = train.create_model(config.model)
+    variables = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False)  # shapes only
+    )
+    logits = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, 224, 224, 3)), train=False), variables)
+    assert logits.shape == (2, 1000)
+    assert bool(variables.get("batch_stats")) == (run != "inception")
+
+
+def test_the_runs_differ_as_sec_4_2_1_says():
+    inception, baseline, x5, x30, sigmoid = (imagenet_configs[run].get_config() for run in IMAGENET_RUNS)
+    assert inception.learning_rate == pytest.approx(0.0015 * 8) and inception.batch_size == 32 * 8
+    assert not inception.model.batch_norm and all(c.model.batch_norm for c in (baseline, x5, x30, sigmoid))
+    # BN-Baseline: BN added, nothing else changed.
+    assert {k: v for k, v in _flat(baseline).items() if _flat(inception)[k] != v} == {"model.batch_norm": True}
+    for config, multiplier in ((x5, 5), (x30, 30), (sigmoid, 5)):
+        assert config.learning_rate == pytest.approx(multiplier * baseline.learning_rate)
+        assert config.model.dropout_rate == 0.0 and baseline.model.dropout_rate == 0.4
+        assert config.weight_decay == pytest.approx(baseline.weight_decay / 5)
+        assert config.lr_decay_steps == baseline.lr_decay_steps // 6
+        assert not config.model.lrn and baseline.model.lrn
+        assert (config.input.shuffle, baseline.input.shuffle) == ("within_shard", "shard_order")
+        assert (config.input.distortion, baseline.input.distortion) == ("reduced", "full")
+    assert sigmoid.model.activation == "sigmoid" and x5.model.activation == "relu"
+    assert {k: v for k, v in _flat(sigmoid).items() if _flat(x5)[k] != v} == {"model.activation": "sigmoid"}
+
+
+def test_the_argument_is_the_number_of_replicas_of_32_examples():
+    config = imagenet_configs["bn_x5"].get_config("16")
+    assert config.batch_size == 16 * 32 and config.model.bn_virtual_batch_size == 32
+    assert config.learning_rate == pytest.approx(16 * 0.0015 * 5)
+    assert config.num_steps == 31_000_000 // 16
+    with pytest.raises(ValueError, match=r"configs/imagenet_bn_x30.py: bad argument 'x'"):
+        imagenet_configs["bn_x30"].get_config("x")
+
+
+def _flat(config: ml_collections.ConfigDict) -> dict:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            flat.update({f"{key}.{k}": v for k, v in _flat(value).items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"data_source": "offline"}, r"config\.data_source = 'offline': imagenet2012 is read through tfds only"),
+        ({"plot_layer": "DenseBN_0"}, r"config\.plot_layer = 'DenseBN_0': only '' is supported"),
+        ({"input.shuffle": "none"}, r"config\.input\.shuffle = 'none': expected one of"),
+        ({"input.image_size": 8}, r"config\.input\.image_size = 8: must be >= 16"),
+    ],
+)
+def test_bad_input_settings_name_the_key(override, message):
+    config = imagenet_configs["bn_x5"].get_config()
+    key, value = next(iter(override.items()))
+    section, _, name = key.rpartition(".")
+    (config[section] if section else config)[name] = value
+    with pytest.raises(ValueError, match=message):
+        config_schema.validate(config)
+
+
+def test_a_missing_input_key_is_named():
+    config = imagenet_configs["bn_x5"].get_config()
+    config.unlock()
+    del config.input.eval_split
+    with pytest.raises(ValueError, match=r"config\.input\.eval_split: missing"):
+        config_schema.validate(config)
+
+
+def test_the_input_section_is_refused_for_an_on_device_dataset():
+    from config_files import mnist_mlp
+
+    config = mnist_mlp.get_config("bn")
+    config.unlock()
+    config.input = imagenet_configs["bn_x5"].get_config().input
+    with pytest.raises(ValueError, match=r"config\.input: unknown key"):
+        config_schema.validate(config)
+
+
+# --- The host-fed loop on mock data -----------------------------------------------------------------------------
+
+
+def small_config(**overrides) -> ml_collections.ConfigDict:
+    """BN-x5's settings with a 16x16 input, an MLP, batches of 8 and sequential readers."""
+    config = imagenet_configs["bn_x5"].get_config("1")
+    config.model = ml_collections.ConfigDict(
+        {"name": "mlp", "hidden": (32, 32), "num_classes": 1000, "activation": "relu", "batch_norm": True}
+    )
+    config.input.update(image_size=SIZE, eval_batch_size=16, read_threads=0, prefetch_buffer_size=0)
+    config.update(
+        batch_size=8, learning_rate=0.1, num_steps=8, eval_every=4, checkpoint_every=4, steps_per_dispatch=2,
+        population_batches=2, num_devices=1, cpu_cores=0,
+    )  # fmt: skip
+    for key, value in overrides.items():
+        section, _, name = key.rpartition(".")
+        (config[section] if section else config)[name] = value
+    return config
+
+
+@pytest.fixture
+def mock_imagenet():
+    with tfds.testing.mock_data(num_examples=NUM_EXAMPLES):
+        yield
+
+
+def _records(workdir: Path) -> list[dict]:
+    return [json.loads(line) for line in (workdir / train.METRICS_FILE).read_text().splitlines()]
+
+
+def test_trains_and_evaluates_every_validation_example_once(mock_imagenet, tmp_path):
+    state = train.train_and_evaluate(small_config(eval_statistics="moving_average"), tmp_path)
+    assert int(state.step) == 8 and int(state.epoch) == 0  # a host-fed input's position is the step
+    records = _records(tmp_path)
+    assert [r["step"] for r in records] == [4, 8]
+    assert all(np.isfinite(r["train_loss"]) for r in records)
+    # The last evaluation recomputed in one batch of all 48 validation examples, from the pipeline's own crops.
+    (batch,) = imagenet.eval_dataset(imagenet.open_split("validation"), batch_size=NUM_EXAMPLES, image_size=SIZE)
+    assert batch["mask"].all()
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    logits = state.apply_fn(variables, batch["image"], train=False)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+    assert records[-1]["test_accuracy"] == pytest.approx(float(np.mean(logits.argmax(-1) == batch["label"])))
+    assert records[-1]["test_loss"] == pytest.approx(float(loss), rel=1e-5)
+
+
+def test_resumed_run_equals_an_uninterrupted_one(mock_imagenet, tmp_path):
+    """Population statistics (the default) included: their mini-batches are drawn afresh from the step."""
+    whole = train.train_and_evaluate(small_config(), tmp_path / "whole")
+    train.train_and_evaluate(small_config(num_steps=4), tmp_path / "split")  # stops after the step-4 checkpoint
+    resumed = train.train_and_evaluate(small_config(), tmp_path / "split")
+    jax.tree.map(np.testing.assert_array_equal, whole.params, resumed.params)
+    jax.tree.map(np.testing.assert_array_equal, whole.batch_stats, resumed.batch_stats)
+    for a, b in zip(_records(tmp_path / "whole"), _records(tmp_path / "split"), strict=True):
+        a.pop("steps_per_second"), b.pop("steps_per_second")
+        assert a == b
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
+def test_global_bn_on_8_devices_equals_one_device(mock_imagenet, tmp_path):
+    common = {"num_steps": 3, "eval_every": 3, "batch_size": 16}
+    one = train.train_and_evaluate(small_config(**common), tmp_path / "one")
+    eight = train.train_and_evaluate(small_config(num_devices=8, **common), tmp_path / "eight")
+    assert eight.params["Dense_0"]["kernel"].sharding.num_devices == 8
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), one.params, eight.params)
+    assert _records(tmp_path / "one")[0]["test_accuracy"] == _records(tmp_path / "eight")[0]["test_accuracy"]
+    per_device = small_config(num_devices=8, **common, **{"model.bn_virtual_batch_size": 2})
+    per_device = train.train_and_evaluate(per_device, tmp_path / "per_device")
+    assert not np.allclose(one.params["Dense_0"]["kernel"], per_device.params["Dense_0"]["kernel"], atol=1e-5)
