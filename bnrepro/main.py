@@ -1,6 +1,9 @@
 """Trains and evaluates one experiment: `python -m bnrepro.main --config=configs/X.py:variant --workdir=DIR`.
 
 Config keys can be overridden, e.g. `--config.learning_rate=0.1`. Re-running on the same workdir resumes.
+On several hosts, run the same command on each with `--multihost` (Cloud TPU, Slurm and Open MPI are detected
+by `jax.distributed.initialize`; elsewhere add `--coordinator_address=HOST:PORT --num_processes=N
+--process_id=I`); the workdir must be on a filesystem all hosts share.
 """
 
 from __future__ import annotations
@@ -18,7 +21,20 @@ from bnrepro.cpu import use_cpu_cores
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and TensorBoard events.")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
+_MULTIHOST = flags.DEFINE_bool("multihost", False, "Join the other processes: jax.distributed.initialize().")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-host: process 0's HOST:PORT.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: how many processes there are.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index, 0 to num_processes-1.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def initialize_distributed() -> None:
+    """`jax.distributed.initialize` with the multi-host flags, when `--multihost` or any of them is given.
+    Must run before JAX computes anything."""
+    explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    if _MULTIHOST.value or any(value is not None for value in explicit):
+        jax.distributed.initialize(*explicit)
+        logging.info("Process %d of %d.", jax.process_index(), jax.process_count())
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -50,6 +66,7 @@ def main(argv: list[str]) -> None:
     config = _CONFIG.value
     config_schema.validate(config)
     use_cpu_cores(config.cpu_cores)
+    initialize_distributed()
     logging.info("JAX %s, backend %s, devices %s", jax.__version__, jax.default_backend(), jax.devices())
     logging.info("Config:\n%s", config)
     try:

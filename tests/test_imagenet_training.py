@@ -6,6 +6,10 @@ own network is BN-Inception, whose shapes tests/test_inception.py checks.
 """
 
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -13,16 +17,17 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 from config_files import IMAGENET_RUNS
 from config_files import imagenet as imagenet_configs
+from imagenet_mock import MULTIHOST_RUN, NUM_EXAMPLES, SIZE, small_config
 
 from bnrepro import config_schema, train
 from bnrepro.data import imagenet
 
-NUM_EXAMPLES = 48  # per split of the mock dataset
-SIZE = 16
+REPO = Path(__file__).resolve().parent.parent
 
 
 # --- The configs -----------------------------------------------------------------------------------------------
@@ -117,23 +122,6 @@ def test_the_input_section_is_refused_for_an_on_device_dataset():
 # --- The host-fed loop on mock data -----------------------------------------------------------------------------
 
 
-def small_config(**overrides) -> ml_collections.ConfigDict:
-    """BN-x5's settings with a 16x16 input, an MLP, batches of 8 and sequential readers."""
-    config = imagenet_configs["bn_x5"].get_config("1")
-    config.model = ml_collections.ConfigDict(
-        {"name": "mlp", "hidden": (32, 32), "num_classes": 1000, "activation": "relu", "batch_norm": True}
-    )
-    config.input.update(image_size=SIZE, eval_batch_size=16, read_threads=0, prefetch_buffer_size=0)
-    config.update(
-        batch_size=8, learning_rate=0.1, num_steps=8, eval_every=4, checkpoint_every=4, steps_per_dispatch=2,
-        population_batches=2, num_devices=1, cpu_cores=0,
-    )  # fmt: skip
-    for key, value in overrides.items():
-        section, _, name = key.rpartition(".")
-        (config[section] if section else config)[name] = value
-    return config
-
-
 @pytest.fixture
 def mock_imagenet():
     with tfds.testing.mock_data(num_examples=NUM_EXAMPLES):
@@ -183,3 +171,46 @@ def test_global_bn_on_8_devices_equals_one_device(mock_imagenet, tmp_path):
     per_device = small_config(num_devices=8, **common, **{"model.bn_virtual_batch_size": 2})
     per_device = train.train_and_evaluate(per_device, tmp_path / "per_device")
     assert not np.allclose(one.params["Dense_0"]["kernel"], per_device.params["Dense_0"]["kernel"], atol=1e-5)
+
+
+def test_two_processes_train_as_one_with_the_whole_batch(tmp_path):
+    """Two processes (`--coordinator_address/--num_processes/--process_id`), one CPU device each, each reading
+    half of every mini-batch: the same parameters and metrics as one process reading it whole."""
+    port = _free_port()
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "PYTHONPATH": str(REPO)}
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO / "tests" / "multihost_worker.py"),
+                str(tmp_path / "two"),
+                f"--coordinator_address=localhost:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    for worker in workers:
+        output, _ = worker.communicate(timeout=300)
+        assert worker.returncode == 0, output[-3000:]
+    with tfds.testing.mock_data(num_examples=NUM_EXAMPLES):
+        one = train.train_and_evaluate(small_config(**MULTIHOST_RUN), tmp_path / "one")
+    checkpoints = ocp.CheckpointManager((tmp_path / "two" / train.CHECKPOINT_DIR).absolute())
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, one)  # onto this process's one device
+    two = checkpoints.restore(4, args=ocp.args.StandardRestore(abstract))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), one.params, two.params)
+    for a, b in zip(_records(tmp_path / "one"), _records(tmp_path / "two"), strict=True):
+        assert a["step"] == b["step"] and a["test_accuracy"] == b["test_accuracy"]
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
