@@ -65,8 +65,8 @@ def main(argv: list[str]) -> None:
     logging.get_absl_handler().addFilter(_QuietOrbax())
     config = _CONFIG.value
     config_schema.validate(config)
+    initialize_distributed()  # before anything starts JAX's backend (use_cpu_cores asks which one it is)
     use_cpu_cores(config.cpu_cores)
-    initialize_distributed()
     logging.info("JAX %s, backend %s, devices %s", jax.__version__, jax.default_backend(), jax.devices())
     logging.info("Config:\n%s", config)
     try:

@@ -1,5 +1,5 @@
 """A host-fed training config small enough for tests, on `tfds.testing.mock_data(num_examples=NUM_EXAMPLES)`.
-Importing this touches no JAX backend (multihost_worker.py imports it before `jax.distributed.initialize`)."""
+Importing this touches no JAX backend: multihost_worker.py launches it as a config file, `--config=` this file."""
 
 import ml_collections
 from config_files import imagenet as imagenet_configs
@@ -24,3 +24,8 @@ def small_config(**overrides) -> ml_collections.ConfigDict:
         section, _, name = key.rpartition(".")
         (config[section] if section else config)[name] = value
     return config
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """The multi-host test's run, on all devices of all processes."""
+    return small_config(**MULTIHOST_RUN, num_devices=0)
