@@ -18,33 +18,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from config_files import mnist_mlp
+from fake_mnist import learnable_images, write_fake_mnist
 from tensorboard.backend.event_processing import event_accumulator
 
 import bnrepro.data
 from bnrepro import train
-from bnrepro.data import mnist_offline
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def learnable_images(labels: np.ndarray, seed: int) -> np.ndarray:
-    """uint8 (N, 28, 28) images: a fixed random pattern per class with 30% of the pixels replaced by noise."""
-    rng = np.random.default_rng(seed)
-    prototypes = np.random.default_rng(1234).integers(0, 256, (10, 28, 28), dtype=np.uint8)
-    noise = rng.integers(0, 256, (len(labels), 28, 28), dtype=np.uint8)
-    return np.where(rng.random((len(labels), 28, 28)) < 0.3, noise, prototypes[labels])
-
-
-def write_fake_mnist(directory: Path, sizes: dict[str, int]) -> Path:
-    """An `mnist.npz` cache as the offline loader writes it, with learnable fake data."""
-    rng = np.random.default_rng(0)
-    arrays = {}
-    for i, (name, size) in enumerate(sizes.items()):
-        labels = rng.integers(0, 10, size).astype(np.uint8)
-        arrays[f"{name}_images"], arrays[f"{name}_labels"] = learnable_images(labels, seed=i), labels
-    directory.mkdir(parents=True, exist_ok=True)
-    np.savez(directory / mnist_offline.CACHE_FILENAME, **arrays)
-    return directory
 
 
 @pytest.fixture(scope="session")

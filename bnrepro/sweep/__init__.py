@@ -1,0 +1,237 @@
+"""Ablation sweeps: a grid of configs trained as independent runs, resumable, summarized in one table.
+
+    python -m bnrepro.sweep --sweep=configs/sweeps/mnist_activation_bn.py[:quick] --workdir=runs/sweep1
+
+A sweep file's `get_sweep(arg)` returns a `Sweep`: a base config and a list of override dicts (`product` of
+axes, plus any hand-listed points). Each point trains with `train.train_and_evaluate` in its own run
+directory `WORKDIR/<key=value,...>` (the same `metrics.jsonl`, checkpoints and TensorBoard files as a single
+run) and leaves `sweep_status.json` there when it ends: finished, diverged (NaN loss) or failed (an exception,
+recorded with its traceback). Re-running the command skips finished and diverged points and resumes the rest
+from their last checkpoint, so Ctrl-C or SIGKILL loses at most the work since a point's last checkpoint.
+
+Points train in worker processes, `--jobs` at a time (default: one per CPU core), each pinned to its own core:
+on a CPU host a small net trains fastest on one core, and independent runs on separate cores scale.
+At the end `WORKDIR/summary.csv` and `WORKDIR/summary.md` hold one row per point (`summarize`).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import ml_collections
+from absl import logging
+
+from bnrepro import figures, train
+
+STATUS_FILE = "sweep_status.json"
+SUMMARY_CSV, SUMMARY_MD = "summary.csv", "summary.md"
+DONE = ("finished", "diverged")  # statuses a re-run skips; "failed" points are tried again
+
+
+class Sweep(NamedTuple):
+    """A base config, the overrides of each point (dotted keys, e.g. "model.activation"), and the test
+    accuracy whose first reaching step the summary reports."""
+
+    base: ml_collections.ConfigDict
+    points: list[dict[str, Any]]
+    threshold: float
+
+
+def product(axes: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the axes' values, the last axis varying fastest."""
+    return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+
+
+def point_name(overrides: Mapping[str, Any]) -> str:
+    """The run directory name of a point: its overrides as `key=value` joined by commas, in their order."""
+    if not overrides:
+        return "base"
+    parts = [f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}" for key, value in overrides.items()]
+    return ",".join(part.replace("/", "_").replace(" ", "") for part in parts)
+
+
+def point_config(base: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """`base` with `overrides` applied; a key the base lacks is a ValueError naming it."""
+    config = base.copy_and_resolve_references()
+    for key, value in overrides.items():
+        *sections, name = key.split(".")
+        node = config
+        for section in sections:
+            node = node.get(section)
+            if not isinstance(node, ml_collections.ConfigDict):
+                message = f"sweep point {dict(overrides)}: config.{key}: no such section {section!r}."
+                raise ValueError(message)  # noqa: TRY004 -- a bad key in a sweep file, not a bad argument type
+        if name not in node:
+            raise ValueError(f"sweep point {dict(overrides)}: config.{key}: unknown key.")
+        with node.ignore_type():  # an int learning rate in a sweep file is still a learning rate
+            node[name] = value
+    return config
+
+
+def load_sweep(spec: str) -> Sweep:
+    """The `Sweep` of `PATH.py[:ARG]`: the file's `get_sweep(ARG)`."""
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--sweep={spec}: no file {path}.")
+    module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    sweep = module.get_sweep(arg) if arg else module.get_sweep()
+    names = [point_name(p) for p in sweep.points]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"--sweep={spec}: points {duplicates} appear more than once.")
+    return sweep
+
+
+def read_status(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / STATUS_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def run_point(sweep: Sweep, overrides: Mapping[str, Any], workdir: Path) -> dict[str, Any]:
+    """Trains one point to the end (resuming if it can) and records how it ended in its `sweep_status.json`."""
+    run_dir = workdir / point_name(overrides)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    status: dict[str, Any] = {"status": "finished", "num_steps": 0}
+    try:
+        config = point_config(sweep.base, overrides)
+        status["num_steps"] = config.num_steps
+        train.train_and_evaluate(config, run_dir)
+    except train.DivergedError as e:
+        status.update(status="diverged", error=str(e))
+    except Exception as e:  # noqa: BLE001 -- one failing point must not stop the sweep: it is recorded
+        status.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+    status["wall_seconds"] = time.perf_counter() - start
+    (run_dir / STATUS_FILE).write_text(json.dumps(status, indent=2) + "\n")
+    logging.info("%s: %s in %.1f s", run_dir.name, status["status"], status["wall_seconds"])
+    return status
+
+
+def pending_points(sweep: Sweep, workdir: Path) -> list[int]:
+    """The points not yet finished or diverged at their configured length."""
+    pending = []
+    for index, overrides in enumerate(sweep.points):
+        status = read_status(workdir / point_name(overrides))
+        length = overrides.get("num_steps", sweep.base.num_steps)
+        if not (status and status["status"] in DONE and status["num_steps"] == length):
+            pending.append(index)
+    return pending
+
+
+def run_pinned(commands: Sequence[tuple[str, list[str], Path]], jobs: int = 0) -> dict[str, int]:
+    """Runs `(name, argv, log file)` commands, `jobs` at a time (0: one per allowed CPU core), each pinned to a
+    core of its own with `taskset` where it exists; returns each name's exit code."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [None]
+    slots = cores[: jobs or len(cores)] if jobs <= len(cores) else cores + [None] * (jobs - len(cores))
+    pending, running, codes = list(commands), {}, {}
+    taskset = shutil.which("taskset") is not None
+    while pending or running:
+        busy = [slot for slot, *_ in running.values()]
+        for slot in [s for s in range(len(slots)) if s not in busy]:
+            if not pending:
+                break
+            name, argv, log_path = pending.pop(0)
+            pin = ["taskset", "-c", str(slots[slot])] if taskset and slots[slot] is not None else []
+            log = log_path.open("w")
+            process = subprocess.Popen(pin + argv, stdout=log, stderr=subprocess.STDOUT)
+            running[process] = (slot, name, log)
+            print(f"started {name} (core {slots[slot]}): {' '.join(argv)}", flush=True)
+        for process in [p for p in running if p.poll() is not None]:
+            _, name, log = running.pop(process)
+            log.close()
+            codes[name] = process.returncode
+            print(f"{name} exited with code {process.returncode}", flush=True)
+        time.sleep(0.2)
+    return codes
+
+
+def run_sweep(spec: str, workdir: Path, jobs: int = 0) -> list[dict[str, Any]]:
+    """Trains the sweep's unfinished points in pinned worker processes, then writes and returns the summary."""
+    sweep = load_sweep(spec)
+    workdir.mkdir(parents=True, exist_ok=True)
+    pending = pending_points(sweep, workdir)
+    print(f"{len(sweep.points)} points, {len(sweep.points) - len(pending)} already done, {len(pending)} to train.")
+    commands = []
+    for index in pending:
+        name = point_name(sweep.points[index])
+        (workdir / name).mkdir(exist_ok=True)
+        argv = [sys.executable, "-m", "bnrepro.sweep", f"--sweep={spec}", f"--workdir={workdir}", f"--point={index}"]
+        commands.append((name, argv, workdir / name / "train.log"))
+    for name, code in run_pinned(commands, jobs).items():
+        if code != 0 and read_status(workdir / name) is None:  # the worker died before recording anything
+            status = {"status": "failed", "error": f"the worker process exited with code {code}", "num_steps": 0}
+            (workdir / name / STATUS_FILE).write_text(json.dumps(status, indent=2) + "\n")
+    return write_summary(sweep, workdir)
+
+
+def summarize(sweep: Sweep, workdir: Path) -> list[dict[str, Any]]:
+    """One row per point: its overrides, then how it ended (from `sweep_status.json`) and its test accuracy
+    (from `metrics.jsonl`): final, best and the step of the best, the first step at or above the sweep's
+    threshold, and the wall time of the invocation that ended it."""
+    rows = []
+    for overrides in sweep.points:
+        run_dir = workdir / point_name(overrides)
+        status = read_status(run_dir) or {"status": "not run"}
+        row = {**overrides, "status": status["status"]}
+        try:
+            evaluations = figures.read_evaluations(run_dir, required=("step", "test_accuracy"))
+        except (FileNotFoundError, ValueError):
+            evaluations = []
+        accuracies = [r["test_accuracy"] for r in evaluations]
+        best = max(range(len(accuracies)), key=accuracies.__getitem__) if accuracies else None
+        reached = [r["step"] for r in evaluations if r["test_accuracy"] >= sweep.threshold]
+        row.update(
+            final_accuracy=accuracies[-1] if accuracies else None,
+            best_accuracy=accuracies[best] if accuracies else None,
+            best_step=evaluations[best]["step"] if accuracies else None,
+            steps_to_threshold=reached[0] if reached else None,
+            wall_seconds=status.get("wall_seconds"),
+            error=status.get("error", ""),
+        )
+        rows.append(row)
+    return rows
+
+
+def write_summary(sweep: Sweep, workdir: Path) -> list[dict[str, Any]]:
+    """`summary.csv` and `summary.md` in `workdir`; returns the rows."""
+    rows = summarize(sweep, workdir)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with (workdir / SUMMARY_CSV).open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    (workdir / SUMMARY_MD).write_text(markdown_table(rows, columns, sweep.threshold) + "\n")
+    return rows
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[str], threshold: float) -> str:
+    def cell(key: str, value: Any) -> str:
+        if value is None:
+            return "—"
+        if key.endswith("accuracy"):
+            return f"{100 * value:.2f}%"
+        if key == "wall_seconds":
+            return f"{value:.0f}"
+        if key == "error":
+            return str(value).splitlines()[0][:80] if value else ""
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    shown = [c for c in columns if c != "error" or any(row.get("error") for row in rows)]
+    header = [f"steps to {100 * threshold:g}%" if c == "steps_to_threshold" else c for c in shown]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(shown)]
+    lines += ["| " + " | ".join(cell(c, row.get(c)) for c in shown) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,133 @@
+"""Sweeps: expansion and naming, the default sweep files, and a sweep run end to end in worker processes on a
+fake MNIST: one point finishing, one diverging, one raising; a re-run skipping what is done and finishing what
+is not; the summary's numbers against each run's own metrics.jsonl."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from fake_mnist import write_fake_mnist
+
+from bnrepro import sweep, train
+
+REPO = Path(__file__).resolve().parent.parent
+SWEEP_FILE = """
+from bnrepro.sweep import Sweep
+from configs import mnist_mlp
+
+
+def get_sweep():
+    base = mnist_mlp.get_config("bn")
+    base.data_dir = {data_dir!r}
+    base.num_steps, base.eval_every, base.checkpoint_every, base.steps_per_dispatch = 300, 100, 100, 100
+    base.population_batches = 5
+    points = [
+        {{"model.activation": "sigmoid", "learning_rate": 0.5}},
+        {{"model.batch_norm": False, "model.activation": "relu", "model.init_std": 3.0, "learning_rate": 1e4}},
+        {{"learning_rate": -1.0}},
+    ]
+    return Sweep(base, points, threshold=0.5)
+"""
+
+
+def test_product_and_point_names():
+    points = sweep.product({"model.activation": ("sigmoid", "relu"), "learning_rate": (0.1, 3.0)})
+    assert points == [
+        {"model.activation": "sigmoid", "learning_rate": 0.1},
+        {"model.activation": "sigmoid", "learning_rate": 3.0},
+        {"model.activation": "relu", "learning_rate": 0.1},
+        {"model.activation": "relu", "learning_rate": 3.0},
+    ]
+    assert sweep.point_name(points[1]) == "model.activation=sigmoid,learning_rate=3"
+    assert sweep.point_name({"model.hidden": (10, 10)}) == "model.hidden=(10,10)"
+
+
+def test_point_config_applies_overrides_and_names_a_bad_key():
+    base = sweep.load_sweep("configs/sweeps/mnist_activation_bn.py").base
+    config = sweep.point_config(base, {"model.activation": "relu", "learning_rate": 3, "seed": 2})
+    assert (config.model.activation, config.learning_rate, config.seed) == ("relu", 3, 2)
+    assert base.model.activation == "sigmoid" and base.seed == 0  # the base is not changed
+    with pytest.raises(ValueError, match=r"config\.model\.activaton: unknown key"):
+        sweep.point_config(base, {"model.activaton": "relu"})
+    with pytest.raises(ValueError, match=r"config\.optimizer\.lr: no such section 'optimizer'"):
+        sweep.point_config(base, {"optimizer.lr": 1.0})
+
+
+def test_default_sweeps():
+    full = sweep.load_sweep("configs/sweeps/mnist_activation_bn.py")
+    assert len(full.points) == 2 * 2 * 3 * 3 and full.base.num_steps == 50_000 and full.base.dataset == "mnist"
+    rates = sorted({p["learning_rate"] for p in full.points})
+    assert rates == pytest.approx([0.1, 0.5, 3.0])
+    fashion = sweep.load_sweep("configs/sweeps/mnist_activation_bn.py:fashion")
+    assert fashion.base.dataset == "fashion_mnist" and len(fashion.points) == 36
+    quick = sweep.load_sweep("configs/sweeps/mnist_activation_bn.py:quick")
+    assert len(quick.points) == 4 and quick.base.num_steps == 600
+    for point in full.points + quick.points:
+        train.config_schema.validate(sweep.point_config(full.base, point))
+    with pytest.raises(ValueError, match="bad argument 'slow'"):
+        sweep.load_sweep("configs/sweeps/mnist_activation_bn.py:slow")
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory) -> tuple[Path, str]:
+    """The three-point sweep, run once in two pinned worker processes."""
+    root = tmp_path_factory.mktemp("sweep")
+    data_dir = write_fake_mnist(root / "mnist", {"train": 50_000, "valid": 10_000, "test": 10_000})
+    spec = root / "sweep.py"
+    spec.write_text(SWEEP_FILE.format(data_dir=str(data_dir)))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(REPO)  # the sweep file imports configs/ as `python -m` run from the repo root does
+        sweep.run_sweep(str(spec), root / "runs", jobs=2)
+    return root / "runs", str(spec)
+
+
+def test_each_point_ends_in_its_own_directory_whatever_the_others_do(finished_sweep):
+    workdir, spec = finished_sweep
+    finished, diverged, failed = (workdir / sweep.point_name(p) for p in sweep.load_sweep(spec).points)
+    assert sweep.read_status(finished)["status"] == "finished"
+    assert [json.loads(line)["step"] for line in (finished / train.METRICS_FILE).read_text().splitlines()] == [
+        100, 200, 300,
+    ]  # fmt: skip
+    status = sweep.read_status(diverged)
+    assert status["status"] == "diverged" and "diverged at step" in status["error"]
+    assert (diverged / train.DIVERGED_FILE).exists()
+    status = sweep.read_status(failed)
+    assert status["status"] == "failed" and "config.learning_rate = -1.0" in status["error"]
+    assert "Traceback" in status["traceback"]
+
+
+def test_summary_rows_agree_with_the_runs_metrics(finished_sweep):
+    workdir, spec = finished_sweep
+    with (workdir / sweep.SUMMARY_CSV).open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["status"] for r in rows] == ["finished", "diverged", "failed"]
+    point = sweep.load_sweep(spec).points[0]
+    records = [json.loads(line) for line in (workdir / sweep.point_name(point) / train.METRICS_FILE).open()]
+    accuracies = [r["test_accuracy"] for r in records]
+    assert float(rows[0]["final_accuracy"]) == accuracies[-1]
+    assert float(rows[0]["best_accuracy"]) == max(accuracies)
+    assert int(rows[0]["best_step"]) == records[accuracies.index(max(accuracies))]["step"]
+    reached = [r["step"] for r in records if r["test_accuracy"] >= 0.5]
+    assert rows[0]["steps_to_threshold"] == (str(reached[0]) if reached else "")
+    assert rows[0]["model.activation"] == "sigmoid" and float(rows[0]["learning_rate"]) == 0.5
+    table = (workdir / sweep.SUMMARY_MD).read_text()
+    assert "| steps to 50% |" in table and table.count("\n") == 2 + 3
+
+
+def test_a_rerun_skips_done_points_and_finishes_the_others(finished_sweep):
+    workdir, spec = finished_sweep
+    points = sweep.load_sweep(spec).points
+    finished = workdir / sweep.point_name(points[0])
+    metrics = (finished / train.METRICS_FILE).read_text()
+    diverged_log = workdir / sweep.point_name(points[1]) / "train.log"
+    diverged_log_time = diverged_log.stat().st_mtime_ns
+    (finished / sweep.STATUS_FILE).unlink()  # as if killed after its last checkpoint
+    assert sweep.pending_points(sweep.load_sweep(spec), workdir) == [0, 2]  # the failed point is tried again
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(REPO)
+        rows = sweep.run_sweep(spec, workdir, jobs=2)
+    assert [r["status"] for r in rows] == ["finished", "diverged", "failed"]
+    # Point 0 resumed from its step-300 checkpoint: nothing retrained, so not even the measured speeds changed.
+    assert (finished / train.METRICS_FILE).read_text() == metrics
+    assert diverged_log.stat().st_mtime_ns == diverged_log_time  # the diverged point was not launched again
