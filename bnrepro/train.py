@@ -18,6 +18,7 @@ run killed at any moment and resumed ends with exactly the parameters of an unin
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Mapping
@@ -138,11 +139,13 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
     """SGD (with `momentum` if > 0), L2 weight decay on the weights (`kernel`s; not on BN's gamma/beta nor on
     biases, as TF-slim's Inception regularizes only its convolutions' weights), and a learning rate decayed
     exponentially, lr * lr_decay_rate^(step / lr_decay_steps) (Sec. 4.2: "decayed exponentially"; the
-    accelerated BN runs decay 6x faster, i.e. lr_decay_steps / 6). Plain constant-rate SGD by default."""
+    accelerated BN runs decay 6x faster, i.e. lr_decay_steps / 6). Plain constant-rate SGD by default. The
+    learning rate (and momentum) are kept in the optimizer state (`optax.inject_hyperparams`)."""
     learning_rate = config.learning_rate
     if config.lr_decay_rate < 1.0:
         learning_rate = optax.exponential_decay(config.learning_rate, config.lr_decay_steps, config.lr_decay_rate)
-    sgd = optax.sgd(learning_rate, momentum=config.momentum or None)  # 0: plain SGD, an empty optimizer state
+    # The rate lives in the optimizer state, so models trained together (`train_group`) can each have their own.
+    sgd = optax.inject_hyperparams(optax.sgd)(learning_rate, momentum=config.momentum or None)  # 0: plain SGD
     if not config.weight_decay:
         return sgd
 
@@ -359,9 +362,12 @@ class TrainChunk(NamedTuple):
 class OnDeviceInput:
     """A dataset small enough to live on the device (MNIST, Fashion-MNIST): mini-batches are gathered inside the
     compiled program (`train_steps`), up to `steps_per_dispatch` steps at a time, and the whole test set is
-    evaluated in one program. Its position is the state's (epoch, batch_index)."""
+    evaluated in one program. Its position is the state's (epoch, batch_index).
 
-    def __init__(self, config: ml_collections.ConfigDict, model: nn.Module, place, batch_sharding):
+    With `grouped`, the state holds several models stacked on a leading axis (`train_group`): every program
+    is `jax.vmap`ped over them, each model drawing its own epoch permutations from its own key."""
+
+    def __init__(self, config: ml_collections.ConfigDict, model: nn.Module, place, batch_sharding, grouped=False):
         splits = data.load_dataset(
             config.dataset, config.data_source, data_dir=config.data_dir or None,
             validation_size=config.validation_size,
@@ -383,9 +389,10 @@ class OnDeviceInput:
         self.train_data = place(Dataset.create(splits.train.images, splits.train.labels))
         self._test_images = place(preprocess(jnp.asarray(splits.test.images)))
         self._test_labels = place(jnp.asarray(splits.test.labels))
-        self._place = place
-        self._permute = jax.jit(epoch_permutation, static_argnames="num_examples")
-        self._run_steps = jax.jit(train_steps, static_argnames=("batch_size", "num_steps", "batch_sharding"))
+        self._place, self._grouped = place, grouped
+        self._permute = jax.jit(self._over_models(
+            functools.partial(epoch_permutation, num_examples=num_train), (0, 0)
+        ))  # fmt: skip
         self._programs = {}  # one compiled program per number of fused steps; there are few
         self._evaluation = None
         self._epoch, self._batch_index, self._permutation = 0, 0, None
@@ -397,31 +404,38 @@ class OnDeviceInput:
         """Compiles the evaluation, so that a wrong `plot_layer` or `plot_unit` stops the run before training."""
         self._evaluation = self._compile_evaluation(state)
 
+    def _over_models(self, function, in_axes: tuple[int | None, ...]):
+        """`function` vmapped over the models of a group (axis 0 of the arguments whose `in_axes` is 0)."""
+        return jax.vmap(function, in_axes=in_axes) if self._grouped else function
+
     def start(self, state: TrainState) -> None:
         """Continues from `state`'s data position."""
-        self._epoch, self._batch_index, self._permutation = int(state.epoch), int(state.batch_index), None
+        epoch, batch_index = (np.ravel(state.epoch)[0], np.ravel(state.batch_index)[0])  # the same for all models
+        self._epoch, self._batch_index, self._permutation = int(epoch), int(batch_index), None
 
     def _permutation_of(self, state: TrainState) -> jax.Array:
         if self._permutation is None:
-            self._permutation = self._place(
-                self._permute(state.rng, state.epoch, num_examples=len(self.train_data.labels))
-            )
+            self._permutation = self._place(self._permute(state.rng, state.epoch))
         return self._permutation
 
     def train(self, state: TrainState, max_steps: int) -> TrainChunk:
         """At most `max_steps` steps in one program, never past the end of the epoch."""
         if self._batch_index == self.steps_per_epoch:
             self._epoch, self._batch_index, self._permutation = self._epoch + 1, 0, None
-            state = state.replace(epoch=jnp.asarray(self._epoch, jnp.int32), batch_index=jnp.zeros((), jnp.int32))
+            state = state.replace(
+                epoch=jnp.full_like(state.epoch, self._epoch), batch_index=jnp.zeros_like(state.batch_index)
+            )
         permutation = self._permutation_of(state)
         num_steps = min(max_steps, self.steps_per_epoch - self._batch_index)
         compile_seconds = 0.0
         if num_steps not in self._programs:
             t = time.perf_counter()
-            self._programs[num_steps] = self._run_steps.lower(
-                state, self.train_data, permutation, batch_size=self._config.batch_size, num_steps=num_steps,
+            steps = functools.partial(
+                train_steps, batch_size=self._config.batch_size, num_steps=num_steps,
                 batch_sharding=self._batch_sharding,
-            ).compile()  # fmt: skip
+            )  # fmt: skip
+            program = jax.jit(self._over_models(steps, (0, None, 0)))
+            self._programs[num_steps] = program.lower(state, self.train_data, permutation).compile()
             compile_seconds = time.perf_counter() - t
             logging.info("Compiled the %d-step training program in %.1f s.", num_steps, compile_seconds)
         state, metrics = self._programs[num_steps](state, self.train_data, permutation)
@@ -450,8 +464,10 @@ class OnDeviceInput:
 
         labels = self.train_data.labels
         permutation = jax.ShapeDtypeStruct(labels.shape, jnp.int32, sharding=labels.sharding)
+        if self._grouped:
+            permutation = jax.ShapeDtypeStruct(state.rng.shape[:1] + labels.shape, jnp.int32)
         try:
-            lowered = jax.jit(evaluation).lower(
+            lowered = jax.jit(self._over_models(evaluation, (0, None, 0, None, None))).lower(
                 state, self.train_data, permutation, self._test_images, self._test_labels
             )
         except KeyError as e:
@@ -582,12 +598,13 @@ class HostFedInput:
 
 
 def create_input(
-    config: ml_collections.ConfigDict, model: nn.Module, place, batch_sharding
+    config: ml_collections.ConfigDict, model: nn.Module, place, batch_sharding, grouped: bool = False
 ) -> OnDeviceInput | HostFedInput:
-    """The input `config.dataset` needs: ImageNet is read from disk on the host, the rest live on the device."""
+    """The input `config.dataset` needs: ImageNet is read from disk on the host, the rest live on the device
+    (where a group of models can share it)."""
     if "input" in config:
         return HostFedInput(config, model, batch_sharding)
-    return OnDeviceInput(config, model, place, batch_sharding)
+    return OnDeviceInput(config, model, place, batch_sharding, grouped)
 
 
 def _restore_latest(checkpoints: ocp.CheckpointManager, state: TrainState, config, workdir: Path) -> TrainState:
@@ -601,15 +618,61 @@ def _restore_latest(checkpoints: ocp.CheckpointManager, state: TrainState, confi
     return state
 
 
-def _raise_diverged(workdir: Path, step: int, losses: np.ndarray, last_checkpoint: int | None, primary: bool):
-    bad = int(np.argmin(np.isfinite(losses)))
-    message = (
-        f"diverged at step {step + bad + 1}: the training loss is {losses[bad]}. The last good checkpoint "
-        f"(step {last_checkpoint}) is kept in {workdir / CHECKPOINT_DIR}."
-    )
-    if primary:
-        (workdir / DIVERGED_FILE).write_text(message + "\n")
-    raise DivergedError(message)
+GROUP_KEYS = ("seed", "learning_rate")  # what models trained together (`train_group`) may differ in
+
+
+def check_group(configs: list[ml_collections.ConfigDict]) -> None:
+    """Refuses configs that cannot train as one group: they may differ in `GROUP_KEYS` only, and in the
+    learning rate only when it does not decay (a decay schedule is one function, shared by the group)."""
+    flat = [_flatten(json.loads(config.to_json_best_effort())) for config in configs]
+    for other in flat[1:]:
+        changed = sorted(k for k in set(flat[0]) | set(other) if flat[0].get(k) != other.get(k) and k not in GROUP_KEYS)
+        if changed:
+            raise ValueError(
+                f"config.{changed[0]}: models trained as a group may differ only in {list(GROUP_KEYS)}, not in "
+                f"{changed}."
+            )
+    if len({f["learning_rate"] for f in flat}) > 1 and configs[0].lr_decay_rate < 1.0:
+        raise ValueError("config.learning_rate: a group with a learning-rate decay must share the learning rate.")
+    if len(configs) > 1 and "input" in configs[0]:
+        raise ValueError(f"config.dataset = {configs[0].dataset!r}: a host-fed dataset trains one model at a time.")
+
+
+class _Run:
+    """One model's files: its workdir, checkpoints, metrics writer (process 0) and how it diverged, if it did."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path, primary: bool):
+        self.config, self.workdir, self.primary = config, Path(workdir), primary
+        self.checkpoints = ocp.CheckpointManager(
+            (self.workdir / CHECKPOINT_DIR).absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
+        )
+        self.writer: MetricsWriter | None = None
+        self.diverged: DivergedError | None = None
+
+    def start(self, step: int) -> None:
+        if self.primary:
+            text = json.dumps(json.loads(self.config.to_json_best_effort()), indent=2)
+            (self.workdir / CONFIG_FILE).write_text(text + "\n")
+            (self.workdir / DIVERGED_FILE).unlink(missing_ok=True)
+            self.writer = MetricsWriter(self.workdir, resume_step=step)
+
+    def diverge(self, step: int, losses: np.ndarray) -> None:
+        """Records that the loss became NaN or infinite in the steps after `step`."""
+        bad = int(np.argmin(np.isfinite(losses)))
+        self.checkpoints.wait_until_finished()
+        message = (
+            f"diverged at step {step + bad + 1}: the training loss is {losses[bad]}. The last good checkpoint "
+            f"(step {self.checkpoints.latest_step()}) is kept in {self.workdir / CHECKPOINT_DIR}."
+        )
+        if self.primary:
+            (self.workdir / DIVERGED_FILE).write_text(message + "\n")
+        self.diverged = DivergedError(message)
+
+    def close(self) -> None:
+        self.checkpoints.wait_until_finished()
+        self.checkpoints.close()
+        if self.writer:
+            self.writer.close()
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
@@ -623,8 +686,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
       ValueError: the config is invalid, or differs from the one the workdir's checkpoints were made with.
       DivergedError: the training loss became NaN or infinite (also written to `WORKDIR/DIVERGED`).
     """
-    config_schema.validate(config)
-    workdir = Path(workdir)
+    (result,) = train_group([config], [workdir])
+    if isinstance(result, DivergedError):
+        raise result
+    return result
+
+
+def train_group(
+    configs: list[ml_collections.ConfigDict], workdirs: list[str | Path]
+) -> list[TrainState | DivergedError]:
+    """Trains models whose configs differ only in `GROUP_KEYS` (seed, learning rate) together: their states
+    stacked on a leading axis and every program `jax.vmap`ped over them, one loop for all. Each model reads
+    its own data order and writes its own workdir exactly as `train_and_evaluate` would alone (its metrics
+    record the group's steps/s); a model whose loss diverges is recorded as diverged and the others go on.
+    Resumes from the models' checkpoints, which must be at the same step.
+
+    Returns:
+      Each model's final state, or the `DivergedError` that stopped it.
+    """
+    for config in configs:
+        config_schema.validate(config)
+    check_group(configs)
+    if len({Path(w).absolute() for w in workdirs}) != len(configs):
+        raise ValueError(f"train_group: {len(configs)} configs need as many distinct workdirs, got {workdirs}.")
+    config, grouped = configs[0], len(configs) > 1
     primary = jax.process_index() == 0
     batch_sharding = data_parallel_sharding(config.num_devices, config.batch_size)
     # Everything else is replicated on the devices the batch is split across.
@@ -632,68 +717,82 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         lambda tree: jax.device_put(tree, batch_sharding.update(spec=jax.sharding.PartitionSpec()))
     )  # fmt: skip
     model = create_model(config.model)
-    inputs = create_input(config, model, place, batch_sharding)
-    state = place(create_train_state(config, model, jax.random.key(config.seed), inputs.example_images()))
-    inputs.compile(state)
+    inputs = create_input(config, model, place, batch_sharding, grouped)
+    states = [create_train_state(c, model, jax.random.key(c.seed), inputs.example_images()) for c in configs]
+    inputs.compile(_stack(states) if grouped else states[0])
 
-    checkpoints = ocp.CheckpointManager(
-        (workdir / CHECKPOINT_DIR).absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
-    )
-    state = place(_restore_latest(checkpoints, state, config, workdir))
+    runs = [_Run(c, w, primary) for c, w in zip(configs, workdirs)]
+    states = [_restore_latest(run.checkpoints, s, run.config, run.workdir) for run, s in zip(runs, states)]
+    steps = {int(s.step) for s in states}
+    if len(steps) > 1:
+        raise ValueError(f"train_group: the models' checkpoints are at different steps {sorted(steps)}; train alone.")
+    state = place(_stack(states) if grouped else states[0])
     inputs.start(state)
-    if primary:
-        (workdir / CONFIG_FILE).write_text(json.dumps(json.loads(config.to_json_best_effort()), indent=2) + "\n")
-        (workdir / DIVERGED_FILE).unlink(missing_ok=True)
-    step = int(state.step)
-    writer = MetricsWriter(workdir, resume_step=step) if primary else None
+    step = steps.pop()
+    for run in runs:
+        run.start(step)
+
+    def member(tree: Any, i: int) -> Any:
+        return jax.tree.map(lambda x: x[i], tree) if grouped else tree
 
     losses_since_eval, train_time, steps_timed = [], 0.0, 0
     start_step, start_time = step, time.perf_counter()
-    while step < config.num_steps:
+    while step < config.num_steps and not all(run.diverged for run in runs):
         boundaries = (config.steps_per_dispatch, config.eval_every, config.checkpoint_every)
         end = min(min(_next_boundary(step, every) for every in boundaries), config.num_steps)
         t = time.perf_counter()
         chunk = inputs.train(state, end - step)
-        num_steps = len(chunk.losses)
+        num_steps = chunk.losses.shape[-1]
         train_time, steps_timed = train_time + time.perf_counter() - t - chunk.compile_seconds, steps_timed + num_steps
-        if not np.isfinite(chunk.losses).all():
-            checkpoints.wait_until_finished()
-            if writer:
-                writer.close()
-            _raise_diverged(workdir, step, chunk.losses, checkpoints.latest_step(), primary)
+        for i, run in enumerate(runs):
+            if not run.diverged and not np.isfinite(member(chunk.losses, i)).all():
+                run.diverge(step, member(chunk.losses, i))
+        if all(run.diverged for run in runs):
+            break
         state, step = chunk.state, step + num_steps
         losses_since_eval.append(chunk.losses)
 
         if step % config.eval_every == 0 or step == config.num_steps:
             t = time.perf_counter()
-            results = inputs.evaluate(state)
-            record = {
-                "step": step,
-                "train_loss": float(np.mean(np.concatenate(losses_since_eval))),
-                "test_loss": float(results["loss"]),
-                "test_accuracy": float(results["accuracy"]),
-                **(unit_percentiles(results["preactivation"], config.plot_unit) if config.plot_layer else {}),
-                "steps_per_second": steps_timed / train_time,
-            }
-            if writer:
-                writer.write(record)
+            results = jax.device_get(inputs.evaluate(state))
+            losses = np.concatenate(losses_since_eval, axis=-1)
+            for i, run in enumerate(runs):
+                if run.diverged or not run.writer:
+                    continue
+                result = member(results, i)
+                run.writer.write({
+                    "step": step,
+                    "train_loss": float(np.mean(member(losses, i))),
+                    "test_loss": float(result["loss"]),
+                    "test_accuracy": float(result["accuracy"]),
+                    **(unit_percentiles(result["preactivation"], config.plot_unit) if config.plot_layer else {}),
+                    "steps_per_second": steps_timed / train_time,
+                })  # fmt: skip
             elapsed = time.perf_counter() - start_time
             logging.info(
-                "step %d/%d: train_loss %.4f, test_accuracy %.4f | %.1f steps/s, eval %.3f s, ETA %.0f s",
-                step, config.num_steps, record["train_loss"], record["test_accuracy"], record["steps_per_second"],
-                time.perf_counter() - t, (config.num_steps - step) * elapsed / (step - start_step),
+                "step %d/%d: train_loss %s, test_accuracy %s | %.1f steps/s, eval %.3f s, ETA %.0f s",
+                step, config.num_steps, np.round(np.mean(losses, axis=-1), 4), np.round(results["accuracy"], 4),
+                steps_timed / train_time, time.perf_counter() - t,
+                (config.num_steps - step) * elapsed / (step - start_step),
             )  # fmt: skip
             losses_since_eval, train_time, steps_timed = [], 0.0, 0
 
         if step % config.checkpoint_every == 0 or step == config.num_steps:
-            if writer:
-                writer.sync(step)
-            checkpoints.save(step, args=ocp.args.StandardSave(state))
+            for i, run in enumerate(runs):
+                if not run.diverged:
+                    if run.writer:
+                        run.writer.sync(step)
+                    run.checkpoints.save(step, args=ocp.args.StandardSave(member(state, i)))
 
-    checkpoints.wait_until_finished()
-    checkpoints.close()
-    if writer:
-        writer.close()
+    for run in runs:
+        run.close()
     if step > start_step:
         logging.info("Trained steps %d to %d in %.1f s.", start_step, step, time.perf_counter() - start_time)
-    return state
+    return [run.diverged or member(state, i).replace(tx=s.tx) for i, (run, s) in enumerate(zip(runs, states))]
+
+
+def _stack(states: list[TrainState]) -> TrainState:
+    """Models' states stacked on a new leading axis; the optimizer of the first serves all (the learning rates
+    are in the optimizer states)."""
+    shared = [s.replace(tx=states[0].tx) for s in states]
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *shared)
