@@ -131,3 +131,17 @@ def test_a_rerun_skips_done_points_and_finishes_the_others(finished_sweep):
     # Point 0 resumed from its step-300 checkpoint: nothing retrained, so not even the measured speeds changed.
     assert (finished / train.METRICS_FILE).read_text() == metrics
     assert diverged_log.stat().st_mtime_ns == diverged_log_time  # the diverged point was not launched again
+
+
+def test_groups_join_points_that_differ_in_seed_and_learning_rate_only(tmp_path):
+    full = sweep.load_sweep("configs/sweeps/mnist_activation_bn.py")
+    groups = sweep.groups_of(full, range(len(full.points)), tmp_path, max_size=8)
+    assert sorted(len(g) for g in groups) == [4, 4, 4, 4, 5, 5, 5, 5]  # 4 classes of 9 points, split 5 + 4
+    for group in groups:
+        varying = {k for i in group for k, v in full.points[i].items() if v != full.points[group[0]][k]}
+        assert varying <= {"seed", "learning_rate"}
+    assert sorted(i for g in groups for i in g) == list(range(36))
+    assert len(sweep.groups_of(full, range(36), tmp_path, max_size=1)) == 36
+    # A point with a checkpoint at another step than the rest of its class trains in a group of its own.
+    (tmp_path / sweep.point_name(full.points[0]) / train.CHECKPOINT_DIR / "1000").mkdir(parents=True)
+    assert [0] in sweep.groups_of(full, range(9), tmp_path, max_size=8)
