@@ -109,3 +109,72 @@ def table2(workdir: str | os.PathLike) -> str:
             f"({best['step']}) | {TABLE2_PAPER[variant][0]} | {TABLE2_PAPER[variant][1]} |"
         )
     return "\n".join(lines)
+
+
+def _values(rows: list[dict], key: str) -> list:
+    return sorted({row[key] for row in rows}, key=lambda v: (str(type(v)), v))
+
+
+def plot_sweep_curves(
+    rows: list[dict],
+    curves: list[list[dict]],
+    *,
+    grid: tuple[str, str] = ("model.activation", "model.batch_norm"),
+    colour: str = "learning_rate",
+) -> plt.Figure:
+    """A grid of test-accuracy curves: one panel per value pair of the `grid` keys (activation x BN by
+    default), one colour per value of `colour` (the learning rate), one line per point (seeds overlaid).
+    `rows` are a sweep's summary rows (`bnrepro.sweep.summarize`), `curves` each row's evaluation records;
+    diverged points end with an x where their curve stops."""
+    row_values, column_values = _values(rows, grid[0]), _values(rows, grid[1])
+    colours = {
+        v: plt.cm.viridis(i / max(len(_values(rows, colour)) - 1, 1)) for i, v in enumerate(_values(rows, colour))
+    }
+    fig, axes = plt.subplots(
+        len(row_values), len(column_values), figsize=(4.2 * len(column_values), 3.2 * len(row_values)),
+        squeeze=False, sharex=True, sharey=True,
+    )  # fmt: skip
+    for row, records in zip(rows, curves):
+        ax = axes[row_values.index(row[grid[0]])][column_values.index(row[grid[1]])]
+        steps, accuracies = [r["step"] for r in records], [r["test_accuracy"] for r in records]
+        ax.plot(steps, accuracies, color=colours[row[colour]], lw=1.0, alpha=0.8)
+        if row["status"] == "diverged":
+            ax.plot(steps[-1:] or [0], accuracies[-1:] or [0.0], "x", color=colours[row[colour]], ms=8)
+    for i, row_value in enumerate(row_values):
+        for j, column_value in enumerate(column_values):
+            ax = axes[i][j]
+            ax.set_title(f"{grid[0]}={row_value}, {grid[1]}={column_value}", fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.set(ylim=(0.0, 1.0), xlabel="training step" if i == len(row_values) - 1 else None)
+        axes[i][0].set_ylabel("test accuracy")
+    handles = [plt.Line2D([], [], color=c, label=f"{colour}={v:g}") for v, c in colours.items()]
+    axes[0][-1].legend(handles=handles, loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_sweep_final(
+    rows: list[dict], *, x: str = "learning_rate", lines: tuple[str, str] = ("model.activation", "model.batch_norm")
+) -> plt.Figure:
+    """Final test accuracy against `x` (log scale), one line per value pair of `lines` through the mean over
+    the other keys (seeds), every point shown; diverged or failed points are red crosses at accuracy 0."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for first in _values(rows, lines[0]):
+        for second in _values(rows, lines[1]):
+            members = [r for r in rows if r[lines[0]] == first and r[lines[1]] == second]
+            xs = _values(members, x)
+            finals = [[r["final_accuracy"] for r in members if r[x] == v and r["status"] == "finished"] for v in xs]
+            line = ax.plot(
+                xs, [np.mean(f) if f else np.nan for f in finals], "o-" if second else "s--",
+                label=f"{lines[0]}={first}, {lines[1]}={second}",
+            )[0]  # fmt: skip
+            for v, f in zip(xs, finals):
+                ax.plot([v] * len(f), f, ".", color=line.get_color(), alpha=0.5)
+    failed = [r for r in rows if r["status"] != "finished"]
+    if failed:
+        ax.plot([r[x] for r in failed], [0.0] * len(failed), "rx", ms=9, label="diverged / failed")
+    ax.set(xscale="log", xlabel=x, ylabel="final test accuracy", ylim=(-0.03, 1.0))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return fig

@@ -49,3 +49,23 @@ def test_missing_or_incomplete_metrics_are_named(tmp_path):
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "test_accuracy": 0.5}) + "\n")
     with pytest.raises(ValueError, match="lack"):
         figures.read_evaluations(tmp_path)
+
+
+def test_sweep_plots_draw_every_point_and_mark_the_diverged():
+    rows, curves = [], []
+    for activation in ("sigmoid", "relu"):
+        for batch_norm in (True, False):
+            for lr in (0.1, 3.0):
+                diverged = activation == "relu" and not batch_norm and lr == 3.0
+                rows.append({"model.activation": activation, "model.batch_norm": batch_norm, "learning_rate": lr,
+                             "status": "diverged" if diverged else "finished", "final_accuracy": None if diverged
+                             else 0.9})  # fmt: skip
+                curves.append(
+                    [] if diverged else [{"step": 100, "test_accuracy": 0.5}, {"step": 200, "test_accuracy": 0.9}]
+                )
+    fig = figures.plot_sweep_curves(rows, curves)
+    assert len(fig.axes) == 4
+    assert sum(len(ax.lines) for ax in fig.axes) == 8 + 1  # a line per point, and the diverged point's cross
+    final = figures.plot_sweep_final(rows)
+    crosses = [line for line in final.axes[0].lines if line.get_label() == "diverged / failed"]
+    assert len(crosses) == 1 and list(crosses[0].get_xdata()) == [3.0]

@@ -85,10 +85,15 @@ def point_config(base: ml_collections.ConfigDict, overrides: Mapping[str, Any]) 
 
 
 def load_sweep(spec: str) -> Sweep:
-    """The `Sweep` of `PATH.py[:ARG]`: the file's `get_sweep(ARG)`."""
+    """The `Sweep` of `PATH.py[:ARG]`: the file's `get_sweep(ARG)`. A sweep file inside a `configs/` folder may
+    import `configs.NAME` (the folder's parent goes on `sys.path`), whatever the working directory."""
     path, _, arg = spec.partition(":")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--sweep={spec}: no file {path}.")
+    # A sweep file under REPO/configs/ imports its base config as `configs.NAME`, from anywhere.
+    root = next((p.parent for p in Path(path).resolve().parents if p.name == "configs"), None)
+    if root is not None and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
     module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
@@ -259,6 +264,14 @@ def run_sweep(spec: str, workdir: Path, jobs: int = 0, group_size: int = DEFAULT
     return write_summary(sweep, workdir)
 
 
+def evaluations(run_dir: Path) -> list[dict[str, Any]]:
+    """A point's evaluation records (`metrics.jsonl`), by step; none if it has not evaluated yet."""
+    try:
+        return figures.read_evaluations(run_dir, required=("step", "test_accuracy"))
+    except (FileNotFoundError, ValueError):
+        return []
+
+
 def summarize(sweep: Sweep, workdir: Path) -> list[dict[str, Any]]:
     """One row per point: its overrides, then how it ended (from `sweep_status.json`) and its test accuracy
     (from `metrics.jsonl`): final, best and the step of the best, the first step at or above the sweep's
@@ -268,17 +281,14 @@ def summarize(sweep: Sweep, workdir: Path) -> list[dict[str, Any]]:
         run_dir = workdir / point_name(overrides)
         status = read_status(run_dir) or {"status": "not run"}
         row = {**overrides, "status": status["status"]}
-        try:
-            evaluations = figures.read_evaluations(run_dir, required=("step", "test_accuracy"))
-        except (FileNotFoundError, ValueError):
-            evaluations = []
-        accuracies = [r["test_accuracy"] for r in evaluations]
+        records = evaluations(run_dir)
+        accuracies = [r["test_accuracy"] for r in records]
         best = max(range(len(accuracies)), key=accuracies.__getitem__) if accuracies else None
-        reached = [r["step"] for r in evaluations if r["test_accuracy"] >= sweep.threshold]
+        reached = [r["step"] for r in records if r["test_accuracy"] >= sweep.threshold]
         row.update(
             final_accuracy=accuracies[-1] if accuracies else None,
             best_accuracy=accuracies[best] if accuracies else None,
-            best_step=evaluations[best]["step"] if accuracies else None,
+            best_step=records[best]["step"] if accuracies else None,
             steps_to_threshold=reached[0] if reached else None,
             wall_seconds=status.get("wall_seconds"),
             error=status.get("error", ""),
