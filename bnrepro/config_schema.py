@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import ml_collections
 
 from bnrepro import data, layers, models
+from bnrepro.models.inception import FIGURE_5_MODULES
 
 EVAL_STATISTICS = ("population", "moving_average")
 
@@ -83,6 +84,9 @@ MODEL_FIELD_CHECKS: Mapping[str, Callable[[Any], str | None]] = {
     "bn_momentum": lambda v: None if 0.0 <= v <= 1.0 else "must lie in [0, 1]",
     "bn_eps": _positive_finite,
     "bn_backward": _one_of(("paper", "autodiff")),
+    "num_modules": lambda v: (
+        None if v is None or 1 <= v <= len(FIGURE_5_MODULES) else f"must lie in [1, {len(FIGURE_5_MODULES)}]"
+    ),
 }
 
 
