@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from config_files import mnist_mlp
+from config_files import fashion_table2, mnist_mlp
 from tensorboard.backend.event_processing import event_accumulator
 
 import bnrepro.data
@@ -102,6 +102,32 @@ def test_model_shapes_and_bias_dropping(variant: str) -> None:
     kernel = np.asarray(state.params["DenseBN_0"]["Dense_0"]["kernel"])
     assert abs(kernel.std() - 0.1) < 0.005  # N(0, init_std^2) with the config's init_std
     assert (int(state.step), int(state.epoch), int(state.batch_index)) == (0, 0, 0)
+
+
+def _table2_net_cut_after_3a():
+    config = fashion_table2.get_config("bn_x5")
+    with config.unlocked():
+        config.model.num_modules = 1  # the stem and module 3a: a few seconds to compile at -O3
+    return config
+
+
+@pytest.mark.parametrize(
+    ("config", "images"),
+    [
+        (mnist_mlp.get_config("bn"), jnp.zeros((60, 28, 28), jnp.uint8)),
+        (mnist_mlp.get_config("baseline"), jnp.zeros((60, 28, 28), jnp.uint8)),
+        (_table2_net_cut_after_3a(), jnp.zeros((32, 28, 28), jnp.uint8)),
+    ],
+    ids=["mlp_bn", "mlp_baseline", "bn_inception"],
+)
+def test_initial_parameters_are_those_of_a_default_compiled_init(config, images) -> None:
+    """create_train_state compiles `init` at -O1 (4x faster): the parameters must be those of XLA's default."""
+    model = train.create_model(config.model)
+    state = train.create_train_state(config, model, jax.random.key(0), images)
+    init_rng = jax.random.split(jax.random.key(0))[0]
+    default = jax.jit(lambda r, x: model.init(r, train.preprocess(x), train=False))(init_rng, images)
+    jax.tree.map(np.testing.assert_array_equal, state.params, default["params"])
+    jax.tree.map(np.testing.assert_array_equal, state.batch_stats, default.get("batch_stats", {}))
 
 
 def test_dataset_take_returns_the_examples() -> None:
