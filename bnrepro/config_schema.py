@@ -65,6 +65,7 @@ TRAINING_FIELDS: Mapping[str, Field] = {
     "lr_decay_steps": Field(int, _at_least(1)),
     "seed": Field(int),
     "eval_every": Field(int, _at_least(1)),
+    "eval_examples": Field(int, _at_least(0)),
     "eval_statistics": Field(str, _one_of(EVAL_STATISTICS)),
     "population_batches": Field(int, _at_least(1)),
     "plot_layer": Field(str),

@@ -2,9 +2,9 @@
 
 Top to bottom: the model named by the config → the initial `TrainState` → `train_step` (pure, SGD on the
 softmax cross-entropy) → `train_steps`, which fuses K steps into one program with `jax.lax.scan` and draws
-their mini-batches on the device → `evaluate`, on the whole test set with population statistics
-(Algorithm 2) → `train_and_evaluate`: the loop with evaluation, metrics (`metrics.jsonl`, TensorBoard,
-console), orbax checkpoints, resumption and divergence detection.
+their mini-batches on the device → `evaluate`, on the whole test set (or its first `eval_examples`) with
+population statistics (Algorithm 2) → `train_and_evaluate`: the loop with evaluation, metrics (`metrics.jsonl`,
+TensorBoard, console), orbax checkpoints, resumption and divergence detection.
 
 The training set lives on the device. Every epoch a permutation of it is drawn on the device, from a key
 derived from the seed and the epoch number, and step i of the epoch gathers the examples
@@ -380,9 +380,15 @@ def _load_data(config: ml_collections.ConfigDict) -> _Data:
 
 def _compile_evaluation(config: ml_collections.ConfigDict, model: nn.Module, state: TrainState, dataset: _Data):
     """The evaluation program, compiled before training starts so that a wrong `plot_layer` or `plot_unit`
-    stops the run at once. It takes (state, train data, epoch permutation, test images, test labels)."""
+    stops the run at once. It takes (state, train data, epoch permutation, test images, test labels) and
+    evaluates the first `eval_examples` test examples (0: all of them)."""
+    num_test = len(dataset.test_labels)
+    if config.eval_examples > num_test:
+        raise ValueError(f"config.eval_examples = {config.eval_examples}: more than the {num_test} test examples.")
 
     def evaluation(state, train_data, permutation, test_images, test_labels):
+        count = config.eval_examples or None
+        test_images, test_labels = test_images[:count], test_labels[:count]
         batch_stats = state.batch_stats
         if config.eval_statistics == "population":  # the first K training mini-batches of the epoch
             indices = permutation[: config.population_batches * config.batch_size]

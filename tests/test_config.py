@@ -82,6 +82,7 @@ def test_config_is_locked() -> None:
         ("dataset", "cifar10", r"config\.dataset = 'cifar10': expected one of \['mnist', 'fashion_mnist'\]"),
         ("data_source", "web", r"config\.data_source = 'web'"),
         ("eval_statistics", "test_batch", r"config\.eval_statistics"),
+        ("eval_examples", -1, r"config\.eval_examples = -1: must be >= 0"),
         ("model.activation", "swish", r"config\.model\.activation = 'swish': expected one of"),
         ("model.init_std", -0.1, r"config\.model\.init_std"),
         ("model.hidden", (100, 0), r"config\.model\.hidden"),

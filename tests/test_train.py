@@ -281,12 +281,28 @@ def test_moving_average_statistics_option(small_fake_mnist: Path, tmp_path: Path
     assert 0.0 <= record["test_accuracy"] <= 1.0
 
 
+def test_eval_examples_evaluates_the_first_test_examples(small_fake_mnist: Path, tmp_path: Path) -> None:
+    config = small_config(
+        data_dir=str(small_fake_mnist), eval_statistics="moving_average", num_steps=20, eval_examples=100
+    )
+    state = train.train_and_evaluate(config, tmp_path / "run")
+    record = json.loads((tmp_path / "run" / train.METRICS_FILE).read_text())
+    test = bnrepro.data.load_dataset("mnist", data_dir=small_fake_mnist).test
+    images, labels = train.preprocess(jnp.asarray(test.images)), jnp.asarray(test.labels)
+    first = train.evaluate(state, state.batch_stats, images[:100], labels[:100], plot_layer="")
+    whole = train.evaluate(state, state.batch_stats, images, labels, plot_layer="")
+    assert record["test_loss"] == pytest.approx(float(first["loss"]), rel=1e-5)
+    assert record["test_accuracy"] == pytest.approx(float(first["accuracy"]))
+    assert record["test_loss"] != pytest.approx(float(whole["loss"]), rel=1e-5)
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
         ({"plot_layer": "DenseBN_7"}, r"config\.plot_layer = 'DenseBN_7'"),
         ({"plot_unit": 100}, r"config\.plot_unit = 100"),
         ({"population_batches": 21}, r"config\.population_batches = 21: more than the 20 mini-batches"),
+        ({"eval_examples": 301}, r"config\.eval_examples = 301: more than the 300 test examples"),
         ({"batch_size": 1300}, r"config\.batch_size = 1300: more than the 1200 training examples"),
     ],
 )
