@@ -20,6 +20,7 @@ import ml_collections
 
 from bnrepro import data, layers, models
 from bnrepro.data import imagenet
+from bnrepro.models.inception import FIGURE_5_MODULES
 
 EVAL_STATISTICS = ("population", "moving_average")
 DATASETS = (*data.DATASET_NAMES, imagenet.DATASET_NAME)  # the last one is read from disk by a host pipeline
@@ -68,6 +69,7 @@ TRAINING_FIELDS: Mapping[str, Field] = {
     "lr_decay_steps": Field(int, _at_least(1)),
     "seed": Field(int),
     "eval_every": Field(int, _at_least(1)),
+    "eval_examples": Field(int, _at_least(0)),
     "eval_statistics": Field(str, _one_of(EVAL_STATISTICS)),
     "population_batches": Field(int, _at_least(1)),
     "plot_layer": Field(str),
@@ -99,6 +101,9 @@ MODEL_FIELD_CHECKS: Mapping[str, Callable[[Any], str | None]] = {
     "bn_momentum": lambda v: None if 0.0 <= v <= 1.0 else "must lie in [0, 1]",
     "bn_eps": _positive_finite,
     "bn_backward": _one_of(("paper", "autodiff")),
+    "num_modules": lambda v: (
+        None if v is None or 1 <= v <= len(FIGURE_5_MODULES) else f"must lie in [1, {len(FIGURE_5_MODULES)}]"
+    ),
 }
 
 
@@ -146,7 +151,7 @@ def _check_host_fed(config: ml_collections.ConfigDict) -> None:
     _check_fields(config.input, INPUT_FIELDS, prefix="input.")
     if config.data_source != "tfds":
         raise ValueError(f"config.data_source = {config.data_source!r}: {config.dataset} is read through tfds only.")
-    for key, value in (("validation_size", 0), ("plot_layer", "")):
+    for key, value in (("validation_size", 0), ("plot_layer", ""), ("eval_examples", 0)):
         if config[key] != value:
             raise ValueError(f"config.{key} = {config[key]!r}: only {value!r} is supported for {config.dataset}.")
 

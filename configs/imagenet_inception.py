@@ -78,6 +78,7 @@ def get_config(arg: str | None = None, config_file: str = "configs/imagenet_ince
     config.seed = 0
 
     config.eval_every = steps_per_epoch
+    config.eval_examples = 0  # all 50,000
     config.eval_statistics = "population"  # Algorithm 2 (without BN there is nothing to estimate)
     config.population_batches = 50  # global mini-batches of 32 R: 400 of the paper's mini-batches for R = 8
     config.plot_layer = ""

@@ -57,6 +57,7 @@ def get_config(variant: str = "bn") -> ml_collections.ConfigDict:
     config.seed = 0  # initialization, shuffling and the population-statistics samples
 
     config.eval_every = 1000  # steps between evaluations on the whole test set
+    config.eval_examples = 0  # test examples evaluated, the first ones (0 = all 10,000)
     config.eval_statistics = "population"  # BN at test time: population (Algorithm 2) or moving_average
     config.population_batches = 100  # K training mini-batches of batch_size examples for Algorithm 2
     config.plot_layer = "DenseBN_2"  # the layer whose sigmoid inputs Fig. 1(b, c) shows: the last hidden one

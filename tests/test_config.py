@@ -7,7 +7,7 @@ from pathlib import Path
 
 import ml_collections
 import pytest
-from config_files import mnist_mlp
+from config_files import fashion_table2, mnist_mlp
 
 from bnrepro import config_schema
 
@@ -86,6 +86,7 @@ def test_config_is_locked() -> None:
         ),
         ("data_source", "web", r"config\.data_source = 'web'"),
         ("eval_statistics", "test_batch", r"config\.eval_statistics"),
+        ("eval_examples", -1, r"config\.eval_examples = -1: must be >= 0"),
         ("model.activation", "swish", r"config\.model\.activation = 'swish': expected one of"),
         ("model.init_std", -0.1, r"config\.model\.init_std"),
         ("model.hidden", (100, 0), r"config\.model\.hidden"),
@@ -99,6 +100,14 @@ def test_config_is_locked() -> None:
 def test_impossible_values_and_wrong_types_name_the_key(key: str, value, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         config_schema.validate(_modified(mnist_mlp.get_config("bn"), key, value))
+
+
+@pytest.mark.parametrize("value", [0, 11])
+def test_bn_inception_keeps_between_one_and_ten_modules(value: int) -> None:
+    config = fashion_table2.get_config("bn_x5,quick")
+    config_schema.validate(config)
+    with pytest.raises(ValueError, match=rf"config\.model\.num_modules = {value}: must lie in \[1, 10\]"):
+        config_schema.validate(_modified(config, "model.num_modules", value))
 
 
 def test_unknown_and_missing_keys_name_the_key() -> None:

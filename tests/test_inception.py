@@ -227,6 +227,19 @@ def test_small_input_shapes():
         assert stages["logits"] == (2, 10)
 
 
+def test_num_modules_keeps_the_first_rows_of_the_table():
+    variables = _abstract_variables(BNInception(**SMALL, num_modules=3), (2, 32, 32, 3))
+    assert sorted(k for k in variables["params"] if k.startswith("inception_")) == [
+        "inception_3a", "inception_3b", "inception_3c",
+    ]  # fmt: skip
+    assert set(variables[STAGE_OUTPUTS]) == {"conv1", "conv2", "pool2", "3a", "3b", "3c", "avg_pool", "logits"}
+    channels_3c = TABLE["3c"][-1] // 4  # width x0.25
+    assert variables["params"]["classifier"]["kernel"].shape == (channels_3c, 10)
+    for wrong in (0, 11):
+        with pytest.raises(ValueError, match=rf"num_modules must lie in \[1, 10\], got {wrong}"):
+            _abstract_variables(BNInception(**SMALL, num_modules=wrong), (2, 32, 32, 3))
+
+
 def test_stem_depthwise_multiplier_is_capped_by_the_pointwise_width():
     for kwargs, shape, depthwise in [
         ({}, (1, 224, 224, 3), (7, 7, 1, 24)),  # the paper's multiplier 8

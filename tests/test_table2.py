@@ -1,8 +1,11 @@
 """The CPU-scale Table 2: its six configs are valid and say what Sec. 4.2.1 changes; the table is computed
-from the runs' metrics.jsonl; one fused step equals one unfused step."""
+from the runs' metrics.jsonl; one fused step equals one unfused step; the quick table end to end."""
 
 import functools
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +15,9 @@ from config_files import fashion_table2 as table2_config
 from config_files import mnist_mlp
 
 from bnrepro import config_schema, figures, train
+from bnrepro.data import idx
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("variant", table2_config.VARIANTS)
@@ -74,3 +80,38 @@ def test_a_single_step_dispatch_equals_a_fused_one():
         assert metrics["loss"].shape == (1,)
     fused, _ = jax.jit(functools.partial(steps, num_steps=2))(state)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), one_by_one.params, fused.params)
+
+
+@pytest.mark.skipif(not idx.FASHION_MNIST_DEBIAN_DIR.is_dir(), reason="apt package dataset-fashion-mnist not installed")
+def test_quick_table_end_to_end(tmp_path: Path) -> None:
+    """`scripts/table2.py --quick` trains the six quick runs, two at a time, and prints the table of their
+    metrics: every run evaluated at its steps; the sigmoid net without BN at chance, as in the paper (10 classes:
+    10%; the first 1,000 test examples hold 8.7-11.5% of each class), and a BN net well above it."""
+    result = subprocess.run(
+        [sys.executable, "scripts/table2.py", "--quick", f"--workdir={tmp_path}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    quick = table2_config.get_config("bn_x5,quick")
+    steps = list(range(quick.eval_every, quick.num_steps + 1, quick.eval_every))
+    accuracies = {}
+    for variant in table2_config.VARIANTS:
+        records = [json.loads(line) for line in (tmp_path / variant / train.METRICS_FILE).read_text().splitlines()]
+        assert [r["step"] for r in records] == steps, variant
+        assert all(np.isfinite(r["train_loss"]) and np.isfinite(r["test_loss"]) for r in records), variant
+        accuracies[variant] = [r["test_accuracy"] for r in records]
+        assert all(0.0 <= a <= 1.0 for a in accuracies[variant]), variant
+    assert all(abs(a - 0.1) < 0.05 for a in accuracies["sigmoid"]), accuracies["sigmoid"]
+    assert max(accuracies["bn_x5"] + accuracies["bn_baseline"]) > 0.4, accuracies
+
+    table = (tmp_path / "table2.md").read_text().strip()
+    assert table in result.stdout
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in table.splitlines()[2:]}
+    assert list(rows) == list(table2_config.VARIANTS)
+    for variant, cells in rows.items():
+        best = max(accuracies[variant])
+        assert cells[2] == f"{best:.1%} ({steps[accuracies[variant].index(best)]})", variant

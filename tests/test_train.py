@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from config_files import mnist_mlp
+from config_files import fashion_table2, mnist_mlp
 from fake_mnist import learnable_images, write_fake_mnist
 from tensorboard.backend.event_processing import event_accumulator
 
@@ -82,6 +82,32 @@ def test_model_shapes_and_bias_dropping(variant: str) -> None:
     kernel = np.asarray(state.params["DenseBN_0"]["Dense_0"]["kernel"])
     assert abs(kernel.std() - 0.1) < 0.005  # N(0, init_std^2) with the config's init_std
     assert (int(state.step), int(state.epoch), int(state.batch_index)) == (0, 0, 0)
+
+
+def _table2_net_cut_after_3a():
+    config = fashion_table2.get_config("bn_x5")
+    with config.unlocked():
+        config.model.num_modules = 1  # the stem and module 3a: a few seconds to compile at -O3
+    return config
+
+
+@pytest.mark.parametrize(
+    ("config", "images"),
+    [
+        (mnist_mlp.get_config("bn"), jnp.zeros((60, 28, 28), jnp.uint8)),
+        (mnist_mlp.get_config("baseline"), jnp.zeros((60, 28, 28), jnp.uint8)),
+        (_table2_net_cut_after_3a(), jnp.zeros((32, 28, 28), jnp.uint8)),
+    ],
+    ids=["mlp_bn", "mlp_baseline", "bn_inception"],
+)
+def test_initial_parameters_are_those_of_a_default_compiled_init(config, images) -> None:
+    """create_train_state compiles `init` at -O1 (4x faster): the parameters must be those of XLA's default."""
+    model = train.create_model(config.model)
+    state = train.create_train_state(config, model, jax.random.key(0), images)
+    init_rng = jax.random.split(jax.random.key(0))[0]
+    default = jax.jit(lambda r, x: model.init(r, train.preprocess(x), train=False))(init_rng, images)
+    jax.tree.map(np.testing.assert_array_equal, state.params, default["params"])
+    jax.tree.map(np.testing.assert_array_equal, state.batch_stats, default.get("batch_stats", {}))
 
 
 def test_dataset_take_returns_the_examples() -> None:
@@ -235,12 +261,28 @@ def test_moving_average_statistics_option(small_fake_mnist: Path, tmp_path: Path
     assert 0.0 <= record["test_accuracy"] <= 1.0
 
 
+def test_eval_examples_evaluates_the_first_test_examples(small_fake_mnist: Path, tmp_path: Path) -> None:
+    config = small_config(
+        data_dir=str(small_fake_mnist), eval_statistics="moving_average", num_steps=20, eval_examples=100
+    )
+    state = train.train_and_evaluate(config, tmp_path / "run")
+    record = json.loads((tmp_path / "run" / train.METRICS_FILE).read_text())
+    test = bnrepro.data.load_dataset("mnist", data_dir=small_fake_mnist).test
+    images, labels = train.preprocess(jnp.asarray(test.images)), jnp.asarray(test.labels)
+    first = train.evaluate(state, state.batch_stats, images[:100], labels[:100], plot_layer="")
+    whole = train.evaluate(state, state.batch_stats, images, labels, plot_layer="")
+    assert record["test_loss"] == pytest.approx(float(first["loss"]), rel=1e-5)
+    assert record["test_accuracy"] == pytest.approx(float(first["accuracy"]))
+    assert record["test_loss"] != pytest.approx(float(whole["loss"]), rel=1e-5)
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
         ({"plot_layer": "DenseBN_7"}, r"config\.plot_layer = 'DenseBN_7'"),
         ({"plot_unit": 100}, r"config\.plot_unit = 100"),
         ({"population_batches": 21}, r"config\.population_batches = 21: more than the 20 mini-batches"),
+        ({"eval_examples": 301}, r"config\.eval_examples = 301: more than the 300 test examples"),
         ({"batch_size": 1300}, r"config\.batch_size = 1300: more than the 1200 training examples"),
     ],
 )
@@ -413,7 +455,7 @@ def test_a_diverging_model_stops_alone(small_fake_mnist: Path, tmp_path: Path) -
     ]
     results = train.train_group(configs, [tmp_path / "fine", tmp_path / "diverged"])
     assert isinstance(results[1], train.DivergedError) and (tmp_path / "diverged" / train.DIVERGED_FILE).exists()
-    assert not (tmp_path / "diverged" / train.METRICS_FILE).read_text()  # diverged before its first evaluation
+    assert not (tmp_path / "diverged" / train.METRICS_FILE).exists()  # diverged before its first evaluation
     assert isinstance(results[0], train.TrainState) and int(results[0].step) == 60
     assert [r["step"] for r in _records(tmp_path / "fine")] == [20, 40, 60]
 

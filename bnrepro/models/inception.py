@@ -238,6 +238,9 @@ class BNInception(nn.Module):
       width_multiplier: every convolution's output channels d become max(int(d * width_multiplier),
         min_depth) (TF-slim's `depth_multiplier` rule: truncation, then the floor).
       min_depth: the floor of that rule (TF-slim uses 16; 1 here so that widths scale uniformly).
+      num_modules: keep only the first `num_modules` Inception modules of the table (3a, 3b, ...), then pool
+        and classify; None: all ten. Not in the paper: a shallower net that compiles in a fraction of the time,
+        for smoke tests (the quick variants of `configs/fashion_table2.py`).
       small_input: for 28x28 or 32x32 images: the stem's 7x7 conv has stride 1 and its first max pool
         is dropped, so the net downsamples 8x instead of 32x (32x32 -> 32, 16 at module 3, 8 after 3c,
         4 after 4e; 28x28 -> 28, 14, 7, 4). Other input sizes work unchanged (SAME padding, global pool).
@@ -258,6 +261,7 @@ class BNInception(nn.Module):
     stem_depth_multiplier: int = 8
     width_multiplier: float = 1.0
     min_depth: int = 1
+    num_modules: int | None = None
     small_input: bool = False
     bn_momentum: float = 0.99
     bn_eps: float = batchnorm.DEFAULT_EPS
@@ -321,7 +325,10 @@ class BNInception(nn.Module):
         x = self._stage("conv2", x)
         x = self._stage("pool2", nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME"))
 
-        for spec in figure_5_modules(self.pool_proj_4cd):
+        modules = figure_5_modules(self.pool_proj_4cd)
+        if self.num_modules is not None and not 1 <= self.num_modules <= len(modules):
+            raise ValueError(f"num_modules must lie in [1, {len(modules)}], got {self.num_modules}.")
+        for spec in modules[: self.num_modules]:
             scaled = spec._replace(
                 ch_1x1=self.width(spec.ch_1x1) if spec.ch_1x1 else 0,
                 ch_3x3_reduce=self.width(spec.ch_3x3_reduce),
