@@ -9,15 +9,13 @@ Re-running resumes unfinished runs and skips finished ones (`bnrepro.main` does 
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from absl import app, flags
 
-from bnrepro import figures
+from bnrepro import figures, sweep
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/table2", "Directory holding one run directory per variant.")
 _QUICK = flags.DEFINE_bool("quick", False, "The few-hundred-step variants (a smoke test, not the result).")
@@ -25,25 +23,14 @@ _JOBS = flags.DEFINE_integer("jobs", 0, "Runs trained at once (0: one per availa
 
 
 def train_all(workdir: Path, quick: bool, jobs: int) -> None:
-    """Trains every variant, `jobs` at a time, each process pinned to one core."""
-    cores = sorted(os.sched_getaffinity(0))
-    jobs = jobs or len(cores)
-    pending, running = list(figures.TABLE2_RUNS), {}
-    while pending or running:
-        free = [c for c in cores[:jobs] if c not in {core for core, _ in running.values()}]
-        while pending and free:
-            variant, core = pending.pop(0), free.pop(0)
-            argument = f"{variant},quick" if quick else variant
-            command = [sys.executable, "-m", "bnrepro.main", f"--config=configs/fashion_table2.py:{argument}",
-                       f"--workdir={workdir / variant}"]  # fmt: skip
-            log = (workdir / f"{variant}.log").open("w")
-            process = subprocess.Popen(["taskset", "-c", str(core), *command], stdout=log, stderr=subprocess.STDOUT)
-            running[process] = (core, log)
-            print(f"training {variant} on core {core}: {' '.join(command)}", flush=True)
-        for process in [p for p in running if p.poll() is not None]:
-            running.pop(process)[1].close()
-            print(f"{process.args[-1]} finished with exit code {process.returncode}", flush=True)
-        time.sleep(1)
+    """Trains every variant, `jobs` at a time, each process pinned to one core (`sweep.run_pinned`)."""
+    commands = []
+    for variant in figures.TABLE2_RUNS:
+        argument = f"{variant},quick" if quick else variant
+        command = [sys.executable, "-m", "bnrepro.main", f"--config=configs/fashion_table2.py:{argument}",
+                   f"--workdir={workdir / variant}"]  # fmt: skip
+        commands.append((variant, command, workdir / f"{variant}.log"))
+    sweep.run_pinned(commands, jobs)
 
 
 def main(argv: list[str]) -> None:
