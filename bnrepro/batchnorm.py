@@ -100,14 +100,20 @@ def _moments(x: jax.Array, axes: tuple[int, ...], axis_name: str | None) -> tupl
 
 
 def _transform(x, gamma, beta, axes, eps, axis_name):
-    """Algorithm 1 in plain JAX: (y, mu_B, var_B, 1/sqrt(var_B + eps)).
+    """Algorithm 1 in plain JAX: (y, mu_B, var_B, 1/sqrt(var_B + eps), x - mu_B).
 
     y = gamma xhat + beta is evaluated as (x - mu) (gamma / sqrt(var + eps)) + beta: the scale
-    is formed on the feature vector, which saves a full-size multiply in both passes.
+    is formed on the feature vector, which saves a full-size multiply in both passes. The
+    centered x - mu is formed once and serves the variance, y and (as the residual) the backward
+    pass: XLA:CPU cannot fuse a per-feature broadcast into a reduction, so it materializes
+    x - mu for the variance anyway, and the backward pass then reads it instead of forming it
+    (or xhat) a second time.
     """
-    mean, var = _moments(x, axes, axis_name)
+    mean = _mean(x, axes, axis_name)
+    centered = x - mean
+    var = _mean(jnp.square(centered), axes, axis_name)
     inv_std = jax.lax.rsqrt(var + eps)
-    return (x - mean) * (gamma * inv_std) + beta, mean, var, inv_std
+    return centered * (gamma * inv_std) + beta, mean, var, inv_std, centered
 
 
 def _transform_autodiff(x, gamma, beta, axes, eps, axis_name):
@@ -122,8 +128,8 @@ def _transform_paper(x, gamma, beta, axes, eps, axis_name):
 
 
 def _transform_paper_fwd(x, gamma, beta, axes, eps, axis_name):
-    y, mean, var, inv_std = _transform(x, gamma, beta, axes, eps, axis_name)
-    return (y, mean, var), (x, gamma, mean, inv_std)
+    y, mean, var, inv_std, centered = _transform(x, gamma, beta, axes, eps, axis_name)
+    return (y, mean, var), (centered, gamma, inv_std)
 
 
 def _sum_to_shape(v: jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -143,17 +149,18 @@ def _transform_paper_bwd(axes, eps, axis_name, residuals, cotangents):
 
     Two reductions serve all six: sum_i dl/dxhat_i = gamma dl/dbeta and
     sum_i dl/dxhat_i (x_i - mu) = gamma sqrt(var + eps) dl/dgamma; the last term of dl/dmu is
-    zero because sum_i (x_i - mu) = 0. dl/dgamma and dl/dbeta are returned as this device's
-    sums: `batch_norm` feeds replicated gamma/beta in through `pcast`, whose transpose adds
-    them up across devices. Cotangents that reach the returned mu_B and var_B add to dl/dmu
-    and dl/dvar.
+    zero because sum_i (x_i - mu) = 0. Both are taken on x_i - mu, the residual of the forward
+    pass (xhat_i = (x_i - mu) / sqrt(var + eps) is never formed at full size): dl/dgamma =
+    sum_i dl/dy_i (x_i - mu) / sqrt(var + eps), and dl/dvar 2 (x_i - mu) / m in dl/dx_i.
+    dl/dgamma and dl/dbeta are returned as this device's sums: `batch_norm` feeds replicated
+    gamma/beta in through `pcast`, whose transpose adds them up across devices. Cotangents that
+    reach the returned mu_B and var_B add to dl/dmu and dl/dvar.
     """
     del eps
-    x, gamma, mean, inv_std = residuals
+    centered, gamma, inv_std = residuals
     d_y, d_mean_out, d_var_out = cotangents
-    m = _reduced_count(x, axes, axis_name)
-    xhat = (x - mean) * inv_std
-    d_gamma = jnp.sum(d_y * xhat, axes, keepdims=True)
+    m = _reduced_count(centered, axes, axis_name)
+    d_gamma = jnp.sum(d_y * centered, axes, keepdims=True) * inv_std
     d_beta = jnp.sum(d_y, axes, keepdims=True)
     if axis_name is None:
         total_d_gamma, total_d_beta = d_gamma, d_beta
@@ -161,7 +168,7 @@ def _transform_paper_bwd(axes, eps, axis_name, residuals, cotangents):
         total_d_gamma, total_d_beta = jax.lax.psum((d_gamma, d_beta), axis_name)
     d_var = -0.5 * inv_std * inv_std * gamma * total_d_gamma + d_var_out
     d_mean = -inv_std * gamma * total_d_beta + d_mean_out
-    d_x = (gamma * inv_std) * d_y + (2.0 / m) * (d_var / inv_std) * xhat + d_mean / m
+    d_x = (gamma * inv_std) * d_y + ((2.0 / m) * d_var) * centered + d_mean / m
     return d_x, _sum_to_shape(d_gamma, gamma.shape), _sum_to_shape(d_beta, gamma.shape)
 
 
