@@ -228,13 +228,23 @@ def train_steps(
 def data_parallel_sharding(num_devices: int, batch_size: int) -> jax.sharding.NamedSharding | None:
     """How a mini-batch is split across the first `num_devices` devices (0: all of them): along its leading
     axis, named "batch"; None for a single device. The batch must split evenly."""
+    return _leading_axis_sharding(num_devices, "batch", batch_size, f"config.batch_size = {batch_size}")
+
+
+def model_axis_sharding(num_devices: int, num_models: int) -> jax.sharding.NamedSharding | None:
+    """How the models of a group (`train_group`) are split across the first `num_devices` devices (0: all of
+    them): along the leading axis of their stacked states, named "models"; None for a single device."""
+    return _leading_axis_sharding(num_devices, "models", num_models, f"a group of {num_models} models")
+
+
+def _leading_axis_sharding(num_devices: int, axis: str, size: int, what: str) -> jax.sharding.NamedSharding | None:
     devices = jax.devices()[: num_devices or None]
     if len(devices) == 1:
         return None
-    if batch_size % len(devices):
-        raise ValueError(f"config.batch_size = {batch_size}: does not split evenly across {len(devices)} devices.")
-    mesh = jax.sharding.Mesh(np.asarray(devices), ("batch",), axis_types=(jax.sharding.AxisType.Auto,))
-    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
+    if size % len(devices):
+        raise ValueError(f"{what}: does not split evenly across {len(devices)} devices (config.num_devices).")
+    mesh = jax.sharding.Mesh(np.asarray(devices), (axis,), axis_types=(jax.sharding.AxisType.Auto,))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis))
 
 
 def population_batch_stats(model: nn.Module, state: TrainState, batches: jax.Array) -> Any:
@@ -419,8 +429,9 @@ class OnDeviceInput:
         self._epoch, self._batch_index, self._permutation = int(epoch), int(batch_index), None
 
     def _permutation_of(self, state: TrainState) -> jax.Array:
-        if self._permutation is None:
-            self._permutation = self._place(self._permute(state.rng, state.epoch))
+        if self._permutation is None:  # a group's permutations stay where its models are, one per model
+            permutation = self._permute(state.rng, state.epoch)
+            self._permutation = permutation if self._grouped else self._place(permutation)
         return self._permutation
 
     def train(self, state: TrainState, max_steps: int) -> TrainChunk:
@@ -707,7 +718,8 @@ def train_group(
     configs: list[ml_collections.ConfigDict], workdirs: list[str | Path]
 ) -> list[TrainState | DivergedError]:
     """Trains models whose configs differ only in `GROUP_KEYS` (seed, learning rate) together: their states
-    stacked on a leading axis and every program `jax.vmap`ped over them, one loop for all. Each model reads
+    stacked on a leading axis and every program `jax.vmap`ped over them, one loop for all; with several devices
+    (`num_devices`) the models are split across them (`model_axis_sharding`). Each model reads
     its own data order and writes its own workdir exactly as `train_and_evaluate` would alone (its metrics
     record the group's steps/s); a model whose loss diverges is recorded as diverged and the others go on.
     Resumes from the models' checkpoints, which must be at the same step.
@@ -722,22 +734,31 @@ def train_group(
         raise ValueError(f"train_group: {len(configs)} configs need as many distinct workdirs, got {workdirs}.")
     config, grouped = configs[0], len(configs) > 1
     primary = jax.process_index() == 0
-    batch_sharding = data_parallel_sharding(config.num_devices, config.batch_size)
-    # Everything else is replicated on the devices the batch is split across.
-    place = (lambda tree: tree) if batch_sharding is None else (
-        lambda tree: jax.device_put(tree, batch_sharding.update(spec=jax.sharding.PartitionSpec()))
+    if grouped:  # each device trains its share of the models on whole mini-batches
+        batch_sharding, sharding = None, model_axis_sharding(config.num_devices, len(configs))
+    else:  # the devices share every mini-batch
+        batch_sharding = sharding = data_parallel_sharding(config.num_devices, config.batch_size)
+    # The data (and a single model's state) are replicated on the devices.
+    place = (lambda tree: tree) if sharding is None else (
+        lambda tree: jax.device_put(tree, sharding.update(spec=jax.sharding.PartitionSpec()))
     )  # fmt: skip
+
+    def place_state(states: list[TrainState]) -> TrainState:
+        if not grouped:
+            return place(states[0])
+        return _stack(states) if sharding is None else jax.device_put(_stack(states), sharding)
+
     model = create_model(config.model)
     inputs = create_input(config, model, place, batch_sharding, grouped)
     states = [create_train_state(c, model, jax.random.key(c.seed), inputs.example_images()) for c in configs]
-    inputs.compile(_stack(states) if grouped else states[0])
+    inputs.compile(place_state(states))
 
     runs = [_Run(c, w, primary) for c, w in zip(configs, workdirs)]
     states = [_restore_latest(run.checkpoints, s, run.config, run.workdir) for run, s in zip(runs, states)]
     steps = {int(s.step) for s in states}
     if len(steps) > 1:
         raise ValueError(f"train_group: the models' checkpoints are at different steps {sorted(steps)}; train alone.")
-    state = place(_stack(states) if grouped else states[0])
+    state = place_state(states)
     inputs.start(state)
     step = steps.pop()
     for run in runs:

@@ -496,3 +496,30 @@ def test_a_decaying_learning_rate_must_be_shared(tmp_path: Path) -> None:
     second.update(learning_rate=0.2, lr_decay_steps=10)
     with pytest.raises(ValueError, match=r"config\.learning_rate: a group with a learning-rate decay must share"):
         train.check_group([first, second])
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
+def test_a_group_split_across_devices_trains_as_on_one(
+    small_fake_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    points = [{"seed": seed, "learning_rate": lr} for seed in (0, 1, 2, 3) for lr in (0.1, 0.5)]
+    shardings, train_chunk = [], train.OnDeviceInput.train
+
+    def recording_shardings(self, state, max_steps):  # of the stacked kernels, before and after each program
+        chunk = train_chunk(self, state, max_steps)
+        shardings.extend(s.params["DenseBN_0"]["Dense_0"]["kernel"].sharding for s in (state, chunk.state))
+        return chunk
+
+    monkeypatch.setattr(train.OnDeviceInput, "train", recording_shardings)
+    results = {}
+    for devices in (1, 8):
+        configs = [small_config(data_dir=str(small_fake_mnist), num_devices=devices, **p) for p in points]
+        results[devices] = train.train_group(configs, [tmp_path / f"{devices}_{i}" for i in range(len(points))])
+    # The 8-device run kept the 8 models' stacked states split across the devices, one model each.
+    split = [sh for sh in shardings if sh.num_devices == 8]
+    assert len(split) == len(shardings) // 2 and all(sh.spec == jax.sharding.PartitionSpec("models") for sh in split)
+    for one, eight in zip(results[1], results[8], strict=True):
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), one.params, eight.params)
+    with pytest.raises(ValueError, match=r"a group of 3 models: does not split evenly across 8 devices"):
+        configs = [small_config(data_dir=str(small_fake_mnist), num_devices=8, seed=s) for s in range(3)]
+        train.train_group(configs, [tmp_path / f"odd_{i}" for i in range(3)])
