@@ -311,10 +311,10 @@ def test_tfds_not_prepared_says_how_to_prepare(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(name="cifar10"), "Unknown dataset name 'cifar10'"),
-        (dict(name="mnist", source="web"), "Unknown data source 'web'"),
-        (dict(name="mnist", validation_size=-1), "validation_size must be .* got -1"),
-        (dict(name="mnist", validation_size=60_000), "validation_size must be .* got 60000"),
+        ({"name": "cifar10"}, "Unknown dataset name 'cifar10'"),
+        ({"name": "mnist", "source": "web"}, "Unknown data source 'web'"),
+        ({"name": "mnist", "validation_size": -1}, "validation_size must be .* got -1"),
+        ({"name": "mnist", "validation_size": 60_000}, "validation_size must be .* got 60000"),
     ],
 )
 def test_load_dataset_rejects_bad_arguments(kwargs: dict, message: str) -> None:

@@ -58,21 +58,23 @@ def test_optimizer_config_errors_name_the_key(key, value, message):
 
 def test_dropout_gets_a_new_key_every_step():
     class Dropout:  # records the dropout keys an apply_fn is given
-        keys = []
+        def __init__(self):
+            self.keys = []
 
         def __call__(self, variables, images, train, mutable, rngs):
             self.keys.append(jax.random.key_data(rngs["dropout"]))
             return jnp.zeros((images.shape[0], 10)) + variables["params"]["w"], {}
 
+    recorder = Dropout()
     state = train.TrainState.create(
-        apply_fn=Dropout(), params={"w": jnp.zeros(())}, tx=optax.sgd(0.1), batch_stats={},
+        apply_fn=recorder, params={"w": jnp.zeros(())}, tx=optax.sgd(0.1), batch_stats={},
         rng=jax.random.key_data(jax.random.key(0)), epoch=jnp.zeros((), jnp.int32),
         batch_index=jnp.zeros((), jnp.int32),
     )  # fmt: skip
     batch = {"image": jnp.zeros((4, 28, 28)), "label": jnp.zeros((4,), jnp.int32)}
     state, _ = train.train_step(state, batch)
     train.train_step(state, batch)
-    first, second = Dropout.keys
+    first, second = recorder.keys
     assert not np.array_equal(first, second)
 
 
