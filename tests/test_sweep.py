@@ -4,6 +4,9 @@ is not; the summary's numbers against each run's own metrics.jsonl."""
 
 import csv
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +31,17 @@ def get_sweep():
         {{"learning_rate": -1.0}},
     ]
     return Sweep(base, points, threshold=0.5)
+"""
+LONG_SWEEP_FILE = """
+from bnrepro.sweep import Sweep
+from configs import mnist_mlp
+
+
+def get_sweep():
+    base = mnist_mlp.get_config("bn")
+    base.data_dir = {data_dir!r}
+    base.num_steps, base.eval_every, base.checkpoint_every, base.steps_per_dispatch = 30_000, 10_000, 1_000, 1_000
+    return Sweep(base, [{{"seed": 0}}], threshold=0.5)
 """
 
 
@@ -145,3 +159,37 @@ def test_groups_join_points_that_differ_in_seed_and_learning_rate_only(tmp_path)
     # A point with a checkpoint at another step than the rest of its class trains in a group of its own.
     (tmp_path / sweep.point_name(full.points[0]) / train.CHECKPOINT_DIR / "1000").mkdir(parents=True)
     assert [0] in sweep.groups_of(full, range(9), tmp_path, max_size=8)
+
+
+def test_killing_the_sweep_kills_its_workers_and_a_rerun_finishes(tmp_path):
+    """SIGKILL of `python -m bnrepro.sweep` takes its workers with it (nothing trains on unwatched, nothing writes
+    into the run directories after it); the next run resumes from their checkpoints."""
+    data_dir = write_fake_mnist(tmp_path / "mnist", {"train": 50_000, "valid": 10_000, "test": 10_000})
+    spec = tmp_path / "long.py"
+    spec.write_text(LONG_SWEEP_FILE.format(data_dir=str(data_dir)))
+    workdir = tmp_path / "runs"
+    command = [sys.executable, "-m", "bnrepro.sweep", f"--sweep={spec}", f"--workdir={workdir}"]
+    sweeper = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = workdir / "seed=0" / train.CHECKPOINT_DIR
+    deadline = time.monotonic() + 240
+    while not any(p.name.isdigit() for p in checkpoints.glob("*")):
+        assert sweeper.poll() is None and time.monotonic() < deadline, "no checkpoint before the sweep ended"
+        time.sleep(0.2)
+    sweeper.kill()
+    sweeper.wait()
+    time.sleep(3)
+    workers = [p for p in Path("/proc").glob("[0-9]*") if str(workdir).encode() in _cmdline(p)]
+    assert not workers, "a worker outlived the sweep"
+    assert sweep.read_status(workdir / "seed=0") is None  # it did not finish on its own
+    rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    assert sweep.read_status(workdir / "seed=0")["status"] == "finished"
+    records = [json.loads(line) for line in (workdir / "seed=0" / train.METRICS_FILE).read_text().splitlines()]
+    assert [r["step"] for r in records] == [10_000, 20_000, 30_000]
+
+
+def _cmdline(process: Path) -> bytes:
+    try:
+        return (process / "cmdline").read_bytes()
+    except OSError:  # gone meanwhile
+        return b""

@@ -19,11 +19,13 @@ At the end `WORKDIR/summary.csv` and `WORKDIR/summary.md` hold one row per point
 from __future__ import annotations
 
 import csv
+import ctypes
 import importlib.util
 import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -39,6 +41,7 @@ from bnrepro import config_schema, figures, train
 
 STATUS_FILE = "sweep_status.json"
 SUMMARY_CSV, SUMMARY_MD = "summary.csv", "summary.md"
+PR_SET_PDEATHSIG = 1  # prctl(2)
 DONE = ("finished", "diverged")  # statuses a re-run skips; "failed" points are tried again
 # Models per vmapped group: on one CPU core, 8 MNIST MLPs train at ~1.8x one model's steps/s in all.
 DEFAULT_GROUP_SIZE = 8
@@ -118,6 +121,18 @@ def _write_status(run_dir: Path, status: dict[str, Any]) -> None:
 
 def _failure(e: BaseException) -> dict[str, Any]:
     return {"status": "failed", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+
+
+def die_with_parent() -> None:
+    """Called first thing in a worker: the kernel kills this process when the sweep that launched it dies
+    (Linux's PR_SET_PDEATHSIG), so that a killed sweep leaves no orphan training on and its next run resumes
+    cleanly from the checkpoints. Elsewhere, a no-op."""
+    if sys.platform != "linux":
+        return
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if parent == 1 or os.getppid() != parent:  # the sweep died before the request took effect
+        sys.exit(f"the sweep process {parent} is gone")
 
 
 def run_points(sweep: Sweep, indices: Sequence[int], workdir: Path) -> None:

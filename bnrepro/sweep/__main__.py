@@ -24,6 +24,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     workdir = Path(_WORKDIR.value)
     if _POINTS.value is not None:  # a worker process
+        sweep.die_with_parent()
         sweep.run_points(sweep.load_sweep(_SWEEP.value), [int(i) for i in _POINTS.value], workdir)
         return
     start = time.perf_counter()
