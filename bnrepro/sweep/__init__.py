@@ -7,7 +7,8 @@ axes, plus any hand-listed points). Each point trains with `train.train_and_eval
 directory `WORKDIR/<key=value,...>` (the same `metrics.jsonl`, checkpoints and TensorBoard files as a single
 run) and leaves `sweep_status.json` there when it ends: finished, diverged (NaN loss) or failed (an exception,
 recorded with its traceback). Re-running the command skips finished and diverged points and resumes the rest
-from their last checkpoint, so Ctrl-C or SIGKILL loses at most the work since a point's last checkpoint.
+from their last checkpoint, so Ctrl-C or SIGKILL loses at most the work since a point's last checkpoint (the
+workers die with the sweep process, `die_with_parent`).
 
 Points that differ only in seed and learning rate train together, up to `--group_size` of them in one vmapped
 program (`train.train_group`), each still writing its own run directory as if it had trained alone. Groups
