@@ -224,3 +224,17 @@ def population_statistics(model: nn.Module, variables: dict, batches: Any, **kwa
         lambda _, batch: (None, minibatch_moments(model, variables, batch, **kwargs)), None, batches
     )
     return population_from_moments(stacked)
+
+
+def adapt_to_domain(
+    model: nn.Module, variables: dict, target_images: jax.Array, batch_size: int, **kwargs: Any
+) -> dict:
+    """AdaBN (Li et al. 2016): `variables` with every BN layer's statistics re-estimated on unlabelled images of
+    the target domain, all weights (gamma and beta too) kept. The statistics are Algorithm 2's
+    (`population_statistics`) over the target images in consecutive mini-batches of `batch_size` (a remainder
+    that fills no mini-batch is left out)."""
+    count = len(target_images) // batch_size
+    if count == 0:
+        raise ValueError(f"adapt_to_domain: {len(target_images)} target images fill no mini-batch of {batch_size}.")
+    batches = target_images[: count * batch_size].reshape((count, batch_size) + target_images.shape[1:])
+    return {**variables, "batch_stats": population_statistics(model, variables, batches, **kwargs)}
