@@ -276,6 +276,55 @@ def batch_norm(
     return y, Moments(mean.reshape(feature_shape), var.reshape(feature_shape))
 
 
+# Ioffe (2017), Sec. 4: r and d unclipped to rmax = 1, dmax = 0 for the first 5k steps, then relaxed linearly to
+# rmax = 3 (reached at 40k steps) and dmax = 5 (reached at 25k steps).
+RENORM_SCHEDULE = {"warmup": 5_000, "rmax": 3.0, "rmax_steps": 40_000, "dmax": 5.0, "dmax_steps": 25_000}
+
+
+def renorm_limits(step: jax.Array | int) -> tuple[jax.Array, jax.Array]:
+    """(rmax, dmax) of Batch Renormalization at training step `step`, by `RENORM_SCHEDULE`."""
+    s = RENORM_SCHEDULE
+    step = jnp.asarray(step, jnp.float32)
+    rmax = 1.0 + (s["rmax"] - 1.0) * jnp.clip((step - s["warmup"]) / (s["rmax_steps"] - s["warmup"]), 0.0, 1.0)
+    dmax = s["dmax"] * jnp.clip((step - s["warmup"]) / (s["dmax_steps"] - s["warmup"]), 0.0, 1.0)
+    return rmax, dmax
+
+
+def batch_renorm(
+    x: jax.Array,
+    gamma: jax.Array,
+    beta: jax.Array,
+    running: Moments,
+    *,
+    axes: int | Sequence[int],
+    rmax: float | jax.Array,
+    dmax: float | jax.Array,
+    eps: float = DEFAULT_EPS,
+    axis_name: str | None = None,
+    backward: Backward = "paper",
+) -> tuple[jax.Array, Moments]:
+    """Batch Renormalization (Ioffe 2017, Algorithm 1), in training mode:
+
+        y = gamma (xhat r + d) + beta,   r = clip(sigma_B / sigma, 1/rmax, rmax),
+        d = clip((mu_B - mu) / sigma, -dmax, dmax),
+
+    with xhat, mu_B and sigma_B = sqrt(var_B + eps) of Algorithm 1 (gradients flow through them), r and d held
+    constant in the backward pass, and mu, sigma = sqrt(var + eps) from the moving averages `running`. With
+    rmax = 1 and dmax = 0 it is `batch_norm`. It is `batch_norm` with scale gamma r and shift gamma d + beta,
+    so it shares that function's backward pass (`backward`) and arguments. Returns (y, the mini-batch moments).
+    """
+    if (isinstance(rmax, (int, float)) and rmax < 1.0) or (isinstance(dmax, (int, float)) and dmax < 0.0):
+        raise ValueError(f"batch_renorm: need rmax >= 1 and dmax >= 0, got rmax={rmax}, dmax={dmax}.")
+    normalized_axes = _normalize_axes(axes, x.ndim)
+    feature_shape = _feature_shape(x.shape, normalized_axes)
+    mean, var = _moments(x.astype(_compute_dtype(x.dtype)), normalized_axes, axis_name)
+    mean, var = jax.lax.stop_gradient((mean.reshape(feature_shape), var.reshape(feature_shape)))
+    sigma = jnp.sqrt(running.var + eps)
+    r = jnp.clip(jnp.sqrt(var + eps) / sigma, 1.0 / rmax, rmax)
+    d = jnp.clip((mean - running.mean) / sigma, -dmax, dmax)
+    return batch_norm(x, gamma * r, gamma * d + beta, axes=axes, eps=eps, axis_name=axis_name, backward=backward)
+
+
 def batch_norm_inference(
     x: jax.Array,
     gamma: jax.Array,

@@ -57,6 +57,9 @@ class BatchNorm(nn.Module):
       unbiased_running_var: store m/(m-1) var_B in the moving average, as Algorithm 2 and
         PyTorch do (default); False averages the biased var_B, as Flax does.
       axis_name, virtual_batch_size, backward: as in `batchnorm.batch_norm`.
+      renorm: train with Batch Renormalization (`batchnorm.batch_renorm`, Ioffe 2017) against the moving
+        averages, rmax and dmax relaxed by `batchnorm.renorm_limits` over the layer's training steps (counted in
+        `batch_stats/renorm_steps`); inference is unchanged.
       dtype: the output dtype (default: the input's); statistics are float32 regardless.
       param_dtype: dtype of gamma, beta and the running moments.
     """
@@ -68,6 +71,7 @@ class BatchNorm(nn.Module):
     axis_name: str | None = None
     virtual_batch_size: int | None = None
     backward: batchnorm.Backward = "paper"
+    renorm: bool = False
     dtype: Any = None
     param_dtype: Any = jnp.float32
     scale_init: Callable[..., jax.Array] = nn.initializers.ones
@@ -86,21 +90,35 @@ class BatchNorm(nn.Module):
         running_var = self.variable("batch_stats", "var", jnp.ones, feature_shape, self.param_dtype)
         if self.dtype is not None:
             x = x.astype(self.dtype)
+        if self.renorm and self.is_initializing():  # created with the statistics, whatever the mode
+            self.variable("batch_stats", "renorm_steps", jnp.zeros, (), jnp.float32)
 
         if not train:
             moments = Moments(running_mean.value, running_var.value)
             return batchnorm.batch_norm_inference(x, gamma, beta, moments, axes=reduced_axes, eps=self.eps)
 
-        y, moments = batchnorm.batch_norm(
-            x,
-            gamma,
-            beta,
-            axes=reduced_axes,
-            eps=self.eps,
-            axis_name=self.axis_name,
-            virtual_batch_size=self.virtual_batch_size,
-            backward=self.backward,
-        )
+        if self.renorm:
+            if self.virtual_batch_size is not None:
+                raise ValueError("BatchNorm: renorm=True does not combine with virtual_batch_size.")
+            steps = self.variable("batch_stats", "renorm_steps", jnp.zeros, (), jnp.float32)
+            rmax, dmax = batchnorm.renorm_limits(steps.value)
+            y, moments = batchnorm.batch_renorm(
+                x, gamma, beta, Moments(running_mean.value, running_var.value), axes=reduced_axes, rmax=rmax,
+                dmax=dmax, eps=self.eps, axis_name=self.axis_name, backward=self.backward,
+            )  # fmt: skip
+            if not self.is_initializing():
+                steps.value = steps.value + 1
+        else:
+            y, moments = batchnorm.batch_norm(
+                x,
+                gamma,
+                beta,
+                axes=reduced_axes,
+                eps=self.eps,
+                axis_name=self.axis_name,
+                virtual_batch_size=self.virtual_batch_size,
+                backward=self.backward,
+            )
         moments = jax.tree.map(jax.lax.stop_gradient, moments)
         count = self._values_per_statistic(x, reduced_axes)
         if self.is_mutable_collection(MOMENTS_COLLECTION):

@@ -27,6 +27,7 @@ class MLP(nn.Module):
       bn_momentum, bn_eps: the BN layers' moving-average momentum (Flax convention) and eps.
       bn_virtual_batch_size: normalize groups of this many examples separately (ghost / per-device batches).
       bn_backward: BN's backward pass, "paper" (Sec. 3's formulas) or "autodiff" (`batchnorm.batch_norm`).
+      bn_renorm: Batch Renormalization (Ioffe 2017) instead of BN in training (`layers.BatchNorm.renorm`).
     """
 
     hidden: Sequence[int] = (100, 100, 100)
@@ -38,6 +39,7 @@ class MLP(nn.Module):
     bn_eps: float = 1e-5
     bn_virtual_batch_size: int | None = None
     bn_backward: str = "paper"
+    bn_renorm: bool = False
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool) -> jax.Array:
@@ -49,6 +51,7 @@ class MLP(nn.Module):
             eps=self.bn_eps,
             virtual_batch_size=self.bn_virtual_batch_size,
             backward=self.bn_backward,
+            renorm=self.bn_renorm,
         )
         for width in self.hidden:
             u = DenseBN(
