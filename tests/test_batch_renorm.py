@@ -94,3 +94,17 @@ def test_the_layer_counts_its_steps_and_keeps_moving_averages():
     np.testing.assert_allclose(y, y_bn, rtol=1e-6)
     inference = layer.apply({**variables, "batch_stats": {"mean": stats["mean"], "var": stats["var"]}}, x, train=False)
     assert inference.shape == x.shape  # inference needs only the statistics (population ones have no counter)
+
+
+def test_the_small_batch_configs():
+    from config_files import mnist_small_batch
+
+    from bnrepro import config_schema
+
+    bn, renorm = (mnist_small_batch.get_config(v) for v in ("bn", "renorm"))
+    for config in (bn, renorm):
+        config_schema.validate(config)
+        assert config.batch_size == 4 and config.eval_statistics == "moving_average"
+    assert renorm.model.bn_renorm and not bn.model.bn_renorm
+    with pytest.raises(ValueError, match="unknown variant 'brn'"):
+        mnist_small_batch.get_config("brn")
