@@ -25,18 +25,18 @@ exponential decay by 0.5 every 6000 steps (every 1000 steps for the accelerated 
 
 Expected shape of the result (the paper's Table 2): sigmoid stays near chance (10%); bn_x5_sigmoid learns;
 bn_x5 and bn_x30 reach inception's best accuracy in fewer steps. `scripts/table2.py` prints the table; measured
-here (seed 0, 2-core CPU, two runs at a time, 30 min for all six; accuracy evaluated every 250 steps):
+here (seed 0, 2-core CPU, two runs at a time, 28 min for all six; accuracy evaluated every 250 steps):
 
     | run           | steps to 85.1% | max accuracy (at step) | paper: steps to 72.2% | paper: max |
     | inception     | 3000           | 85.1% (3000)           | 31.0e6                | 72.2%      |
-    | bn_baseline   | 1750           | 87.4% (2500)           | 13.3e6                | 72.7%      |
-    | bn_x5         | 1250           | 87.8% (2250)           | 2.1e6                 | 73.0%      |
-    | bn_x30        | 2250           | 86.9% (3000)           | 2.7e6                 | 74.8%      |
-    | bn_x5_sigmoid | 1000           | 89.8% (2500)           | -                     | 69.8%      |
+    | bn_baseline   | 2250           | 86.2% (3000)           | 13.3e6                | 72.7%      |
+    | bn_x5         | 1250           | 88.8% (3000)           | 2.1e6                 | 73.0%      |
+    | bn_x30        | 2500           | 86.0% (2500)           | 2.7e6                 | 74.8%      |
+    | bn_x5_sigmoid | 1000           | 89.6% (2500)           | -                     | 69.8%      |
     | sigmoid       | -              | 10.0% (250)            | -                     | chance     |
 
 As in the paper: sigmoid without BN never leaves chance, with BN it trains; every BN run reaches the baseline's
-best sooner (BN-x5 2.4x). Unlike the paper: BN-x30 is slower than BN-x5 here and not the most accurate, and the
+best sooner (BN-x5 2.4x, BN-Baseline 1.3x). Unlike the paper: BN-x30 is slower than BN-x5 here and not the most accurate, and the
 sigmoid BN net is the best one (one seed, 1.6 epochs; small differences are within seed noise).
 """
 
