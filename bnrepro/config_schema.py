@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import sys
 import typing
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import ml_collections
@@ -105,6 +108,15 @@ MODEL_FIELD_CHECKS: Mapping[str, Callable[[Any], str | None]] = {
         None if v is None or 1 <= v <= len(FIGURE_5_MODULES) else f"must lie in [1, {len(FIGURE_5_MODULES)}]"
     ),
 }
+
+
+def make_configs_importable(config_file: str | os.PathLike[str]) -> None:
+    """Lets a config file inside a `configs/` folder import its siblings as `configs.NAME` (the ImageNet runs
+    and the sweeps build on a base config that way), whatever the working directory: the folder's parent goes
+    on `sys.path`."""
+    root = next((p.parent for p in Path(config_file).resolve().parents if p.name == "configs"), None)
+    if root is not None and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
 
 
 def _check_value(key: str, value: Any, field: Field) -> None:

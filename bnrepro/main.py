@@ -38,7 +38,12 @@ def initialize_distributed() -> None:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, with an unknown `--config.<key>` reported as a ValueError naming it."""
+    """absl's flag parsing, with an unknown `--config.<key>` reported as a ValueError naming it. A config file in
+    a `configs/` folder may import `configs.NAME` from any working directory."""
+    for arg, following in zip(argv, [*argv[1:], ""]):
+        if arg.startswith("--config=") or arg == "--config":
+            path = arg.removeprefix("--config=") if arg != "--config" else following
+            config_schema.make_configs_importable(path.split(":")[0])
     try:
         return flags.FLAGS(argv)
     except (AttributeError, KeyError) as e:  # how config_flags reports an override of a missing key

@@ -214,3 +214,17 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("localhost", 0))
         return s.getsockname()[1]
+
+
+def test_the_cli_runs_an_imagenet_config_from_anywhere_and_says_where_the_data_goes(tmp_path):
+    """From another working directory the config still finds its base (`configs.imagenet_inception`); without
+    the prepared dataset the run stops with the manual-download instructions, before writing anything."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bnrepro.main", "--config", f"{REPO / 'configs' / 'imagenet_bn_x5.py'}:1",
+         f"--workdir={tmp_path / 'run'}", f"--config.data_dir={tmp_path / 'tfds'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "No module named 'configs'" not in result.stderr
+    assert "Download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar" in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "run").exists()

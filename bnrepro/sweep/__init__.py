@@ -94,10 +94,7 @@ def load_sweep(spec: str) -> Sweep:
     path, _, arg = spec.partition(":")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--sweep={spec}: no file {path}.")
-    # A sweep file under REPO/configs/ imports its base config as `configs.NAME`, from anywhere.
-    root = next((p.parent for p in Path(path).resolve().parents if p.name == "configs"), None)
-    if root is not None and str(root) not in sys.path:
-        sys.path.insert(0, str(root))
+    config_schema.make_configs_importable(path)
     module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
