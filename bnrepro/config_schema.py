@@ -104,6 +104,8 @@ MODEL_FIELD_CHECKS: Mapping[str, Callable[[Any], str | None]] = {
     "bn_momentum": lambda v: None if 0.0 <= v <= 1.0 else "must lie in [0, 1]",
     "bn_eps": _positive_finite,
     "bn_backward": _one_of(("paper", "autodiff")),
+    "bn_noise_shift": lambda v: None if v >= 0.0 else "must be >= 0",
+    "bn_noise_scale": lambda v: None if v >= 1.0 else "must be >= 1",
     "num_modules": lambda v: (
         None if v is None or 1 <= v <= len(FIGURE_5_MODULES) else f"must lie in [1, {len(FIGURE_5_MODULES)}]"
     ),

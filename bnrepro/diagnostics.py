@@ -32,8 +32,9 @@ def layer_gradient_norms(state: train.TrainState, batch: Mapping[str, jax.Array]
 
     def loss(params):
         logits, _ = state.apply_fn(
-            {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True, mutable=["batch_stats"]
-        )
+            {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
+            mutable=["batch_stats"], rngs=train.fixed_rngs(),
+        )  # fmt: skip
         return train.cross_entropy(logits, batch["label"])
 
     flat = traverse_util.flatten_dict(jax.grad(loss)(state.params), sep="/")

@@ -60,6 +60,10 @@ class BatchNorm(nn.Module):
       renorm: train with Batch Renormalization (`batchnorm.batch_renorm`, Ioffe 2017) against the moving
         averages, rmax and dmax relaxed by `batchnorm.renorm_limits` over the layer's training steps (counted in
         `batch_stats/renorm_steps`); inference is unchanged.
+      noise_shift, noise_scale: "noisy BN" (Santurkar et al. 2018): in training, each activation's output is
+        scaled by s ~ U(1, noise_scale) and shifted by m ~ U(-noise_shift, noise_shift), drawn anew at every
+        call from the "bn_noise" RNG stream and shared by the mini-batch, so that the next layer's input
+        distribution keeps changing. Off by default (0 and 1); the statistics are those of the clean output.
       dtype: the output dtype (default: the input's); statistics are float32 regardless.
       param_dtype: dtype of gamma, beta and the running moments.
     """
@@ -72,6 +76,8 @@ class BatchNorm(nn.Module):
     virtual_batch_size: int | None = None
     backward: batchnorm.Backward = "paper"
     renorm: bool = False
+    noise_shift: float = 0.0
+    noise_scale: float = 1.0
     dtype: Any = None
     param_dtype: Any = jnp.float32
     scale_init: Callable[..., jax.Array] = nn.initializers.ones
@@ -134,7 +140,18 @@ class BatchNorm(nn.Module):
             )
             running_mean.value = updated.mean.astype(self.param_dtype)
             running_var.value = updated.var.astype(self.param_dtype)
+        if self.noise_shift > 0.0 or self.noise_scale > 1.0:
+            y = self._add_noise(y, feature_axes)
         return y
+
+    def _add_noise(self, y: jax.Array, feature_axes: tuple[int, ...]) -> jax.Array:
+        """Noisy BN: y * s + m with a scale s ~ U(1, noise_scale) and a shift m ~ U(-noise_shift, noise_shift)
+        per activation, the same for every example of the mini-batch."""
+        shape = tuple(y.shape[a] if a in feature_axes else 1 for a in range(y.ndim))
+        scale_key, shift_key = jax.random.split(self.make_rng("bn_noise"))
+        scale = jax.random.uniform(scale_key, shape, jnp.float32, 1.0, self.noise_scale)
+        shift = jax.random.uniform(shift_key, shape, jnp.float32, -self.noise_shift, self.noise_shift)
+        return (y * scale + shift).astype(y.dtype)
 
     def _values_per_statistic(self, x: jax.Array, reduced_axes: tuple[int, ...]) -> int:
         """m of Algorithm 2: values behind one mini-batch statistic (one group's, if virtual)."""

