@@ -4,6 +4,7 @@ plain jnp re-derivation of the loss for the gradient norms) and against BN's inf
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from config_files import mnist_mlp
 
 from bnrepro import diagnostics, train
@@ -60,3 +61,36 @@ def test_bn_preactivations_use_the_population_statistics():
     expected = bn["scale"] * (x - moments["mean"]) / np.sqrt(moments["var"] + 1e-5) + bn["bias"]
     got = diagnostics.layer_preactivations(state, images)["DenseBN_0"]
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_internal_covariate_shift_of_a_small_baseline_net_by_hand():
+    config = mnist_mlp.get_config("baseline")
+    config.model.hidden = (5, 4)
+    model = train.create_model(config.model)
+    state = train.create_train_state(config, model, jax.random.key(0), jnp.zeros((6, 28, 28), jnp.uint8))
+    images = jax.random.uniform(jax.random.key(1), (6, 28, 28))
+    labels = jnp.arange(6) % 10
+    p = state.params
+    biases = [p["DenseBN_0"]["Dense_0"]["bias"], p["DenseBN_1"]["Dense_0"]["bias"], p["Dense_0"]["bias"]]
+
+    def loss(kernels):  # the same net, written out
+        u = images.reshape(6, -1)
+        for kernel, bias in zip(kernels[:2], biases[:2]):
+            u = jax.nn.sigmoid(u @ kernel + bias)
+        logits = u @ kernels[2] + biases[2]
+        return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(6), labels])
+
+    kernels = [p["DenseBN_0"]["Dense_0"]["kernel"], p["DenseBN_1"]["Dense_0"]["kernel"], p["Dense_0"]["kernel"]]
+    grads, lr = jax.grad(loss)(kernels), 0.5
+    order = ["DenseBN_0/Dense_0", "DenseBN_1/Dense_0", "Dense_0"]
+    got = diagnostics.internal_covariate_shift(state, {"image": images, "label": labels}, order, lr)
+    for i, layer in enumerate(order):
+        stepped = [k - lr * g if j < i else k for j, (k, g) in enumerate(zip(kernels, grads))]
+        shifted = jax.grad(loss)(stepped)[i]
+        g = np.asarray(grads[i])
+        np.testing.assert_allclose(got[layer]["l2"], np.linalg.norm(g - shifted), rtol=1e-4, atol=1e-7)
+        cosine = np.sum(g * shifted) / (np.linalg.norm(g) * np.linalg.norm(shifted))
+        np.testing.assert_allclose(got[layer]["cosine"], cosine, rtol=1e-5)
+    assert float(got[order[0]]["l2"]) == 0.0 and float(got[order[2]]["l2"]) > 0.0  # the first layer sees no shift
+    with pytest.raises(ValueError, match=r"no kernel at \['DenseBN_7'\]"):
+        diagnostics.internal_covariate_shift(state, {"image": images, "label": labels}, ["DenseBN_7"], lr)
