@@ -8,7 +8,8 @@ changing as training proceeds; these functions measure them for any model that s
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -27,18 +28,17 @@ def layer_preactivations(state: train.TrainState, images: jax.Array) -> dict[str
     return {path.rsplit("/", 1)[0]: value[0] for path, value in flat.items() if path.endswith("/preactivation")}
 
 
+def _loss(state: train.TrainState, batch: Mapping[str, jax.Array]) -> Callable[[Any], jax.Array]:
+    """params -> the training loss on `batch` (`train.training_loss`, with the fixed keys of `train.fixed_rngs`)."""
+    rngs = train.fixed_rngs()
+    return lambda params: train.training_loss(state, params, batch, rngs)[0]
+
+
 def layer_gradient_norms(state: train.TrainState, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
     """The L2 norm of the training loss's gradient with respect to each layer's weight matrix (`kernel`) on one
     mini-batch (training mode: BN uses the mini-batch's own moments), keyed by the layer's path."""
 
-    def loss(params):
-        logits, _ = state.apply_fn(
-            {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
-            mutable=["batch_stats"], rngs=train.fixed_rngs(),
-        )  # fmt: skip
-        return train.cross_entropy(logits, batch["label"])
-
-    flat = traverse_util.flatten_dict(jax.grad(loss)(state.params), sep="/")
+    flat = traverse_util.flatten_dict(jax.grad(_loss(state, batch))(state.params), sep="/")
     return {path.rsplit("/", 1)[0]: jnp.linalg.norm(g) for path, g in flat.items() if path.endswith("/kernel")}
 
 
@@ -52,15 +52,7 @@ def internal_covariate_shift(
     `learning_rate`, the rest unchanged. Returns, per layer path: ||G_i - G'_i|| ("l2") and cos(G_i, G'_i)
     ("cosine"). Training mode, with the state's BN statistics and fixed noise keys (`train.fixed_rngs`).
     """
-    rngs = train.fixed_rngs()
-
-    def loss(params):
-        logits, _ = state.apply_fn(
-            {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
-            mutable=["batch_stats"], rngs=rngs,
-        )  # fmt: skip
-        return train.cross_entropy(logits, batch["label"])
-
+    loss = _loss(state, batch)
     kernel_paths = [tuple(layer.split("/")) + ("kernel",) for layer in layer_order]
     grads = traverse_util.flatten_dict(jax.grad(loss)(state.params))
     params = traverse_util.flatten_dict(state.params)

@@ -165,21 +165,24 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
+def training_loss(
+    state: TrainState, params: Any, batch: Mapping[str, jax.Array], rngs: Mapping[str, jax.Array]
+) -> tuple[jax.Array, Any]:
+    """The mini-batch's cross-entropy under `params` in training mode (BN on the mini-batch's own moments,
+    Algorithm 1; dropout and noisy BN drawing from `rngs`), and the updated `batch_stats` collection."""
+    logits, updates = state.apply_fn(
+        {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True, mutable=["batch_stats"],
+        rngs=rngs,
+    )  # fmt: skip
+    return cross_entropy(logits, batch["label"]), updates
+
+
 def train_step(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
     """One SGD step on a mini-batch; BN normalizes with the mini-batch's own moments (Algorithm 1).
     Dropout, where a model has it, draws from a key of its own for every step."""
     dropout_rng = jax.random.fold_in(jax.random.split(jax.random.wrap_key_data(state.rng))[1], state.step)
-
-    def loss_fn(params):
-        logits, updates = state.apply_fn(
-            {"params": params, "batch_stats": state.batch_stats},
-            batch["image"],
-            train=True,
-            mutable=["batch_stats"],
-            rngs={"dropout": dropout_rng, "bn_noise": jax.random.fold_in(dropout_rng, 1)},
-        )
-        return cross_entropy(logits, batch["label"]), updates
-
+    rngs = {"dropout": dropout_rng, "bn_noise": jax.random.fold_in(dropout_rng, 1)}
+    loss_fn = functools.partial(training_loss, state, batch=batch, rngs=rngs)
     (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats))
     return state, {"loss": loss}
@@ -345,7 +348,7 @@ def _check_resumed_config(config: ml_collections.ConfigDict, workdir: Path) -> N
     path = workdir / CONFIG_FILE
     if not path.exists():
         return
-    saved, current = _flatten(json.loads(path.read_text())), _flatten(json.loads(config.to_json_best_effort()))
+    saved, current = _flatten(json.loads(path.read_text())), _flatten(_config_json(config))
     changed = sorted(
         k for k in set(saved) | set(current) if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES
     )
@@ -354,6 +357,11 @@ def _check_resumed_config(config: ml_collections.ConfigDict, workdir: Path) -> N
             f"config.{changed[0]}: {workdir} holds a run with {changed[0]}={saved.get(changed[0])!r}, not "
             f"{current.get(changed[0])!r} (changed keys: {changed}). Use a new --workdir."
         )
+
+
+def _config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The config as `config.json` stores it (tuples become lists)."""
+    return json.loads(config.to_json_best_effort())
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -531,7 +539,7 @@ class HostFedInput:
     seeded by the step (so a resumed run evaluates exactly as an uninterrupted one)."""
 
     def __init__(self, config: ml_collections.ConfigDict, model: nn.Module, batch_sharding):
-        self._config, self._model, self._batch_sharding = config, model, batch_sharding
+        self._config, self._batch_sharding = config, batch_sharding
         devices = batch_sharding.num_devices if batch_sharding is not None else 1
         for key, value in (("batch_size", config.batch_size), ("input.eval_batch_size", config.input.eval_batch_size)):
             if value % jax.process_count() or value % devices:
@@ -652,7 +660,7 @@ GROUP_KEYS = ("seed", "learning_rate")  # what models trained together (`train_g
 def check_group(configs: list[ml_collections.ConfigDict]) -> None:
     """Refuses configs that cannot train as one group: they may differ in `GROUP_KEYS` only, and in the
     learning rate only when it does not decay (a decay schedule is one function, shared by the group)."""
-    flat = [_flatten(json.loads(config.to_json_best_effort())) for config in configs]
+    flat = [_flatten(_config_json(config)) for config in configs]
     for other in flat[1:]:
         changed = sorted(k for k in set(flat[0]) | set(other) if flat[0].get(k) != other.get(k) and k not in GROUP_KEYS)
         if changed:
@@ -679,7 +687,7 @@ class _Run:
 
     def start(self, step: int) -> None:
         if self.primary:
-            text = json.dumps(json.loads(self.config.to_json_best_effort()), indent=2)
+            text = json.dumps(_config_json(self.config), indent=2)
             (self.workdir / CONFIG_FILE).write_text(text + "\n")
             (self.workdir / DIVERGED_FILE).unlink(missing_ok=True)
             self.writer = MetricsWriter(self.workdir, resume_step=step)
