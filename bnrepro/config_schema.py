@@ -26,6 +26,7 @@ from bnrepro.data import imagenet
 from bnrepro.models.inception import FIGURE_5_MODULES
 
 EVAL_STATISTICS = ("population", "moving_average")
+OPTIMIZERS = ("sgd", "rmsprop")
 DATASETS = (*data.DATASET_NAMES, imagenet.DATASET_NAME)  # the last one is read from disk by a host pipeline
 
 
@@ -52,6 +53,15 @@ def _in_unit_interval(v: float) -> str | None:
     return None if 0.0 <= v < 1.0 else "must lie in [0, 1)"
 
 
+def _positive_floats(v: tuple) -> str | None:
+    ok = all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0 for x in v)
+    return None if ok else "must be a tuple of positive finite numbers"
+
+
+def _names(v: tuple) -> str | None:
+    return None if all(isinstance(x, str) and x for x in v) else "must be a tuple of non-empty strings"
+
+
 def _positive_ints(v: tuple) -> str | None:
     ok = all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in v)
     return None if ok else "must be a tuple of positive ints"
@@ -65,11 +75,13 @@ TRAINING_FIELDS: Mapping[str, Field] = {
     "validation_size": Field(int, _at_least(0)),
     "num_steps": Field(int, _at_least(1)),
     "batch_size": Field(int, _at_least(1)),
+    "optimizer": Field(str, _one_of(OPTIMIZERS)),
     "learning_rate": Field(float, _positive_finite),
     "momentum": Field(float, _in_unit_interval),
     "weight_decay": Field(float, lambda v: None if v >= 0.0 else "must be >= 0"),
     "lr_decay_rate": Field(float, lambda v: None if 0.0 < v <= 1.0 else "must lie in (0, 1]"),
     "lr_decay_steps": Field(int, _at_least(1)),
+    "grad_clip_norm": Field(float, lambda v: None if math.isfinite(v) and v >= 0 else "must be >= 0 (0 = off)"),
     "seed": Field(int),
     "eval_every": Field(int, _at_least(1)),
     "eval_examples": Field(int, _at_least(0)),
@@ -77,6 +89,9 @@ TRAINING_FIELDS: Mapping[str, Field] = {
     "population_batches": Field(int, _at_least(1)),
     "plot_layer": Field(str),
     "plot_unit": Field(int, _at_least(0)),
+    "diagnostics_every": Field(int, _at_least(0)),
+    "diagnostics_layers": Field(tuple, _names),
+    "diagnostics_step_scales": Field(tuple, _positive_floats),
     "steps_per_dispatch": Field(int, _at_least(1)),
     "checkpoint_every": Field(int, _at_least(1)),
     "cpu_cores": Field(int, _at_least(0)),

@@ -141,23 +141,41 @@ def create_train_state(
 
 
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """SGD (with `momentum` if > 0), L2 weight decay on the weights (`kernel`s; not on BN's gamma/beta nor on
-    biases, as TF-slim's Inception regularizes only its convolutions' weights), and a learning rate decayed
-    exponentially, lr * lr_decay_rate^(step / lr_decay_steps) (Sec. 4.2: "decayed exponentially"; the
-    accelerated BN runs decay 6x faster, i.e. lr_decay_steps / 6). Plain constant-rate SGD by default. The
-    learning rate (and momentum) are kept in the optimizer state (`optax.inject_hyperparams`)."""
+    """The update rule: `optimizer` = "sgd" (with `momentum` if > 0) or "rmsprop" (Tieleman & Hinton; the BN-LSTM
+    runs of Cooijmans et al. 2016), after clipping the gradient's global norm to `grad_clip_norm` (if > 0) and
+    adding L2 weight decay on the weights (`kernel`s; not on BN's gamma/beta nor on biases, as TF-slim's
+    Inception regularizes only its convolutions' weights). The learning rate decays exponentially,
+    lr * lr_decay_rate^(step / lr_decay_steps) (Sec. 4.2: "decayed exponentially"; the accelerated BN runs decay
+    6x faster, i.e. lr_decay_steps / 6). Plain constant-rate SGD by default. The learning rate (and momentum)
+    are kept in the optimizer state (`optax.inject_hyperparams`)."""
     learning_rate = config.learning_rate
     if config.lr_decay_rate < 1.0:
         learning_rate = optax.exponential_decay(config.learning_rate, config.lr_decay_steps, config.lr_decay_rate)
     # The rate lives in the optimizer state, so models trained together (`train_group`) can each have their own.
-    sgd = optax.inject_hyperparams(optax.sgd)(learning_rate, momentum=config.momentum or None)  # 0: plain SGD
-    if not config.weight_decay:
-        return sgd
+    momentum = config.momentum or None  # 0: none
+    if config.optimizer == "rmsprop":
+        update = optax.inject_hyperparams(optax.rmsprop)(learning_rate, momentum=momentum)
+    else:
+        update = optax.inject_hyperparams(optax.sgd)(learning_rate, momentum=momentum)
 
     def weights_only(params):
         return jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key == "kernel", params)
 
-    return optax.chain(optax.add_decayed_weights(config.weight_decay, mask=weights_only), sgd)
+    steps = [
+        *([optax.clip_by_global_norm(config.grad_clip_norm)] if config.grad_clip_norm else []),
+        *([optax.add_decayed_weights(config.weight_decay, mask=weights_only)] if config.weight_decay else []),
+    ]
+    return optax.chain(*steps, update) if steps else update
+
+
+def current_learning_rate(opt_state: Any) -> jax.Array:
+    """The learning rate of `create_optimizer`'s update rule in `opt_state`: the one its latest step used (with a
+    decay schedule; the initial rate before the first step). A group's states give one per model."""
+    injected = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
+    for leaf in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, injected)):
+        if isinstance(leaf, injected):
+            return leaf.hyperparams["learning_rate"]
+    raise ValueError("current_learning_rate: the optimizer state has no injected learning rate.")
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:

@@ -71,10 +71,12 @@ def get_config(arg: str | None = None, config_file: str = "configs/imagenet_ince
     steps_per_epoch = TRAIN_EXAMPLES // config.batch_size
     config.num_steps = PAPER_MINIBATCHES // replicas
     config.learning_rate = PAPER_LEARNING_RATE * replicas  # synchronous replicas, see the docstring
+    config.optimizer = "sgd"
     config.momentum = 0.9
     config.weight_decay = 4e-5
     config.lr_decay_rate = 0.94
     config.lr_decay_steps = 2 * steps_per_epoch  # every 2 epochs
+    config.grad_clip_norm = 0.0
     config.seed = 0
 
     config.eval_every = steps_per_epoch
@@ -83,6 +85,9 @@ def get_config(arg: str | None = None, config_file: str = "configs/imagenet_ince
     config.population_batches = 50  # global mini-batches of 32 R: 400 of the paper's mini-batches for R = 8
     config.plot_layer = ""
     config.plot_unit = 0
+    config.diagnostics_every = 0  # Santurkar et al.'s measurements (bnrepro.diagnostics) are off
+    config.diagnostics_layers = ()
+    config.diagnostics_step_scales = (0.5, 1.0, 2.0, 4.0)
     config.steps_per_dispatch = 100  # steps between reading the losses back (the loop checks them for NaN)
     config.checkpoint_every = 5000
     config.cpu_cores = 0  # all

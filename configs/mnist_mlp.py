@@ -52,11 +52,13 @@ def get_config(variant: str = "bn") -> ml_collections.ConfigDict:
 
     config.num_steps = 50_000  # SGD steps (mini-batches)
     config.batch_size = 60  # examples per mini-batch, m
+    config.optimizer = "sgd"  # sgd (with `momentum` if > 0) or rmsprop
     config.learning_rate = 0.1  # plain SGD, the same for both nets; see the docstring
     config.momentum = 0.0  # 0 = plain SGD
     config.weight_decay = 0.0  # L2 weight decay on the weights (not on gamma, beta, biases)
     config.lr_decay_rate = 1.0  # learning rate * lr_decay_rate^(step / lr_decay_steps); 1 = constant
     config.lr_decay_steps = 1  # steps per factor lr_decay_rate of exponential decay
+    config.grad_clip_norm = 0.0  # clip the gradient's global norm to this (0 = off)
     config.seed = 0  # initialization, shuffling and the population-statistics samples
 
     config.eval_every = 1000  # steps between evaluations on the whole test set
@@ -65,6 +67,12 @@ def get_config(variant: str = "bn") -> ml_collections.ConfigDict:
     config.population_batches = 100  # K training mini-batches of batch_size examples for Algorithm 2
     config.plot_layer = "DenseBN_2"  # the layer whose sigmoid inputs Fig. 1(b, c) shows: the last hidden one
     config.plot_unit = 0  # which of its units p15/p50/p85 follow (p50_units has all of them)
+    # Santurkar et al. (2018)'s measurements (bnrepro.diagnostics) every this many steps, into diagnostics.jsonl
+    # (0 = off, nothing computed): per layer ICS, gradient norm and Jacobian singular values; the loss landscape
+    # along the gradient at steps of each scale x the learning rate.
+    config.diagnostics_every = 0
+    config.diagnostics_layers = ("DenseBN_0", "DenseBN_1", "DenseBN_2")  # in forward order
+    config.diagnostics_step_scales = (0.5, 1.0, 2.0, 4.0)
 
     config.steps_per_dispatch = 1000  # steps fused into one program with lax.scan
     config.checkpoint_every = 10_000  # steps between checkpoints (also one at the end)

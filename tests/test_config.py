@@ -95,6 +95,11 @@ def test_config_is_locked() -> None:
         ("num_steps", 1.5, r"config\.num_steps: expected int, got float"),
         ("model.batch_norm", "yes", r"config\.model\.batch_norm: expected bool, got str"),
         ("seed", True, r"config\.seed: expected int, got bool"),
+        ("optimizer", "adam", r"config\.optimizer = 'adam': expected one of \['sgd', 'rmsprop'\]"),
+        ("grad_clip_norm", -1.0, r"config\.grad_clip_norm = -1\.0: must be >= 0"),
+        ("diagnostics_every", -1, r"config\.diagnostics_every = -1: must be >= 0"),
+        ("diagnostics_layers", ("DenseBN_0", ""), r"config\.diagnostics_layers.*non-empty strings"),
+        ("diagnostics_step_scales", (1.0, -2.0), r"config\.diagnostics_step_scales.*positive finite"),
     ],
 )
 def test_impossible_values_and_wrong_types_name_the_key(key: str, value, message: str) -> None:

@@ -86,3 +86,40 @@ def test_optional_model_fields_take_their_annotated_type():
     config.model = {**model, "bn_virtual_batch_size": "32"}
     with pytest.raises(ValueError, match=r"config\.model\.bn_virtual_batch_size: expected int or NoneType"):
         config_schema.validate(config)
+
+
+def test_rmsprop_matches_its_definition():
+    """RMSProp (optax's defaults, decay 0.9, eps 1e-8): nu <- 0.9 nu + 0.1 g^2, w <- w - lr g / (sqrt(nu) + eps),
+    re-derived in NumPy over three steps with different gradients."""
+    tx = train.create_optimizer(_config(optimizer="rmsprop", learning_rate=1e-3))
+    params, state = {"w": jnp.array([1.0, -2.0])}, None
+    state = tx.init(params)
+    w, nu = np.array([1.0, -2.0]), np.zeros(2)
+    for g in ([0.5, -1.0], [2.0, 0.1], [-0.3, 0.3]):
+        updates, state = tx.update({"w": jnp.array(g)}, state, params)
+        params = optax.apply_updates(params, updates)
+        nu = 0.9 * nu + 0.1 * np.square(g)
+        w = w - 1e-3 * np.array(g) / (np.sqrt(nu) + 1e-8)
+    np.testing.assert_allclose(params["w"], w, rtol=1e-6)
+    np.testing.assert_allclose(train.current_learning_rate(state), 1e-3)
+
+
+def test_gradient_clipping_scales_the_global_norm_down_to_the_limit():
+    tx = train.create_optimizer(_config(learning_rate=1.0, grad_clip_norm=1.0))
+    grads = {"a": jnp.array([3.0]), "b": jnp.array([4.0])}  # global norm 5
+    updates, _ = tx.update(grads, tx.init(grads), grads)
+    np.testing.assert_allclose([updates["a"][0], updates["b"][0]], [-0.6, -0.8], rtol=1e-6)
+    small = {"a": jnp.array([0.3]), "b": jnp.array([0.4])}  # norm 0.5: unchanged
+    updates, _ = tx.update(small, tx.init(small), small)
+    np.testing.assert_allclose([updates["a"][0], updates["b"][0]], [-0.3, -0.4], rtol=1e-6)
+
+
+def test_current_learning_rate_follows_the_decay():
+    tx = train.create_optimizer(_config(learning_rate=1.0, lr_decay_rate=0.5, lr_decay_steps=1, weight_decay=0.1))
+    params = {"kernel": jnp.ones(2)}
+    state = tx.init(params)
+    rates = []
+    for _ in range(3):
+        _, state = tx.update(params, state, params)
+        rates.append(float(train.current_learning_rate(state)))
+    np.testing.assert_allclose(rates, [1.0, 0.5, 0.25])
