@@ -39,10 +39,11 @@ from absl import logging
 from flax import struct
 from flax.training import train_state
 
-from bnrepro import config_schema, data, layers, models
+from bnrepro import config_schema, data, diagnostics, layers, models
 from bnrepro.data import imagenet
 
 METRICS_FILE = "metrics.jsonl"
+DIAGNOSTICS_FILE = "diagnostics.jsonl"  # `diagnostics.measure` records, every `config.diagnostics_every` steps
 CONFIG_FILE = "config.json"
 DIVERGED_FILE = "DIVERGED"
 CHECKPOINT_DIR = "checkpoints"
@@ -325,14 +326,15 @@ def unit_percentiles(preactivation: np.ndarray, unit: int) -> dict[str, Any]:
 
 
 class MetricsWriter:
-    """One JSON object per evaluation in `WORKDIR/metrics.jsonl`, and the scalars as TensorBoard events.
+    """One JSON object per record in `WORKDIR/FILENAME` (`metrics.jsonl`: one per evaluation), and the scalars
+    as TensorBoard events. Arrays are written as (nested) lists.
 
     Resuming from step T drops what a killed run wrote after T, so no step appears twice.
     """
 
-    def __init__(self, workdir: Path, resume_step: int):
+    def __init__(self, workdir: Path, resume_step: int, filename: str = METRICS_FILE):
         self._workdir = workdir
-        self._path = workdir / METRICS_FILE
+        self._path = workdir / filename
         if self._path.exists():
             kept = [line for line in self._path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
             self._path.write_text("".join(line + "\n" for line in kept))
@@ -341,9 +343,13 @@ class MetricsWriter:
 
     def _open_tensorboard(self, step: int, purge_step: int | None = None) -> tensorboardX.SummaryWriter:
         # One events file per segment between checkpoints; the suffix keeps names unique within a second.
-        return tensorboardX.SummaryWriter(str(self._workdir), purge_step=purge_step, filename_suffix=f".{step}")
+        suffix = f".{self._path.stem}.{step}"
+        return tensorboardX.SummaryWriter(str(self._workdir), purge_step=purge_step, filename_suffix=suffix)
 
     def write(self, record: Mapping[str, Any]) -> None:
+        record = {
+            k: np.asarray(v).tolist() if isinstance(v, (np.ndarray, np.generic)) else v for k, v in record.items()
+        }
         with self._path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         for key, value in record.items():
@@ -441,15 +447,18 @@ class OnDeviceInput:
             functools.partial(epoch_permutation, num_examples=num_train), (0, 0)
         ))  # fmt: skip
         self._programs = {}  # one compiled program per number of fused steps; there are few
-        self._evaluation = None
+        self._evaluation = self._diagnostics = None
         self._epoch, self._batch_index, self._permutation = 0, 0, None
 
     def example_images(self) -> jax.Array:
         return self.train_data.take(jnp.arange(self._config.batch_size))[0]
 
     def compile(self, state: TrainState) -> None:
-        """Compiles the evaluation, so that a wrong `plot_layer` or `plot_unit` stops the run before training."""
+        """Compiles the evaluation (and the diagnostics, if on), so that a wrong `plot_layer`, `plot_unit` or
+        `diagnostics_layers` stops the run before training."""
         self._evaluation = self._compile_evaluation(state)
+        if self._config.diagnostics_every:
+            self._diagnostics = self._compile_diagnostics(state)
 
     def _over_models(self, function, in_axes: tuple[int | None, ...]):
         """`function` vmapped over the models of a group (axis 0 of the arguments whose `in_axes` is 0)."""
@@ -516,13 +525,9 @@ class OnDeviceInput:
                 batch_stats = population_batch_stats(model, state, batches)
             return evaluate(state, batch_stats, test_images, test_labels, plot_layer=config.plot_layer)
 
-        labels = self.train_data.labels
-        permutation = jax.ShapeDtypeStruct(labels.shape, jnp.int32, sharding=labels.sharding)
-        if self._grouped:
-            permutation = jax.ShapeDtypeStruct(state.rng.shape[:1] + labels.shape, jnp.int32)
         try:
             lowered = jax.jit(self._over_models(evaluation, (0, None, 0, None, None))).lower(
-                state, self.train_data, permutation, self._test_images, self._test_labels
+                state, self.train_data, self._permutation_spec(state), self._test_images, self._test_labels
             )
         except KeyError as e:
             raise ValueError(
@@ -530,6 +535,34 @@ class OnDeviceInput:
             ) from None
         if config.plot_layer and config.plot_unit >= lowered.out_info["preactivation"].shape[-1]:
             raise ValueError(f"config.plot_unit = {config.plot_unit}: {config.plot_layer} has fewer units.")
+        return lowered.compile()
+
+    def _permutation_spec(self, state: TrainState) -> jax.ShapeDtypeStruct:
+        """The shape of an epoch permutation (one per model of a group)."""
+        labels = self.train_data.labels
+        if self._grouped:
+            return jax.ShapeDtypeStruct(state.rng.shape[:1] + labels.shape, jnp.int32)
+        return jax.ShapeDtypeStruct(labels.shape, jnp.int32, sharding=labels.sharding)
+
+    def diagnose(self, state: TrainState) -> dict[str, Any]:
+        """`diagnostics.measure` on the mini-batch of the latest training step."""
+        return self._diagnostics(state, self.train_data, self._permutation_of(state))
+
+    def _compile_diagnostics(self, state: TrainState):
+        config = self._config
+
+        def diagnose(state, train_data, permutation):
+            start = (state.batch_index - 1) * config.batch_size
+            images, labels = train_data.take(jax.lax.dynamic_slice_in_dim(permutation, start, config.batch_size))
+            batch = {"image": preprocess(images), "label": labels}
+            return diagnostics.measure(state, batch, config.diagnostics_layers, config.diagnostics_step_scales)
+
+        try:
+            lowered = jax.jit(self._over_models(diagnose, (0, None, 0))).lower(
+                state, self.train_data, self._permutation_spec(state)
+            )
+        except ValueError as e:
+            raise ValueError(f"config.diagnostics_layers = {config.diagnostics_layers!r}: {e}") from None
         return lowered.compile()
 
 
@@ -701,6 +734,7 @@ class _Run:
             (self.workdir / CHECKPOINT_DIR).absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
         )
         self.writer: MetricsWriter | None = None
+        self.diagnostics: MetricsWriter | None = None
         self.diverged: DivergedError | None = None
 
     def start(self, step: int) -> None:
@@ -709,6 +743,8 @@ class _Run:
             (self.workdir / CONFIG_FILE).write_text(text + "\n")
             (self.workdir / DIVERGED_FILE).unlink(missing_ok=True)
             self.writer = MetricsWriter(self.workdir, resume_step=step)
+            if self.config.diagnostics_every:
+                self.diagnostics = MetricsWriter(self.workdir, resume_step=step, filename=DIAGNOSTICS_FILE)
 
     def diverge(self, step: int, losses: np.ndarray) -> None:
         """Records that the loss became NaN or infinite in the steps after `step`."""
@@ -725,8 +761,9 @@ class _Run:
     def close(self) -> None:
         self.checkpoints.wait_until_finished()
         self.checkpoints.close()
-        if self.writer:
-            self.writer.close()
+        for writer in (self.writer, self.diagnostics):
+            if writer:
+                writer.close()
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
@@ -803,6 +840,7 @@ def train_group(
     start_step, start_time = step, time.perf_counter()
     while step < config.num_steps and not all(run.diverged for run in runs):
         boundaries = (config.steps_per_dispatch, config.eval_every, config.checkpoint_every)
+        boundaries += (config.diagnostics_every,) if config.diagnostics_every else ()
         end = min(min(_next_boundary(step, every) for every in boundaries), config.num_steps)
         t = time.perf_counter()
         chunk = inputs.train(state, end - step)
@@ -815,6 +853,12 @@ def train_group(
             break
         state, step = chunk.state, step + num_steps
         losses_since_eval.append(chunk.losses)
+
+        if config.diagnostics_every and step % config.diagnostics_every == 0:
+            record = jax.device_get(inputs.diagnose(state))
+            for i, run in enumerate(runs):
+                if run.diagnostics and not run.diverged:
+                    run.diagnostics.write({"step": step, **member(record, i)})
 
         if step % config.eval_every == 0 or step == config.num_steps:
             t = time.perf_counter()
@@ -844,8 +888,9 @@ def train_group(
         if step % config.checkpoint_every == 0 or step == config.num_steps:
             for i, run in enumerate(runs):
                 if not run.diverged:
-                    if run.writer:
-                        run.writer.sync(step)
+                    for writer in (run.writer, run.diagnostics):
+                        if writer:
+                            writer.sync(step)
                     run.checkpoints.save(step, args=ocp.args.StandardSave(member(state, i)))
 
     for run in runs:

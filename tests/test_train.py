@@ -33,13 +33,6 @@ def full_size_fake_mnist(tmp_path_factory) -> Path:
     return write_fake_mnist(tmp_path_factory.mktemp("mnist"), {"train": 50_000, "valid": 10_000, "test": 10_000})
 
 
-@pytest.fixture
-def small_fake_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """1,200 + 300 fake examples, accepted by `load_dataset` in this process."""
-    monkeypatch.setattr(bnrepro.data, "EXPECTED_COUNTS", {"train": 1_200, "test": 300})
-    return write_fake_mnist(tmp_path / "mnist", {"train": 1_000, "valid": 200, "test": 300})
-
-
 def small_config(variant: str = "bn", **overrides):
     config = mnist_mlp.get_config(variant)
     config.update(
