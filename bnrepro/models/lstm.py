@@ -11,7 +11,7 @@ BN has no beta on the two input terms (b is the one shift) and none in the cell 
 shared over time; the statistics are not: each time step t < T has its own mini-batch moments in training and
 its own population statistics at inference, `batch_stats` with a leading time axis of length T, the sequence
 length the model was initialized with. At inference a sequence longer than T reuses step T-1's statistics for
-the steps after it (their Sec. 4); training on another length than T is refused. Without BN, the standard LSTM
+the steps after it (their Sec. 3); training on another length than T is refused. Without BN, the standard LSTM
 (i, f, g, o) = W_h h_{t-1} + W_x x_t + b, h_t = sigmoid(o) * tanh(c_t).
 
 Initialization as in the authors' code (github.com/cooijmanstim/recurrent-batch-normalization,
@@ -23,6 +23,7 @@ the identity ("the hidden-to-hidden weight matrix ... identity", their Sec. 5.1)
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -66,7 +67,7 @@ def recurrent_kernel_init(key: jax.Array, shape: tuple[int, ...], dtype: Any = j
     return jnp.concatenate([rest[:, : 2 * hidden], jnp.eye(hidden, dtype=dtype), rest[:, 2 * hidden :]], axis=1)
 
 
-def gate_bias_init(forget_bias: float):
+def gate_bias_init(forget_bias: float) -> Callable[..., jax.Array]:
     """b, (4H,): zero but for the forget gate's block (the second of i, f, g, o), `forget_bias`."""
 
     def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
@@ -94,7 +95,7 @@ class LSTMCell(nn.Module):
     hidden_size: int
     batch_norm: bool
     train: bool
-    norm: Any = BatchNorm
+    norm: Callable[..., nn.Module] = BatchNorm
     gamma_init: float = 0.1
     forget_bias: float = 1.0
 
@@ -127,7 +128,7 @@ ScannedLSTMCell = nn.scan(
 
 def fit_time_axis(stats: Any, length: int) -> Any:
     """Per-time-step statistics (leading axis T) for a sequence of `length` steps: the first `length`, or all T
-    followed by step T-1's repeated (Cooijmans et al. Sec. 4: beyond T_max, the statistics of T_max)."""
+    followed by step T-1's repeated (Cooijmans et al. Sec. 3: beyond T_max, the statistics of T_max)."""
 
     def fit(s: jax.Array) -> jax.Array:
         if length <= s.shape[0]:
@@ -153,7 +154,8 @@ class LSTMClassifier(nn.Module):
       forget_bias: the forget gate's initial bias (1, as the authors' code).
       h0_noise: in training, h_0 ~ N(0, h0_noise^2) instead of 0, drawn from the "dropout" stream: the authors'
         work-around (their Sec. 5.1, 0.1 in their in-order BN-LSTM run) for the zero variance of the first
-        steps' activations on in-order MNIST, whose normalization makes the gradient explode. h_0 = 0 at
+        steps' activations on in-order MNIST, whose normalization makes the gradient explode (and, measured on
+        rows, leaves population statistics that fit no mini-batch: `configs/seq_mnist.py`). h_0 = 0 at
         inference. 0 = off.
     """
 
