@@ -24,6 +24,7 @@ import ml_collections
 from bnrepro import data, layers, models
 from bnrepro.data import imagenet
 from bnrepro.models.inception import FIGURE_5_MODULES
+from bnrepro.models.lstm import SEQUENCES
 
 EVAL_STATISTICS = ("population", "moving_average")
 OPTIMIZERS = ("sgd", "rmsprop")
@@ -121,6 +122,10 @@ MODEL_FIELD_CHECKS: Mapping[str, Callable[[Any], str | None]] = {
     "bn_backward": _one_of(("paper", "autodiff")),
     "bn_noise_shift": lambda v: None if v >= 0.0 else "must be >= 0",
     "bn_noise_scale": lambda v: None if v >= 1.0 else "must be >= 1",
+    "hidden_size": _at_least(1),
+    "sequence": _one_of(SEQUENCES),
+    "bn_gamma_init": _positive_finite,
+    "h0_noise": lambda v: None if math.isfinite(v) and v >= 0.0 else "must be >= 0",
     "num_modules": lambda v: (
         None if v is None or 1 <= v <= len(FIGURE_5_MODULES) else f"must lie in [1, {len(FIGURE_5_MODULES)}]"
     ),

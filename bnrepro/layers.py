@@ -64,6 +64,8 @@ class BatchNorm(nn.Module):
         scaled by s ~ U(1, noise_scale) and shifted by m ~ U(-noise_shift, noise_shift), drawn anew at every
         call from the "bn_noise" RNG stream and shared by the mini-batch, so that the next layer's input
         distribution keeps changing. Off by default (0 and 1); the statistics are those of the clean output.
+      use_bias: learn beta (default); False fixes beta = 0 and creates no `bias` parameter, as the BN-LSTM
+        (Cooijmans et al. 2016, Eq. 6) does for W_h h and W_x x, whose shift the LSTM's own bias b provides.
       dtype: the output dtype (default: the input's); statistics are float32 regardless.
       param_dtype: dtype of gamma, beta and the running moments.
     """
@@ -78,6 +80,7 @@ class BatchNorm(nn.Module):
     renorm: bool = False
     noise_shift: float = 0.0
     noise_scale: float = 1.0
+    use_bias: bool = True
     dtype: Any = None
     param_dtype: Any = jnp.float32
     scale_init: Callable[..., jax.Array] = nn.initializers.ones
@@ -91,7 +94,10 @@ class BatchNorm(nn.Module):
         feature_shape = tuple(x.shape[a] for a in feature_axes)
 
         gamma = self.param("scale", self.scale_init, feature_shape, self.param_dtype)
-        beta = self.param("bias", self.bias_init, feature_shape, self.param_dtype)
+        if self.use_bias:
+            beta = self.param("bias", self.bias_init, feature_shape, self.param_dtype)
+        else:
+            beta = jnp.zeros(feature_shape, self.param_dtype)
         running_mean = self.variable("batch_stats", "mean", jnp.zeros, feature_shape, self.param_dtype)
         running_var = self.variable("batch_stats", "var", jnp.ones, feature_shape, self.param_dtype)
         if self.dtype is not None:
@@ -239,13 +245,16 @@ def minibatch_moments(model: nn.Module, variables: dict, batch: Any, **kwargs: A
 
 def population_from_moments(stacked: dict) -> dict:
     """Algorithm 2, steps 8-9: a `batch_stats` tree with E[x] = E_B[mu_B] and Var[x] = m/(m-1) E_B[var_B],
-    from `minibatch_moments` trees of K mini-batches stacked on a leading axis."""
+    from `minibatch_moments` trees of K mini-batches stacked on a leading axis. A layer with statistics per
+    position (a leading time axis, `models.lstm`) gets population moments per position."""
     flat = traverse_util.flatten_dict(stacked)
     result = {}
     for layer in {path[:-1] for path in flat}:
-        population = batchnorm.population_moments(
-            Moments(flat[layer + ("mean",)], flat[layer + ("var",)]), flat[layer + ("count",)][0]
-        )
+        mean, var, count = flat[layer + ("mean",)], flat[layer + ("var",)], flat[layer + ("count",)][0]
+        # A layer applied at several positions (the BN-LSTM's time steps) has leading axes on its moments and
+        # a count per position: m broadcasts over the features.
+        count = jnp.reshape(count, jnp.shape(count) + (1,) * (mean.ndim - 1 - jnp.ndim(count)))
+        population = batchnorm.population_moments(Moments(mean, var), count)
         result[layer + ("mean",)] = population.mean
         result[layer + ("var",)] = population.var
     return traverse_util.unflatten_dict(result)

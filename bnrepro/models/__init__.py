@@ -5,9 +5,10 @@ from __future__ import annotations
 import flax.linen as nn
 
 from bnrepro.models.inception import BNInception
+from bnrepro.models.lstm import LSTMClassifier
 from bnrepro.models.mlp import MLP
 
-MODELS: dict[str, type[nn.Module]] = {"mlp": MLP, "bn_inception": BNInception}
+MODELS: dict[str, type[nn.Module]] = {"mlp": MLP, "bn_inception": BNInception, "lstm": LSTMClassifier}
 
 
 def model_class(name: str) -> type[nn.Module]:
