@@ -1,15 +1,18 @@
-"""Figure 1 of the paper from two run directories' `metrics.jsonl` (Sec. 4.1).
+"""Figures from run directories.
 
-(a) test accuracy of the MNIST net with and without BN over training;
-(b, c) the {15, 50, 85}th percentiles over test examples of one last-hidden-layer sigmoid
-input over training, (b) without BN and (c) with BN.
+Figure 1 of the paper from two runs' `metrics.jsonl` (Sec. 4.1): (a) test accuracy of the MNIST net with and
+without BN over training; (b, c) the {15, 50, 85}th percentiles over test examples of one last-hidden-layer
+sigmoid input over training, (b) without BN and (c) with BN. Table 2 at CPU scale, a sweep's curves and final
+accuracies, and Santurkar et al. (2018)'s gradient-propagation measurements (`plot_ics`, `ics_summary`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import matplotlib
 
@@ -17,7 +20,7 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt
 import numpy as np
 
-from bnrepro.train import DIVERGED_FILE
+from bnrepro.train import CONFIG_FILE, DIAGNOSTICS_FILE, DIVERGED_FILE
 
 METRICS_FILE = "metrics.jsonl"
 FIGURE1_KEYS = ("step", "test_accuracy", "p15", "p50", "p85", "p50_units")
@@ -178,3 +181,111 @@ def plot_sweep_final(
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     return fig
+
+
+# Santurkar et al. (2018)'s quantities, from the `diagnostics.jsonl` of runs with `config.diagnostics_every`:
+# (record key, per-layer key?, panel title).
+ICS_QUANTITIES = (
+    ("ics_l2", True, "ICS: ||G - G'||"),
+    ("ics_cosine", True, "ICS: cos(G, G')"),
+    ("grad_norm", True, "gradient norm"),
+    ("landscape/loss_variation", False, "loss variation along the gradient"),
+    ("landscape/gradient_predictiveness", False, "gradient predictiveness: max ||g - g'||"),
+    ("landscape/beta_smoothness", False, "effective beta-smoothness"),
+    ("jacobian_sv_mean", True, "mean singular value of the layer Jacobian"),
+)
+
+
+class IcsRun(NamedTuple):
+    """One run's diagnostics records and evaluation records, by step."""
+
+    diagnostics: list[dict]
+    evaluations: list[dict]
+
+
+def run_label(workdir: str | os.PathLike) -> str:
+    """ "ACTIVATION, NORM" of a run from its config.json, NORM one of no BN, BN, noisy BN."""
+    model = json.loads(Path(workdir, CONFIG_FILE).read_text())["model"]
+    noisy = model.get("bn_noise_shift", 0.0) > 0.0 or model.get("bn_noise_scale", 1.0) > 1.0
+    norm = "noisy BN" if model.get("batch_norm") and noisy else "BN" if model.get("batch_norm") else "no BN"
+    return f"{model['activation']}, {norm}"
+
+
+def read_ics_runs(workdirs: list[str | os.PathLike]) -> dict[str, list[IcsRun]]:
+    """The runs in `workdirs` grouped by `run_label` (the seeds of one net together), in the order given."""
+    runs: dict[str, list[IcsRun]] = {}
+    for workdir in workdirs:
+        path = Path(workdir, DIAGNOSTICS_FILE)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist: was {workdir} trained with config.diagnostics_every?")
+        diagnostics = sorted((json.loads(line) for line in path.read_text().splitlines()), key=lambda r: r["step"])
+        evaluations = read_evaluations(workdir, required=("step", "test_accuracy"))
+        runs.setdefault(run_label(workdir), []).append(IcsRun(diagnostics, evaluations))
+    return runs
+
+
+def _mean_curve(runs: list[IcsRun], key: str, source: str = "diagnostics") -> tuple[np.ndarray, np.ndarray]:
+    """The steps all `runs` recorded `key` at, and its mean over the runs there."""
+    per_run = [{r["step"]: r[key] for r in getattr(run, source)} for run in runs]
+    steps = sorted(set.intersection(*(set(values) for values in per_run)))
+    return np.asarray(steps), np.asarray([np.mean([values[s] for values in per_run], axis=0) for s in steps])
+
+
+def plot_ics(runs: dict[str, list[IcsRun]], layer: str) -> plt.Figure:
+    """Santurkar et al.'s Figures 3-5 for the MLP: ICS, gradient norm and the landscape along the gradient over
+    training (per-layer quantities of `layer`), the layer Jacobian's mean singular value, its final spectrum,
+    and test accuracy; one line per net (the mean over its seeds)."""
+    fig, axes = plt.subplots(3, 3, figsize=(14, 10.5))
+    axes = axes.ravel()
+    for label, members in runs.items():
+        style = "--" if "no BN" in label else ":" if "noisy" in label else "-"
+        colour = "tab:blue" if label.startswith("sigmoid") else "tab:orange"
+        for ax, (key, per_layer, title) in zip(axes, ICS_QUANTITIES):
+            steps, values = _mean_curve(members, f"{key}/{layer}" if per_layer else key)
+            ax.plot(steps, values, style, color=colour, label=label)
+            ax.set_title(f"{title} ({layer})" if per_layer else title, fontsize=10)
+        steps, spectrum = _mean_curve(members, f"jacobian_sv/{layer}")
+        axes[7].plot(np.arange(1, spectrum.shape[1] + 1), spectrum[-1], style, color=colour, label=label)
+        steps, accuracy = _mean_curve(members, "test_accuracy", source="evaluations")
+        axes[8].plot(steps, accuracy, style, color=colour, label=label)
+    axes[7].set(title=f"Jacobian singular values at the end ({layer})", xlabel="index", yscale="log", ylim=(1e-3, None))
+    axes[7].axhline(1.0, color="grey", lw=0.8)
+    axes[8].set(title="test accuracy", ylim=(None, 1.0))
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if ax is not axes[7]:
+            ax.set_xlabel("training step")
+    for ax in axes[[0, 2, 3, 4, 5]]:
+        ax.set_yscale("log")
+    axes[8].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def ics_summary(runs: dict[str, list[IcsRun]], layer: str) -> list[dict]:
+    """One row per net: each quantity of `ICS_QUANTITIES` (per-layer ones at `layer`) averaged over the second
+    half of training and the seeds, the final test accuracy, and the number of seeds."""
+    rows = []
+    for label, members in runs.items():
+        row = {"net": label, "seeds": len(members)}
+        for key, per_layer, _ in ICS_QUANTITIES:
+            steps, values = _mean_curve(members, f"{key}/{layer}" if per_layer else key)
+            row[key.removeprefix("landscape/")] = float(np.mean(values[steps > steps[-1] / 2]))
+        row["final_accuracy"] = float(_mean_curve(members, "test_accuracy", source="evaluations")[1][-1])
+        rows.append(row)
+    return rows
+
+
+def markdown_table(
+    rows: list[dict],
+    columns: list[str] | None = None,
+    cell: Callable[[str, Any], str] | None = None,
+    header: list[str] | None = None,
+) -> str:
+    """`rows` as a Markdown table: `columns` (default: the first row's keys) under `header` (default: the
+    column names), each value written by `cell(column, value)` (default: floats to 4 significant digits)."""
+    columns = columns or list(rows[0])
+    cell = cell or (lambda _, value: f"{value:.4g}" if isinstance(value, float) else str(value))
+    lines = ["| " + " | ".join(header or columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(c, row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)

@@ -63,7 +63,8 @@ class BatchNorm(nn.Module):
       noise_shift, noise_scale: "noisy BN" (Santurkar et al. 2018): in training, each activation's output is
         scaled by s ~ U(1, noise_scale) and shifted by m ~ U(-noise_shift, noise_shift), drawn anew at every
         call from the "bn_noise" RNG stream and shared by the mini-batch, so that the next layer's input
-        distribution keeps changing. Off by default (0 and 1); the statistics are those of the clean output.
+        distribution keeps changing. Off by default (0 and 1); the statistics are those of the clean output. At
+        inference the noise is replaced by its mean: the output scaled by E[s] = (1 + noise_scale) / 2.
       use_bias: learn beta (default); False fixes beta = 0 and creates no `bias` parameter, as the BN-LSTM
         (Cooijmans et al. 2016, Eq. 6) does for W_h h and W_x x, whose shift the LSTM's own bias b provides.
       dtype: the output dtype (default: the input's); statistics are float32 regardless.
@@ -107,7 +108,10 @@ class BatchNorm(nn.Module):
 
         if not train:
             moments = Moments(running_mean.value, running_var.value)
-            return batchnorm.batch_norm_inference(x, gamma, beta, moments, axes=reduced_axes, eps=self.eps)
+            y = batchnorm.batch_norm_inference(x, gamma, beta, moments, axes=reduced_axes, eps=self.eps)
+            # Noisy BN's inference network: the noise replaced by its mean, E[s] = (1 + noise_scale) / 2, E[m] = 0,
+            # as dropout's inference network scales by the keep probability.
+            return y * ((1.0 + self.noise_scale) / 2.0) if self.noise_scale > 1.0 else y
 
         if self.renorm:
             if self.virtual_batch_size is not None:

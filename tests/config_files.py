@@ -17,5 +17,6 @@ def load_config_file(name: str):
 mnist_mlp = load_config_file("mnist_mlp")
 fashion_table2 = load_config_file("fashion_table2")
 mnist_small_batch = load_config_file("mnist_small_batch")
+mnist_ics = load_config_file("mnist_ics")
 IMAGENET_RUNS = ("inception", "bn_baseline", "bn_x5", "bn_x30", "bn_x5_sigmoid")  # Table 2's rows
 imagenet = {run: load_config_file(f"imagenet_{run}") for run in IMAGENET_RUNS}

@@ -255,3 +255,29 @@ def test_a_missing_diagnostics_layer_stops_the_run_before_training(small_fake_mn
     with pytest.raises(ValueError, match=r"config\.diagnostics_layers = .*no kernel at \['DenseBN_5'\]"):
         train.train_and_evaluate(config, tmp_path / "bad")
     assert not (tmp_path / "bad" / train.METRICS_FILE).exists()
+
+
+def test_ics_configs_and_their_sweep_are_valid_and_differ_only_as_named() -> None:
+    from config_files import CONFIGS, mnist_ics
+
+    from bnrepro import config_schema, sweep
+
+    configs = {(a, n): mnist_ics.get_config(f"{a},{n}") for a in mnist_ics.ACTIVATIONS for n in mnist_ics.NORMS}
+    for (activation, norm), config in configs.items():
+        config_schema.validate(config)
+        assert config.model.activation == activation and config.diagnostics_every == 250
+        assert config.model.batch_norm == (norm != "none")
+        assert (config.model.bn_noise_shift, config.model.bn_noise_scale) == (
+            (mnist_ics.NOISE_SHIFT, mnist_ics.NOISE_SCALE) if norm == "noisy_bn" else (0.0, 1.0)
+        )
+    with pytest.raises(ValueError, match=r"configs/mnist_ics.py: bad argument 'tanh,bn'"):
+        mnist_ics.get_config("tanh,bn")
+    for arg, count in (("", 18), ("quick", 6)):
+        spec = sweep.load_sweep(f"{CONFIGS / 'sweeps' / 'mnist_ics.py'}:{arg}")
+        assert len(spec.points) == count
+        for point in spec.points:
+            config = sweep.point_config(spec.base, point)
+            config_schema.validate(config)
+            norm = "none" if not config.model.batch_norm else "noisy_bn" if config.model.bn_noise_scale > 1 else "bn"
+            expected = configs[(config.model.activation, norm)]
+            assert config.model.to_dict() == expected.model.to_dict()

@@ -1,6 +1,6 @@
 """Noisy BN (issue 7, part 1; Santurkar et al. 2018): after BN, each activation is scaled by s ~ U(1, n_scale)
-and shifted by m ~ U(-n_shift, n_shift), drawn anew each step and shared by the mini-batch; the statistics,
-inference and the clean layer are untouched."""
+and shifted by m ~ U(-n_shift, n_shift), drawn anew each step and shared by the mini-batch; the statistics
+and the clean layer are untouched; inference replaces the noise by its mean."""
 
 import jax
 import jax.numpy as jnp
@@ -30,8 +30,10 @@ def test_noise_is_a_per_activation_affine_map_of_the_clean_output():
     assert not np.allclose(noisy, clean)
     assert not np.allclose(noisy, np.asarray(_apply(noisy_layer, variables, x, seed=4)[0]))  # new noise per key
     jax.tree.map(np.testing.assert_array_equal, clean_stats, noisy_stats)  # statistics of the clean output
-    inference = noisy_layer.apply(variables, x, train=False)  # no noise, no RNG needed
-    np.testing.assert_array_equal(inference, clean_layer.apply(variables, x, train=False))
+    inference = noisy_layer.apply(variables, x, train=False)  # E[s] = 1.5, E[m] = 0; no RNG needed
+    np.testing.assert_allclose(inference, 1.5 * clean_layer.apply(variables, x, train=False), rtol=1e-6)
+    shift_only = layers.BatchNorm(noise_shift=0.5).apply(variables, x, train=False)
+    np.testing.assert_array_equal(shift_only, clean_layer.apply(variables, x, train=False))
 
 
 def test_the_training_step_draws_new_noise_every_step_and_the_config_checks_it():

@@ -336,6 +336,4 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[str], threshold: fl
 
     shown = [c for c in columns if c != "error" or any(row.get("error") for row in rows)]
     header = [f"steps to {100 * threshold:g}%" if c == "steps_to_threshold" else c for c in shown]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(shown)]
-    lines += ["| " + " | ".join(cell(c, row.get(c)) for c in shown) + " |" for row in rows]
-    return "\n".join(lines)
+    return figures.markdown_table(rows, shown, cell, header)
