@@ -23,8 +23,7 @@ Not run here: on one CPU core a pixel-by-pixel BN-LSTM step takes ~1 s (120,000 
 
 CPU variant `,rows`: 28 time steps of a 28-pixel row, everything else the same, 3,000 steps (5 epochs).
 Measured test accuracy (seed 0 unless marked, one CPU core per run,
-`python -m bnrepro.main --config=configs/seq_mnist.py:NET,rows[,permuted]`; /work/notes/lstm_report.md has the
-commands and the whole curves):
+`python -m bnrepro.main --config=configs/seq_mnist.py:NET,rows[,permuted] --workdir=...`):
     step                    250     500     1000    2000    3000    steps/s
     rows      LSTM          80.2%   90.6%   93.6%   95.5%   97.1%   ~100
               BN-LSTM       87.7%   94.7%   96.7%   97.9%   98.1%   ~65

@@ -12,9 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from config_files import load_config_file
-from fake_mnist import write_fake_mnist
 
-import bnrepro.data
 from bnrepro import config_schema, layers, train
 from bnrepro.models import lstm
 
@@ -226,11 +224,9 @@ def test_bad_model_values_name_the_key(key: str, value, message: str) -> None:
         config_schema.validate(config)
 
 
-def test_bn_lstm_learns_rows_of_a_fake_mnist_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bnrepro.data, "EXPECTED_COUNTS", {"train": 1_200, "test": 300})
-    data_dir = write_fake_mnist(tmp_path / "mnist", {"train": 1_000, "valid": 200, "test": 300})
+def test_bn_lstm_learns_rows_of_a_fake_mnist_end_to_end(small_fake_mnist: Path, tmp_path: Path) -> None:
     config = seq_mnist.get_config("bn_lstm,rows,quick")
-    config.update({"data_dir": str(data_dir), "num_steps": 60, "eval_every": 30, "steps_per_dispatch": 30,
+    config.update({"data_dir": str(small_fake_mnist), "num_steps": 60, "eval_every": 30, "steps_per_dispatch": 30,
                    "checkpoint_every": 60, "batch_size": 40, "population_batches": 5})  # fmt: skip
     state = train.train_and_evaluate(config, tmp_path / "run")
     records = [json.loads(line) for line in (tmp_path / "run" / train.METRICS_FILE).read_text().splitlines()]
