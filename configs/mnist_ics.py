@@ -26,7 +26,7 @@ averaged over the second half of training (steps 5,250-10,000) and 3 seeds; fina
     sigmoid, BN           0.063       0.981      0.176      0.031      0.42         4.4          1.04        96.7%
     sigmoid, noisy BN     0.101       0.959      0.238      0.054      0.61         5.6          0.73        95.8%
 
-Noisy BN has 2-8x the ICS of BN and still trains about as well as BN (and better than no BN with the sigmoid):
+Noisy BN has 1.6-7.7x the ICS of BN and still trains about as well as BN (and better than no BN with the sigmoid):
 Santurkar et al.'s point that BN's benefit is not less ICS. With ReLU, BN's landscape is the smoother one
 (loss variation /5, gradient predictiveness /3.7, beta-smoothness /1.5). With the sigmoid only the loss
 variation is smaller with BN (0.031 vs 0.049); gradient predictiveness and beta-smoothness are larger, the
