@@ -50,6 +50,10 @@ def _positive_finite(v: float) -> str | None:
     return None if math.isfinite(v) and v > 0 else "must be a positive finite number"
 
 
+def _non_negative(v: float) -> str | None:
+    return None if math.isfinite(v) and v >= 0.0 else "must be >= 0"
+
+
 def _in_unit_interval(v: float) -> str | None:
     return None if 0.0 <= v < 1.0 else "must lie in [0, 1)"
 
@@ -79,10 +83,10 @@ TRAINING_FIELDS: Mapping[str, Field] = {
     "optimizer": Field(str, _one_of(OPTIMIZERS)),
     "learning_rate": Field(float, _positive_finite),
     "momentum": Field(float, _in_unit_interval),
-    "weight_decay": Field(float, lambda v: None if v >= 0.0 else "must be >= 0"),
+    "weight_decay": Field(float, _non_negative),
     "lr_decay_rate": Field(float, lambda v: None if 0.0 < v <= 1.0 else "must lie in (0, 1]"),
     "lr_decay_steps": Field(int, _at_least(1)),
-    "grad_clip_norm": Field(float, lambda v: None if math.isfinite(v) and v >= 0 else "must be >= 0 (0 = off)"),
+    "grad_clip_norm": Field(float, _non_negative),
     "seed": Field(int),
     "eval_every": Field(int, _at_least(1)),
     "eval_examples": Field(int, _at_least(0)),
@@ -120,12 +124,12 @@ MODEL_FIELD_CHECKS: Mapping[str, Callable[[Any], str | None]] = {
     "bn_momentum": lambda v: None if 0.0 <= v <= 1.0 else "must lie in [0, 1]",
     "bn_eps": _positive_finite,
     "bn_backward": _one_of(("paper", "autodiff")),
-    "bn_noise_shift": lambda v: None if v >= 0.0 else "must be >= 0",
+    "bn_noise_shift": _non_negative,
     "bn_noise_scale": lambda v: None if v >= 1.0 else "must be >= 1",
     "hidden_size": _at_least(1),
     "sequence": _one_of(SEQUENCES),
     "bn_gamma_init": _positive_finite,
-    "h0_noise": lambda v: None if math.isfinite(v) and v >= 0.0 else "must be >= 0",
+    "h0_noise": _non_negative,
     "num_modules": lambda v: (
         None if v is None or 1 <= v <= len(FIGURE_5_MODULES) else f"must lie in [1, {len(FIGURE_5_MODULES)}]"
     ),
