@@ -189,7 +189,7 @@ def _check_host_fed(config: ml_collections.ConfigDict) -> None:
     _check_fields(config.input, INPUT_FIELDS, prefix="input.")
     if config.data_source != "tfds":
         raise ValueError(f"config.data_source = {config.data_source!r}: {config.dataset} is read through tfds only.")
-    for key, value in (("validation_size", 0), ("plot_layer", ""), ("eval_examples", 0), ("diagnostics_every", 0)):
+    for key, value in (("validation_size", 0), ("plot_layer", ""), ("eval_examples", 0)):
         if config[key] != value:
             raise ValueError(f"config.{key} = {config[key]!r}: only {value!r} is supported for {config.dataset}.")
 

@@ -557,13 +557,17 @@ class OnDeviceInput:
             batch = {"image": preprocess(images), "label": labels}
             return diagnostics.measure(state, batch, config.diagnostics_layers, config.diagnostics_step_scales)
 
-        try:
-            lowered = jax.jit(self._over_models(diagnose, (0, None, 0))).lower(
-                state, self.train_data, self._permutation_spec(state)
-            )
-        except ValueError as e:
-            raise ValueError(f"config.diagnostics_layers = {config.diagnostics_layers!r}: {e}") from None
-        return lowered.compile()
+        function = self._over_models(diagnose, (0, None, 0))
+        return compile_diagnostics(config, function, state, self.train_data, self._permutation_spec(state))
+
+
+def compile_diagnostics(config: ml_collections.ConfigDict, function, *args: Any):
+    """`function` (one that calls `diagnostics.measure`) compiled for `args`; a layer of `diagnostics_layers` that
+    the model lacks is a config error, raised before training."""
+    try:
+        return jax.jit(function).lower(*args).compile()
+    except ValueError as e:
+        raise ValueError(f"config.diagnostics_layers = {config.diagnostics_layers!r}: {e}") from None
 
 
 def eval_sums(state: TrainState, batch_stats: Any, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
@@ -608,7 +612,7 @@ class HostFedInput:
         self._read_options = grain.ReadOptions(
             num_threads=config.input.read_threads, prefetch_buffer_size=config.input.prefetch_buffer_size
         )
-        self._program = None
+        self._program = self._diagnostics = None
         self._batches = None
         self._moments = jax.jit(
             lambda state, images: layers.minibatch_moments(
@@ -624,13 +628,14 @@ class HostFedInput:
         size = self._config.input.image_size
         return np.zeros((1, size, size, 3), np.float32)
 
-    def _train_batches(self, seed: int, start_batch: int):
+    def _train_batches(self, seed: int, start_batch: int, read_options: grain.ReadOptions | None = None):
         config = self._config
         return iter(
             imagenet.train_dataset(
                 self._train_source, batch_size=config.batch_size // jax.process_count(), seed=seed,
                 image_size=config.input.image_size, shuffle=config.input.shuffle,
-                distortion=config.input.distortion, start_batch=start_batch, read_options=self._read_options,
+                distortion=config.input.distortion, start_batch=start_batch,
+                read_options=read_options or self._read_options,
             )
         )  # fmt: skip
 
@@ -641,16 +646,30 @@ class HostFedInput:
         return {k: jax.make_array_from_process_local_data(self._batch_sharding, v) for k, v in batch.items()}
 
     def compile(self, state: TrainState) -> None:
-        """Compiles the training step for the global batch."""
-        t, size = time.perf_counter(), self._config.input.image_size
+        """Compiles the training step for the global batch (and the diagnostics, if on: a wrong
+        `diagnostics_layers` stops the run before training)."""
+        config = self._config
+        t, size = time.perf_counter(), config.input.image_size
         batch = {
-            "image": jax.ShapeDtypeStruct((self._config.batch_size, size, size, 3), jnp.float32),
-            "label": jax.ShapeDtypeStruct((self._config.batch_size,), jnp.int32),
+            "image": jax.ShapeDtypeStruct((config.batch_size, size, size, 3), jnp.float32),
+            "label": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32),
         }
         if self._batch_sharding is not None:
             batch = {k: v.update(sharding=self._batch_sharding) for k, v in batch.items()}
         self._program = jax.jit(train_step).lower(state, batch).compile()
         logging.info("Compiled the training step in %.1f s.", time.perf_counter() - t)
+        if config.diagnostics_every:
+            measure = functools.partial(
+                diagnostics.measure, layer_names=config.diagnostics_layers, step_scales=config.diagnostics_step_scales
+            )
+            self._diagnostics = compile_diagnostics(config, measure, state, batch)
+
+    def diagnose(self, state: TrainState) -> dict[str, Any]:
+        """`diagnostics.measure` on the mini-batch of the latest step: batch step - 1 of the stream, read again
+        (without prefetching the batches after it)."""
+        once = grain.ReadOptions(num_threads=self._config.input.read_threads, prefetch_buffer_size=0)
+        batch = next(self._train_batches(self._config.seed, int(state.step) - 1, once))
+        return self._diagnostics(state, self._to_devices(batch))
 
     def start(self, state: TrainState) -> None:
         """Continues from `state`'s step: the stream starts at its batch `step`."""

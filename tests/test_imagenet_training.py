@@ -24,7 +24,7 @@ from config_files import IMAGENET_RUNS
 from config_files import imagenet as imagenet_configs
 from imagenet_mock import MULTIHOST_RUN, NUM_EXAMPLES, SIZE, small_config
 
-from bnrepro import config_schema, train
+from bnrepro import config_schema, diagnostics, train
 from bnrepro.data import imagenet
 
 REPO = Path(__file__).resolve().parent.parent
@@ -158,6 +158,22 @@ def test_resumed_run_equals_an_uninterrupted_one(mock_imagenet, tmp_path):
     for a, b in zip(_records(tmp_path / "whole"), _records(tmp_path / "split"), strict=True):
         a.pop("steps_per_second"), b.pop("steps_per_second")
         assert a == b
+
+
+def test_diagnostics_are_measured_on_the_batch_each_step_read(mock_imagenet, tmp_path):
+    layers = ("DenseBN_0", "DenseBN_1")
+    config = small_config(diagnostics_every=4, diagnostics_layers=layers)
+    state = train.train_and_evaluate(config, tmp_path)
+    records = [json.loads(line) for line in (tmp_path / train.DIAGNOSTICS_FILE).read_text().splitlines()]
+    assert [r["step"] for r in records] == [4, 8]
+    # Step 8 trained on batch 7 of the stream; the record is `measure` on it and the state after step 8.
+    batch = next(iter(imagenet.train_dataset(
+        imagenet.open_split("train"), batch_size=8, seed=config.seed, image_size=SIZE, shuffle=config.input.shuffle,
+        distortion=config.input.distortion, start_batch=7, process_index=0, process_count=1,
+    )))  # fmt: skip
+    expected = diagnostics.measure(state, batch, layers, config.diagnostics_step_scales)
+    for key in ("ics_l2/DenseBN_1", "grad_norm/DenseBN_0", "jacobian_sv_mean/DenseBN_1", "landscape/loss"):
+        assert records[-1][key] == pytest.approx(float(expected[key]), rel=1e-4), key
 
 
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
