@@ -82,8 +82,8 @@ def internal_covariate_shift(
 
     G_i is the loss gradient with respect to layer i's weights (its `kernel`s) at the current parameters; G'_i
     the same gradient after the layers before it (`layer_order[:i]`) took their plain gradient step of size
-    `learning_rate`, the rest unchanged. Returns, per layer: ||G_i - G'_i|| ("l2") and cos(G_i, G'_i)
-    ("cosine"). Training mode, with the state's BN statistics and fixed noise keys (`train.fixed_rngs`).
+    `learning_rate`, the rest unchanged. Returns, per layer: ||G_i - G'_i|| ("l2"), cos(G_i, G'_i)
+    ("cosine") and ||G_i|| ("grad_norm"). Training mode, with the state's BN statistics and fixed noise keys (`train.fixed_rngs`).
     """
     loss = _loss(state, batch)
     try:
@@ -102,6 +102,7 @@ def internal_covariate_shift(
         result[layer_order[i]] = {
             "l2": _norm([a - b for a, b in zip(g, g_shifted)]),
             "cosine": sum(jnp.vdot(a, b) for a, b in zip(g, g_shifted)) / (_norm(g) * _norm(g_shifted)),
+            "grad_norm": _norm(g),
         }
     return result
 
@@ -211,10 +212,9 @@ def measure(
     learning_rate = train.current_learning_rate(state.opt_state)
     record = {"learning_rate": learning_rate}
     for layer, shift in internal_covariate_shift(state, batch, layer_names, learning_rate).items():
-        record[f"ics_l2/{layer}"], record[f"ics_cosine/{layer}"] = shift["l2"], shift["cosine"]
-    grads = traverse_util.flatten_dict(jax.grad(_loss(state, batch))(state.params))
-    for layer, paths in zip(layer_names, _layer_kernels(state.params, layer_names)):
-        record[f"grad_norm/{layer}"] = _norm([grads[p] for p in paths])
+        for key in ("l2", "cosine"):
+            record[f"ics_{key}/{layer}"] = shift[key]
+        record[f"grad_norm/{layer}"] = shift["grad_norm"]
     jacobians = layer_jacobian_singular_values(state, batch["image"], layer_names, JACOBIAN_EXAMPLES)
     for layer, values in jacobians.items():
         record[f"jacobian_sv/{layer}"] = jnp.mean(values, axis=0)
