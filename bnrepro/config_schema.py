@@ -1,9 +1,11 @@
-"""What a training config may contain: the keys `bnrepro.train` reads, their types and allowed values.
+"""What a training config may contain: the keys `bnrepro.training` reads, their types and allowed values.
 
 These keys are the contract between config files, sweeps and notebooks. `validate` checks a config against
 it before anything is trained, and names the offending key in a ValueError: an unknown or missing key, a
 wrong type, or an impossible value (a batch size of 0, negative steps, an unknown activation or dataset).
-Keys under `model` other than `model.name` are the attributes of the model class `model.name` selects.
+Keys under `model` other than `model.name` and `model.bn` are the attributes of the model class `model.name`
+selects; `model.bn` holds the options of every BatchNorm layer (`MODEL_BN_FIELDS`, `bnrepro.models.bn_config`).
+A key renamed since runs were made (`RENAMED_KEYS`, e.g. `model.bn_momentum`) is refused with its new name.
 `input` holds the ImageNet input pipeline's settings; it is required for `dataset="imagenet2012"` and refused
 otherwise (MNIST-size datasets live on the device and have no pipeline to configure).
 """
@@ -11,17 +13,15 @@ otherwise (MNIST-size datasets live on the device and have no pipeline to config
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
-import os
-import sys
 import typing
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import ml_collections
 
-from bnrepro import data, layers, models
+from bnrepro import batchnorm, data, layers, models
 from bnrepro.data import imagenet
 from bnrepro.models.inception import FIGURE_5_MODULES
 from bnrepro.models.lstm import SEQUENCES
@@ -121,28 +121,42 @@ MODEL_FIELD_CHECKS: Mapping[str, Callable[[Any], str | None]] = {
     "hidden": _positive_ints,
     "num_classes": _at_least(1),
     "init_std": _positive_finite,
-    "bn_momentum": lambda v: None if 0.0 <= v <= 1.0 else "must lie in [0, 1]",
-    "bn_eps": _positive_finite,
-    "bn_backward": _one_of(("paper", "autodiff")),
-    "bn_noise_shift": _non_negative,
-    "bn_noise_scale": lambda v: None if v >= 1.0 else "must be >= 1",
     "hidden_size": _at_least(1),
     "sequence": _one_of(SEQUENCES),
-    "bn_gamma_init": _positive_finite,
+    "gamma_init": _positive_finite,
     "h0_noise": _non_negative,
     "num_modules": lambda v: (
         None if v is None or 1 <= v <= len(FIGURE_5_MODULES) else f"must lie in [1, {len(FIGURE_5_MODULES)}]"
     ),
 }
 
+# Checks of the BatchNorm options, `config.model.bn.*` (every `models.BN_OPTIONS`; types from `layers.BatchNorm`).
+BN_OPTION_CHECKS: Mapping[str, Callable[[Any], str | None]] = {
+    "momentum": lambda v: None if 0.0 <= v <= 1.0 else "must lie in [0, 1]",
+    "eps": _positive_finite,
+    "axis_name": lambda v: None if v is None or v else "must be a non-empty string or None",
+    "virtual_batch_size": lambda v: None if v is None or v >= 1 else "must be >= 1 or None",
+    "backward": _one_of(typing.get_args(batchnorm.Backward)),
+    "noise_shift": _non_negative,
+    "noise_scale": lambda v: None if v >= 1.0 else "must be >= 1",
+}
 
-def make_configs_importable(config_file: str | os.PathLike[str]) -> None:
-    """Lets a config file inside a `configs/` folder import its siblings as `configs.NAME` (the ImageNet runs
-    and the sweeps build on a base config that way), whatever the working directory: the folder's parent goes
-    on `sys.path`."""
-    root = next((p.parent for p in Path(config_file).resolve().parents if p.name == "configs"), None)
-    if root is not None and str(root) not in sys.path:
-        sys.path.insert(0, str(root))
+# Keys renamed since runs were made, old -> new (dotted, under `config.`): the BN options moved into `model.bn`.
+RENAMED_KEYS: Mapping[str, str] = {
+    **{f"model.bn_{option}": f"model.bn.{option}" for option in models.BN_OPTIONS},
+    "model.bn_gamma_init": "model.gamma_init",
+}
+# What a run made before `model.bn` existed used for the options its config did not name: BatchNorm's defaults,
+# which every model then passed on (eps 1e-5 in all three). Such a run resumes under today's config.
+IMPLICIT_IN_OLD_RUNS: Mapping[str, Any] = {
+    f"model.bn.{option}": value for option, value in json.loads(models.bn_config().to_json_best_effort()).items()
+}
+
+
+def check_not_renamed(key: str) -> None:
+    """A ValueError naming the new key if the dotted `key` (e.g. "model.bn_momentum") was renamed."""
+    if key in RENAMED_KEYS:
+        raise ValueError(f"config.{key}: renamed to config.{RENAMED_KEYS[key]}.")
 
 
 def _check_value(key: str, value: Any, field: Field) -> None:
@@ -159,19 +173,39 @@ def _check_value(key: str, value: Any, field: Field) -> None:
         raise ValueError(f"config.{key} = {value!r}: {problem}.")
 
 
-def model_fields(model_config: ml_collections.ConfigDict) -> dict[str, Field]:
-    """The allowed `model.*` keys for the class `model_config.name` names, typed by the class defaults."""
-    cls = models.model_class(model_config.get("name"))
+def attribute_fields(
+    cls: type, names: Sequence[str], checks: Mapping[str, Callable[[Any], str | None]]
+) -> dict[str, Field]:
+    """The attributes `names` of the dataclass `cls` as config fields, typed by their defaults, with `checks`."""
     hints = typing.get_type_hints(cls)
-    fields = {"name": Field(str)}
-    for f in dataclasses.fields(cls):
-        if f.name in ("parent", "name") or f.default is dataclasses.MISSING:
-            continue
-        kind = tuple if isinstance(f.default, (tuple, list)) else type(f.default)
-        if f.default is None:  # an optional attribute: the types its annotation allows, e.g. `int | None`
-            kind = tuple(t for t in typing.get_args(hints[f.name]) if isinstance(t, type))
-        fields[f.name] = Field(kind, MODEL_FIELD_CHECKS.get(f.name))
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    fields = {}
+    for name in names:
+        kind = tuple if isinstance(defaults[name], (tuple, list)) else type(defaults[name])
+        if defaults[name] is None:  # an optional attribute: the types its annotation allows, e.g. `int | None`
+            kind = tuple(t for t in typing.get_args(hints[name]) if isinstance(t, type))
+        fields[name] = Field(kind, checks.get(name))
     return fields
+
+
+# `config.model.bn`: every `models.BN_OPTIONS`, typed by `layers.BatchNorm`'s defaults.
+MODEL_BN_FIELDS: Mapping[str, Field] = attribute_fields(layers.BatchNorm, models.BN_OPTIONS, BN_OPTION_CHECKS)
+
+
+def model_fields(model_config: ml_collections.ConfigDict) -> dict[str, Field]:
+    """The allowed `model.*` keys for the class `model_config.name` names, typed by the class defaults, and
+    `model.bn` (the BatchNorm options from which `models.create_model` builds the class's `norm`)."""
+    cls = models.model_class(model_config.get("name"))
+    names = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.name not in ("parent", "name", "norm") and f.default is not dataclasses.MISSING
+    ]
+    return {
+        "name": Field(str),
+        "bn": Field(ml_collections.ConfigDict),
+        **attribute_fields(cls, names, MODEL_FIELD_CHECKS),
+    }
 
 
 def _check_fields(config: ml_collections.ConfigDict, fields: Mapping[str, Field], prefix: str = "") -> None:
@@ -212,11 +246,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.model.name = {config.model.name!r}: expected one of {sorted(models.MODELS)}.")
     allowed = model_fields(config.model)
     for key in config.model:
+        check_not_renamed(f"model.{key}")
         if key not in allowed:
             raise ValueError(
                 f"config.model.{key}: unknown key for model {config.model.name!r}; known: {sorted(allowed)}."
             )
         _check_value(f"model.{key}", config.model[key], allowed[key])
+    if "bn" not in config.model:
+        raise ValueError("config.model.bn: missing; the BatchNorm options, `bnrepro.models.bn_config()`.")
+    _check_fields(config.model.bn, MODEL_BN_FIELDS, prefix="model.bn.")
 
     if config.model.get("batch_norm", False) and config.batch_size < 2:
         raise ValueError(f"config.batch_size = {config.batch_size}: BN needs at least 2 examples per mini-batch.")

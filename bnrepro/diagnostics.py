@@ -2,7 +2,7 @@
 
 The paper's argument (Sec. 2, Fig. 1(b, c)) is about the distributions of the inputs to each nonlinearity
 changing as training proceeds; `layer_preactivations` measures them for any model that sows its preactivations
-(`bnrepro.layers.DenseBN` does) from a `train.TrainState`. The paper leaves BN's effect on gradient propagation
+(`bnrepro.layers.DenseBN` does) from a `TrainState`. The paper leaves BN's effect on gradient propagation
 open (Sec. 3.3-3.4, Sec. 6); Santurkar et al. (2018) measure it, and so do these functions:
 
 * `internal_covariate_shift` -- ||G - G'|| and cos(G, G') per layer;
@@ -10,8 +10,8 @@ open (Sec. 3.3-3.4, Sec. 6); Santurkar et al. (2018) measure it, and so do these
   predictiveness, "effective" beta-smoothness);
 * `layer_jacobian_singular_values` -- the singular values of each layer's input-output Jacobian (Sec. 3.3
   conjectures BN keeps them close to 1);
-* `measure` -- all of them on one mini-batch, as `bnrepro.train` records them during training
-  (`config.diagnostics_every`).
+* `measure` -- all of them on one mini-batch, as `bnrepro.hooks.Diagnostics` records them during
+  training (`config.diagnostics_every`).
 
 A "layer" is a module path such as "DenseBN_1"; its weights are the `kernel`s under that path.
 """
@@ -27,12 +27,13 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
-from bnrepro import layers, train
+from bnrepro import layers
+from bnrepro.training.state import TrainState, current_learning_rate, fixed_rngs, training_loss
 
 JACOBIAN_EXAMPLES = 8  # examples whose layer Jacobians `measure` takes apart (SVD); their spectra are averaged
 
 
-def layer_preactivations(state: train.TrainState, images: jax.Array) -> dict[str, jax.Array]:
+def layer_preactivations(state: TrainState, images: jax.Array) -> dict[str, jax.Array]:
     """Each layer's input to its nonlinearity, (N, units), for `images` through the inference network (the
     state's BN statistics), keyed by the layer's path, e.g. "DenseBN_0"."""
     _, intermediates = state.apply_fn(
@@ -42,13 +43,13 @@ def layer_preactivations(state: train.TrainState, images: jax.Array) -> dict[str
     return {path.rsplit("/", 1)[0]: value[0] for path, value in flat.items() if path.endswith("/preactivation")}
 
 
-def _loss(state: train.TrainState, batch: Mapping[str, jax.Array]) -> Callable[[Any], jax.Array]:
-    """params -> the training loss on `batch` (`train.training_loss`, with the fixed keys of `train.fixed_rngs`)."""
-    rngs = train.fixed_rngs()
-    return lambda params: train.training_loss(state, params, batch, rngs)[0]
+def _loss(state: TrainState, batch: Mapping[str, jax.Array]) -> Callable[[Any], jax.Array]:
+    """params -> the training loss on `batch` (`training_loss`, with the fixed keys of `fixed_rngs`)."""
+    rngs = fixed_rngs()
+    return lambda params: training_loss(state, params, batch, rngs)[0]
 
 
-def layer_gradient_norms(state: train.TrainState, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+def layer_gradient_norms(state: TrainState, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
     """The L2 norm of the training loss's gradient with respect to each layer's weight matrix (`kernel`) on one
     mini-batch (training mode: BN uses the mini-batch's own moments), keyed by the layer's path."""
 
@@ -76,14 +77,14 @@ def _norm(leaves: Sequence[jax.Array]) -> jax.Array:
 
 
 def internal_covariate_shift(
-    state: train.TrainState, batch: Mapping[str, jax.Array], layer_order: Sequence[str], learning_rate: float
+    state: TrainState, batch: Mapping[str, jax.Array], layer_order: Sequence[str], learning_rate: float
 ) -> dict[str, dict[str, jax.Array]]:
     """Santurkar et al. (2018)'s measure of internal covariate shift, per layer, on one mini-batch.
 
     G_i is the loss gradient with respect to layer i's weights (its `kernel`s) at the current parameters; G'_i
     the same gradient after the layers before it (`layer_order[:i]`) took their plain gradient step of size
     `learning_rate`, the rest unchanged. Returns, per layer: ||G_i - G'_i|| ("l2"), cos(G_i, G'_i)
-    ("cosine") and ||G_i|| ("grad_norm"). Training mode, with the state's BN statistics and fixed noise keys (`train.fixed_rngs`).
+    ("cosine") and ||G_i|| ("grad_norm"). Training mode, with the state's BN statistics and fixed noise keys (`fixed_rngs`).
     """
     loss = _loss(state, batch)
     try:
@@ -107,9 +108,7 @@ def internal_covariate_shift(
     return result
 
 
-def loss_landscape(
-    state: train.TrainState, batch: Mapping[str, jax.Array], step_sizes: jax.Array
-) -> dict[str, jax.Array]:
+def loss_landscape(state: TrainState, batch: Mapping[str, jax.Array], step_sizes: jax.Array) -> dict[str, jax.Array]:
     """The loss along the gradient direction (Santurkar et al. 2018, Sec. 3.1 and Fig. 4), on one mini-batch.
 
     With g = grad L(theta) (all parameters) and each step size eta in `step_sizes` (> 0), the point
@@ -139,7 +138,7 @@ def loss_landscape(
     }
 
 
-def _minibatch_batch_stats(state: train.TrainState, images: jax.Array) -> Any:
+def _minibatch_batch_stats(state: TrainState, images: jax.Array) -> Any:
     """The state's `batch_stats` with every BN layer's mean and variance replaced by the mini-batch's own
     moments (Algorithm 1's mu_B, var_B): in inference mode the net then computes, per example, what training
     mode computes on this mini-batch, with the moments held fixed."""
@@ -147,7 +146,7 @@ def _minibatch_batch_stats(state: train.TrainState, images: jax.Array) -> Any:
         return state.batch_stats
     _, collections = state.apply_fn(
         {"params": state.params, "batch_stats": state.batch_stats}, images, train=True,
-        mutable=["batch_stats", layers.MOMENTS_COLLECTION], rngs=train.fixed_rngs(),
+        mutable=["batch_stats", layers.MOMENTS_COLLECTION], rngs=fixed_rngs(),
     )  # fmt: skip
     moments = traverse_util.flatten_dict(collections[layers.MOMENTS_COLLECTION])
     stats = traverse_util.flatten_dict(state.batch_stats)
@@ -162,7 +161,7 @@ def _subtree(tree: Mapping[str, Any], layer: str) -> Any:
 
 
 def layer_jacobian_singular_values(
-    state: train.TrainState, images: jax.Array, layer_names: Sequence[str], num_examples: int | None = None
+    state: TrainState, images: jax.Array, layer_names: Sequence[str], num_examples: int | None = None
 ) -> dict[str, jax.Array]:
     """The singular values of each layer's Jacobian d(output)/d(input) at each of the first `num_examples`
     examples of `images` (all: None): (examples, min(in, out)), largest first, keyed by layer.
@@ -201,7 +200,7 @@ def layer_jacobian_singular_values(
 
 
 def measure(
-    state: train.TrainState, batch: Mapping[str, jax.Array], layer_names: Sequence[str], step_scales: Sequence[float]
+    state: TrainState, batch: Mapping[str, jax.Array], layer_names: Sequence[str], step_scales: Sequence[float]
 ) -> dict[str, jax.Array]:
     """Everything above on one mini-batch, as a flat record: per layer (in forward order) "ics_l2/LAYER",
     "ics_cosine/LAYER" (earlier layers stepped by the state's current learning rate), "grad_norm/LAYER" (of its
@@ -209,7 +208,7 @@ def measure(
     "jacobian_sv_mean/LAYER" and "jacobian_sv_max/LAYER", over the first `JACOBIAN_EXAMPLES` examples (an SVD
     per example is the costly part); the `loss_landscape` at step sizes
     `step_scales` x the learning rate ("landscape/..."); and "learning_rate". Jittable."""
-    learning_rate = train.current_learning_rate(state.opt_state)
+    learning_rate = current_learning_rate(state.opt_state)
     record = {"learning_rate": learning_rate}
     for layer, shift in internal_covariate_shift(state, batch, layer_names, learning_rate).items():
         for key in ("l2", "cosine"):

@@ -14,15 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt
 import numpy as np
 
-from bnrepro.train import CONFIG_FILE, DIAGNOSTICS_FILE, DIVERGED_FILE
+from bnrepro.training.run_dir import CONFIG_FILE, DIAGNOSTICS_FILE, DIVERGED_FILE, METRICS_FILE, read_records
 
-METRICS_FILE = "metrics.jsonl"
 FIGURE1_KEYS = ("step", "test_accuracy", "p15", "p50", "p85", "p50_units")
 
 
@@ -30,10 +26,7 @@ def read_evaluations(workdir: str | os.PathLike, required: tuple[str, ...] = FIG
     """The evaluation records (those with `test_accuracy`) of a run's metrics.jsonl, by step, which must
     hold the keys `required` (by default those Figure 1 needs)."""
     path = os.path.join(workdir, METRICS_FILE)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} does not exist: is {workdir} a finished bnrepro run directory?")
-    with open(path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
+    records = read_records(workdir, METRICS_FILE)
     evaluations = sorted((r for r in records if "test_accuracy" in r), key=lambda r: r["step"])
     if not evaluations:
         raise ValueError(f"{path} holds no evaluation (no record with test_accuracy).")
@@ -206,7 +199,11 @@ class IcsRun(NamedTuple):
 def run_label(workdir: str | os.PathLike) -> str:
     """ "ACTIVATION, NORM" of a run from its config.json, NORM one of no BN, BN, noisy BN."""
     model = json.loads(Path(workdir, CONFIG_FILE).read_text())["model"]
-    noisy = model.get("bn_noise_shift", 0.0) > 0.0 or model.get("bn_noise_scale", 1.0) > 1.0
+    # `model.bn` since issue 12; a run made before keeps the flat `model.bn_noise_*` keys.
+    bn = model.get(
+        "bn", {"noise_shift": model.get("bn_noise_shift", 0.0), "noise_scale": model.get("bn_noise_scale", 1.0)}
+    )
+    noisy = bn["noise_shift"] > 0.0 or bn["noise_scale"] > 1.0
     norm = "noisy BN" if model.get("batch_norm") and noisy else "BN" if model.get("batch_norm") else "no BN"
     return f"{model['activation']}, {norm}"
 
@@ -218,7 +215,7 @@ def read_ics_runs(workdirs: list[str | os.PathLike]) -> dict[str, list[IcsRun]]:
         path = Path(workdir, DIAGNOSTICS_FILE)
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist: was {workdir} trained with config.diagnostics_every?")
-        diagnostics = sorted((json.loads(line) for line in path.read_text().splitlines()), key=lambda r: r["step"])
+        diagnostics = sorted(read_records(workdir, DIAGNOSTICS_FILE), key=lambda r: r["step"])
         evaluations = read_evaluations(workdir, required=("step", "test_accuracy"))
         runs.setdefault(run_label(workdir), []).append(IcsRun(diagnostics, evaluations))
     return runs

@@ -16,8 +16,9 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bnrepro import config_schema, train
+from bnrepro import config_schema, hooks
 from bnrepro.cpu import use_cpu_cores
+from bnrepro.training import loop
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and TensorBoard events.")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
@@ -38,12 +39,11 @@ def initialize_distributed() -> None:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, with an unknown `--config.<key>` reported as a ValueError naming it. A config file in
-    a `configs/` folder may import `configs.NAME` from any working directory."""
-    for arg, following in zip(argv, [*argv[1:], ""]):
-        if arg.startswith("--config=") or arg == "--config":
-            path = arg.removeprefix("--config=") if arg != "--config" else following
-            config_schema.make_configs_importable(path.split(":")[0])
+    """absl's flag parsing, with an unknown `--config.<key>` reported as a ValueError naming it (and its new name,
+    if it was renamed: `--config.model.bn_momentum` is `--config.model.bn.momentum`)."""
+    for arg in argv:
+        if arg.startswith("--config."):
+            config_schema.check_not_renamed(arg.removeprefix("--config.").split("=")[0])
     try:
         return flags.FLAGS(argv)
     except (AttributeError, KeyError) as e:  # how config_flags reports an override of a missing key
@@ -75,8 +75,8 @@ def main(argv: list[str]) -> None:
     logging.info("JAX %s, backend %s, devices %s", jax.__version__, jax.default_backend(), jax.devices())
     logging.info("Config:\n%s", config)
     try:
-        train.train_and_evaluate(config, _WORKDIR.value)
-    except train.DivergedError as e:
+        loop.train_and_evaluate(config, _WORKDIR.value, hooks.from_config(config))
+    except loop.DivergedError as e:
         logging.error("%s", e)
         sys.exit(f"Training stopped: {e}")
 

@@ -42,6 +42,8 @@ sigmoid BN net is the best one (one seed, 1.6 epochs; small differences are with
 
 import ml_collections
 
+from bnrepro import models
+
 VARIANTS = ("inception", "bn_baseline", "bn_x5", "bn_x30", "bn_x5_sigmoid", "sigmoid")
 BASE_LEARNING_RATE, BASE_DECAY_STEPS = 0.01, 6000
 
@@ -64,6 +66,7 @@ def get_config(arg: str = "bn_x5") -> ml_collections.ConfigDict:
     config.model.activation = "sigmoid" if variant in ("sigmoid", "bn_x5_sigmoid") else "relu"
     config.model.dropout_rate = 0.0 if accelerated else 0.4  # Sec. 4.2.1: remove dropout
     config.model.lrn = not accelerated  # Sec. 4.2.1: remove local response normalization
+    config.model.bn = models.bn_config()  # every BN layer's options (bnrepro.layers.BatchNorm): its defaults
 
     config.dataset = "fashion_mnist"
     config.data_source = "offline"  # the IDX files of Debian's dataset-fashion-mnist

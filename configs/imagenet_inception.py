@@ -17,7 +17,7 @@ them by default; add hosts with `jax.distributed`, see the README). Where the pa
     one synchronous step of 32 R examples moves the weights as far with rate R lr (the mean gradient), so the
     learning rate is the paper's times R. A step here is R of the paper's mini-batches: divide Table 2's
     "steps" by R to compare (Inception: 31.0e6 / 8 = 3.9e6 steps).
-  * BN normalizes each replica's 32 examples on their own (`bn_virtual_batch_size = 32`), as the paper's
+  * BN normalizes each replica's 32 examples on their own (`model.bn.virtual_batch_size = 32`), as the paper's
     replicas did; the population statistics for inference are Algorithm 2's.
   * SGD with momentum 0.9, L2 weight decay 4e-5 on the convolution and classifier weights, learning rate
     decayed by 0.94 every 2 epochs (TF-slim's Inception training values; the paper: "decayed exponentially").
@@ -29,6 +29,8 @@ them by default; add hosts with `jax.distributed`, see the README). Where the pa
 """
 
 import ml_collections
+
+from bnrepro import models
 
 EXAMPLES_PER_REPLICA = 32  # Sec. 4.2: "mini-batch 32"
 PAPER_LEARNING_RATE = 0.0015  # Inception's initial learning rate (Sec. 4.2)
@@ -51,7 +53,8 @@ def get_config(arg: str | None = None, config_file: str = "configs/imagenet_ince
     config.model.activation = "relu"
     config.model.dropout_rate = 0.4  # the original Inception's 40% dropout before the classifier
     config.model.lrn = True  # the original Inception's local response normalization
-    config.model.bn_virtual_batch_size = EXAMPLES_PER_REPLICA  # with BN: each replica's 32 examples on their own
+    config.model.bn = models.bn_config()  # every BN layer's options (bnrepro.layers.BatchNorm), its defaults but:
+    config.model.bn.virtual_batch_size = EXAMPLES_PER_REPLICA  # with BN: each replica's 32 examples on their own
 
     config.dataset = "imagenet2012"
     config.data_source = "tfds"

@@ -43,9 +43,9 @@ NORMS = ("none", "bn", "noisy_bn")
 NOISE_SHIFT, NOISE_SCALE = 1.0, 2.0  # noisy BN: shift ~ U(-1, 1), scale ~ U(1, 2), per activation and step
 # Each NORM as overrides of `configs/mnist_mlp.py`'s model (also the sweep's points).
 NORM_OVERRIDES = {
-    "none": {"model.batch_norm": False, "model.bn_noise_shift": 0.0, "model.bn_noise_scale": 1.0},
-    "bn": {"model.batch_norm": True, "model.bn_noise_shift": 0.0, "model.bn_noise_scale": 1.0},
-    "noisy_bn": {"model.batch_norm": True, "model.bn_noise_shift": NOISE_SHIFT, "model.bn_noise_scale": NOISE_SCALE},
+    "none": {"model.batch_norm": False, "model.bn.noise_shift": 0.0, "model.bn.noise_scale": 1.0},
+    "bn": {"model.batch_norm": True, "model.bn.noise_shift": 0.0, "model.bn.noise_scale": 1.0},
+    "noisy_bn": {"model.batch_norm": True, "model.bn.noise_shift": NOISE_SHIFT, "model.bn.noise_scale": NOISE_SCALE},
 }
 
 
@@ -59,8 +59,7 @@ def get_config(arg: str = "sigmoid,bn") -> ml_collections.ConfigDict:
         )
     config = mnist_mlp.get_config("bn")
     config.model.activation = activation
-    for key, value in NORM_OVERRIDES[norm].items():
-        config.model[key.removeprefix("model.")] = value
+    config.update_from_flattened_dict(NORM_OVERRIDES[norm])
     config.num_steps = 10_000
     config.eval_every = 1000
     config.checkpoint_every = 5000

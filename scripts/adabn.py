@@ -22,8 +22,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import app, flags
 
-from bnrepro import data, layers, train
+from bnrepro import data, layers, models
 from bnrepro.data import shifts
+from bnrepro.training.run_dir import CHECKPOINT_DIR, CONFIG_FILE
+from bnrepro.training.state import preprocess
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained run directory (config.json, checkpoints/).")
 _SHIFTS = flags.DEFINE_list("shifts", list(shifts.SHIFTS), f"Domain shifts, of {list(shifts.SHIFTS)}.")
@@ -40,23 +42,23 @@ def main(argv: list[str]) -> None:
     unknown = sorted(set(_SHIFTS.value) - set(shifts.SHIFTS))
     if unknown:
         raise app.UsageError(f"--shifts: unknown {unknown}; known: {list(shifts.SHIFTS)}.")
-    config = ml_collections.ConfigDict(json.loads((workdir / train.CONFIG_FILE).read_text()))
-    checkpoints = ocp.CheckpointManager((workdir / train.CHECKPOINT_DIR).absolute())
+    config = ml_collections.ConfigDict(json.loads((workdir / CONFIG_FILE).read_text()))
+    checkpoints = ocp.CheckpointManager((workdir / CHECKPOINT_DIR).absolute())
     if checkpoints.latest_step() is None:
-        raise FileNotFoundError(f"{workdir / train.CHECKPOINT_DIR}: no checkpoint; is {workdir} a trained run?")
+        raise FileNotFoundError(f"{workdir / CHECKPOINT_DIR}: no checkpoint; is {workdir} a trained run?")
     saved = checkpoints.restore(checkpoints.latest_step(), args=ocp.args.StandardRestore())
     if not saved["batch_stats"]:
         raise ValueError(f"{workdir}: the model has no BN layer, so there are no statistics to adapt.")
-    model = train.create_model(config.model)
+    model = models.create_model(config.model)
     splits = data.load_dataset(config.dataset, config.data_source, data_dir=config.data_dir or None)
-    source = train.preprocess(jnp.asarray(splits.train.images[: config.population_batches * config.batch_size]))
+    source = preprocess(jnp.asarray(splits.train.images[: config.population_batches * config.batch_size]))
     variables = layers.adapt_to_domain(model, {"params": saved["params"], "batch_stats": saved["batch_stats"]},
                                        source, config.batch_size)  # fmt: skip
 
     lines = ["| test images | source statistics | AdaBN | change |", "|---|---|---|---|"]
     for name in ["none", *_SHIFTS.value]:
         images = splits.test.images if name == "none" else shifts.SHIFTS[name](splits.test.images)
-        target = train.preprocess(jnp.asarray(images))
+        target = preprocess(jnp.asarray(images))
         source_only = accuracy(model, variables, target, splits.test.labels)
         adapted = accuracy(model, layers.adapt_to_domain(model, variables, target, config.batch_size), target,
                            splits.test.labels)  # fmt: skip

@@ -30,7 +30,8 @@ from pathlib import Path
 
 from absl import app, flags
 
-from bnrepro import figures, train
+from bnrepro import figures
+from bnrepro.training.run_dir import DIAGNOSTICS_FILE, METRICS_FILE
 
 _STEPS = flags.DEFINE_integer("steps", 10_000, "SGD steps per run.")
 _CONFIG = flags.DEFINE_string("config", "configs/mnist_ics.py:sigmoid,bn", "The config file and its argument.")
@@ -52,10 +53,8 @@ def main(argv: list[str]) -> None:
         wall = time.perf_counter() - start
         records = 0
         if every:
-            records = len((workdir / train.DIAGNOSTICS_FILE).read_text().splitlines())
-        speeds = [
-            json.loads(line)["steps_per_second"] for line in (workdir / train.METRICS_FILE).read_text().splitlines()
-        ]
+            records = len((workdir / DIAGNOSTICS_FILE).read_text().splitlines())
+        speeds = [json.loads(line)["steps_per_second"] for line in (workdir / METRICS_FILE).read_text().splitlines()]
         baseline = wall if baseline is None else baseline
         rows.append({
             "diagnostics_every": f"{every} (off)" if every == 0 else str(every),

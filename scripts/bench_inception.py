@@ -4,11 +4,11 @@ The net is `bn_x5`'s (width x0.125, small-input stem, ReLU, no LRN, no dropout; 
 with momentum), so that BN is the only difference between the variants:
 
 * no BN: every convolution keeps its bias, nothing normalizes;
-* BN, paper VJP: `bn_backward="paper"`, Sec. 3's backward pass as a custom VJP (the default);
-* BN, autodiff: `bn_backward="autodiff"`;
-* BN, flax.linen.BatchNorm: Flax's layer in place of ours (the model unchanged, its `BatchNorm` swapped).
+* BN, paper VJP: `model.bn.backward="paper"`, Sec. 3's backward pass as a custom VJP (the default);
+* BN, autodiff: `model.bn.backward="autodiff"`;
+* BN, flax.linen.BatchNorm: Flax's layer in place of ours (the model unchanged, its `norm` swapped).
 
-Each variant is `train.train_steps` with one step per dispatch, as the config trains on CPU (XLA:CPU runs
+Each variant trains through the loop's input (`OnDeviceInput.train`) with one step per dispatch, as the config trains on CPU (XLA:CPU runs
 convolutions several times slower inside a while loop), on random uint8 images. Compile time is reported
 apart; then the variants take turns, `--steps` steps each, `--repeats` rounds, and the best round of each is
 reported, so that load from other processes hits all of them alike. The process is pinned to `--cpu_cores`
@@ -37,23 +37,22 @@ took the paper VJP from +25% to +22% and autodiff from +27% to +23% in one inter
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import time
 from collections.abc import Callable
-from unittest import mock
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from bnrepro import train
+from bnrepro import data, models
 from bnrepro.cpu import use_cpu_cores
-from bnrepro.models import inception
+from bnrepro.training.inputs import OnDeviceInput
+from bnrepro.training.sharding import OneModel
+from bnrepro.training.state import create_train_state
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/fashion_table2.py:bn_x5", "The net's config, BN switched per variant (run from the repo root)."
@@ -64,18 +63,15 @@ _CPU_CORES = flags.DEFINE_integer("cpu_cores", 1, "CPU cores to run on (0 = all)
 _WIDTH = flags.DEFINE_float("width_multiplier", 0.125, "Width multiplier of the net (the config's: 0.125).")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Mini-batch size (the config's: 32).")
 
-NUM_EXAMPLES = 4096  # random 28x28 uint8 images; the data position wraps around
+NUM_EXAMPLES = 4096  # random 28x28 uint8 images, the training and the (unused) test set
 NO_BN = "no BN"
 
 
 class FlaxBatchNorm(nn.Module):
-    """`flax.linen.BatchNorm` behind the interface of `bnrepro.layers.BatchNorm` (the settings the net uses)."""
+    """`flax.linen.BatchNorm` behind the interface of `bnrepro.layers.BatchNorm` (its momentum and eps)."""
 
     momentum: float = 0.99
     eps: float = 1e-5
-    axis_name: str | None = None
-    virtual_batch_size: int | None = None
-    backward: str = "paper"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -89,37 +85,30 @@ def _config(batch_norm: bool, backward: str) -> ml_collections.ConfigDict:
         config.batch_size = _BATCH.value
         config.model.width_multiplier = _WIDTH.value
         config.model.batch_norm = batch_norm
-        config.model.bn_backward = backward
+        config.model.bn.backward = backward
     return config
 
 
 class Runner:
-    """One variant, compiled: `run(steps)` trains that many steps, one dispatch each, and blocks."""
+    """One variant, compiled: `run(steps)` trains that many steps, one dispatch each (the training loop's
+    `OnDeviceInput.train`, which starts a new epoch at each epoch's end), and blocks."""
 
-    def __init__(self, config: ml_collections.ConfigDict, train_data: train.Dataset, flax_bn: bool = False):
-        self._train_data = train_data
-        self._steps_per_epoch = NUM_EXAMPLES // config.batch_size
-        model = train.create_model(config.model)
-        patch = mock.patch.object(inception, "BatchNorm", FlaxBatchNorm) if flax_bn else contextlib.nullcontext()
-        with patch:  # the model builds its layers while it is traced: in `init` and in `lower`
-            example = train_data.take(jnp.arange(config.batch_size))[0]
-            self._state = train.create_train_state(config, model, jax.random.key(0), example)
-            self._permutation = train.epoch_permutation(self._state.rng, self._state.epoch, NUM_EXAMPLES)
-            step = jax.jit(
-                functools.partial(train.train_steps, batch_size=config.batch_size, num_steps=1), donate_argnums=0
-            )
-            start = time.perf_counter()
-            self._step = step.lower(self._state, train_data, self._permutation).compile()
-            self.compile_s = time.perf_counter() - start
-        self._batch_index = 0
+    def __init__(self, config: ml_collections.ConfigDict, splits: data.Splits, flax_bn: bool = False):
+        model = models.create_model(config.model)
+        if flax_bn:  # the model unchanged, Flax's layer as its BN layer
+            bn = config.model.bn
+            model = model.clone(norm=functools.partial(FlaxBatchNorm, momentum=bn.momentum, eps=bn.eps))
+        layout = OneModel(config.num_devices, config.batch_size)
+        self._input = OnDeviceInput(config, model, layout, splits)
+        state = create_train_state(config, model, jax.random.key(0), self._input.example_images())
+        self._state = layout.place_states([state])
+        self._input.start(self._state)
+        chunk = self._input.train(self._state, 1)
+        self._state, self.compile_s = chunk.state, chunk.compile_seconds
 
     def run(self, steps: int) -> None:
         for _ in range(steps):
-            if self._batch_index == self._steps_per_epoch:  # wrap around (the same permutation: data is random)
-                self._state = self._state.replace(batch_index=jnp.zeros((), jnp.int32))
-                self._batch_index = 0
-            self._state, _ = self._step(self._state, self._train_data, self._permutation)
-            self._batch_index += 1
+            self._state = self._input.train(self._state, 1).state
         jax.block_until_ready(self._state)
 
 
@@ -152,14 +141,15 @@ def main(argv: list[str]) -> None:
     del argv
     use_cpu_cores(_CPU_CORES.value)
     rng = np.random.default_rng(0)
-    train_data = train.Dataset.create(
+    random = data.Split(
         rng.integers(0, 256, (NUM_EXAMPLES, 28, 28), dtype=np.uint8), rng.integers(0, 10, NUM_EXAMPLES, np.int32)
     )
+    splits = data.Splits(train=random, validation=None, test=random)
     variants: dict[str, Callable[[], Runner]] = {
-        NO_BN: lambda: Runner(_config(False, "paper"), train_data),
-        "BN, paper VJP (default)": lambda: Runner(_config(True, "paper"), train_data),
-        "BN, autodiff": lambda: Runner(_config(True, "autodiff"), train_data),
-        "BN, flax.linen.BatchNorm": lambda: Runner(_config(True, "autodiff"), train_data, flax_bn=True),
+        NO_BN: lambda: Runner(_config(False, "paper"), splits),
+        "BN, paper VJP (default)": lambda: Runner(_config(True, "paper"), splits),
+        "BN, autodiff": lambda: Runner(_config(True, "autodiff"), splits),
+        "BN, flax.linen.BatchNorm": lambda: Runner(_config(True, "autodiff"), splits, flax_bn=True),
     }
     runners = {name: make() for name, make in variants.items()}
     for runner in runners.values():

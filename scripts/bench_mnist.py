@@ -1,7 +1,8 @@
 """Training speed of the Figure 1 MLP (batch 60, real MNIST), side by side in one run:
 
-* ours: `train.train_steps`, `--steps_per_dispatch` SGD steps fused with `lax.scan`, mini-batches drawn on
-  the device; the BN net with the paper's backward pass (the default) and with autodiff, and the baseline;
+* ours: the training loop's input (`OnDeviceInput.train`), `--steps_per_dispatch` SGD steps fused with
+  `lax.scan`, mini-batches drawn on the device; the BN net with the paper's backward pass (the default) and
+  with autodiff, and the baseline;
 * a plain per-step `jax.jit` loop over the same net with `flax.linen.BatchNorm`, fed from host memory, as
   the Flax examples train;
 * PyTorch eager (`nn.BatchNorm1d`), when torch is installed.
@@ -26,8 +27,11 @@ import optax
 from absl import app, flags
 from ml_collections import config_flags
 
-from bnrepro import data, train
+from bnrepro import data, models
 from bnrepro.cpu import use_cpu_cores
+from bnrepro.training.inputs import OnDeviceInput
+from bnrepro.training.sharding import OneModel
+from bnrepro.training.state import create_train_state
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/mnist_mlp.py:bn", "The Figure 1 config (run from the repo root)."
@@ -50,31 +54,30 @@ def _best_rate(run_steps, steps: int, repeats: int) -> float:
     return steps / best
 
 
-def bench_ours(splits: data.Splits, batch_norm: bool, backward: str = "paper") -> tuple[float, float]:
-    """Our training loop on `--config` with or without BN: (compile seconds, steps/s)."""
+def bench_ours(batch_norm: bool, backward: str = "paper") -> tuple[float, float]:
+    """Our training loop's input on `--config` with or without BN: (compile seconds, steps/s). The steps run as
+    `bnrepro.training.loop` runs them: `OnDeviceInput.train`, `--steps_per_dispatch` steps per program, a new
+    epoch's permutation at each epoch's end."""
     config = _CONFIG.value.copy_and_resolve_references()
-    config.model.batch_norm, config.model.bn_backward = batch_norm, backward
-    k = _STEPS_PER_DISPATCH.value
-    model = train.create_model(config.model)
-    train_data = train.Dataset.create(splits.train.images, splits.train.labels)
-    state = train.create_train_state(config, model, jax.random.key(0), train_data.take(jnp.arange(BATCH))[0])
-    permutation = train.epoch_permutation(state.rng, state.epoch, len(splits.train.labels))
-    fused = jax.jit(functools.partial(train.train_steps, batch_size=BATCH, num_steps=k), donate_argnums=0)
-    start = time.perf_counter()
-    compiled = fused.lower(state, train_data, permutation).compile()
-    compile_s = time.perf_counter() - start
-    steps_per_epoch = len(splits.train.labels) // BATCH
+    config.model.batch_norm, config.model.bn.backward = batch_norm, backward
+    config.steps_per_dispatch = _STEPS_PER_DISPATCH.value
+    model = models.create_model(config.model)
+    layout = OneModel(config.num_devices, config.batch_size)
+    inputs = OnDeviceInput(config, model, layout)
+    state = layout.place_states([create_train_state(config, model, jax.random.key(0), inputs.example_images())])
+    inputs.start(state)
 
-    def run_steps(steps: int) -> None:
-        nonlocal state, permutation
-        for _ in range(steps // k):
-            if state.batch_index + k > steps_per_epoch:  # a new epoch: a new permutation, as the loop does
-                state = state.replace(epoch=state.epoch + 1, batch_index=jnp.zeros((), jnp.int32))
-                permutation = train.epoch_permutation(state.rng, state.epoch, len(splits.train.labels))
-            state, _ = compiled(state, train_data, permutation)
+    def run_steps(steps: int) -> float:
+        """Trains `steps` steps; returns the seconds spent compiling."""
+        nonlocal state
+        done, compile_s = 0, 0.0
+        while done < steps:
+            chunk = inputs.train(state, min(config.steps_per_dispatch, steps - done))
+            state, done, compile_s = chunk.state, done + chunk.losses.shape[-1], compile_s + chunk.compile_seconds
         jax.block_until_ready(state)
+        return compile_s
 
-    run_steps(k)  # warm-up
+    compile_s = run_steps(config.steps_per_dispatch)  # compiles, and warms up
     return compile_s, _best_rate(run_steps, _STEPS.value, _REPEATS.value)
 
 
@@ -170,9 +173,9 @@ def main(argv: list[str]) -> None:
         f"batch {BATCH}; {_STEPS.value} steps per repetition, best of {_REPEATS.value}"
     )
     cases = {
-        "ours, BN (paper VJP, default)": lambda: bench_ours(splits, batch_norm=True),
-        "ours, BN (autodiff)": lambda: bench_ours(splits, batch_norm=True, backward="autodiff"),
-        "ours, baseline (no BN)": lambda: bench_ours(splits, batch_norm=False),
+        "ours, BN (paper VJP, default)": lambda: bench_ours(batch_norm=True),
+        "ours, BN (autodiff)": lambda: bench_ours(batch_norm=True, backward="autodiff"),
+        "ours, baseline (no BN)": lambda: bench_ours(batch_norm=False),
         "per-step jit, flax.linen.BatchNorm": lambda: bench_flax_per_step(splits),
     }
     if importlib.util.find_spec("torch") is not None:

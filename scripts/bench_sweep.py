@@ -27,7 +27,8 @@ from pathlib import Path
 
 from absl import app, flags
 
-from bnrepro import sweep, train
+from bnrepro import sweep
+from bnrepro.training.run_dir import METRICS_FILE
 
 _STEPS = flags.DEFINE_integer("steps", 10_000, "SGD steps per point.")
 _GROUP_SIZE = flags.DEFINE_integer("group_size", sweep.DEFAULT_GROUP_SIZE, "Most points per vmapped group.")
@@ -48,7 +49,7 @@ def get_sweep():
 
 
 def final_accuracy(run_dir: Path) -> float:
-    return json.loads((run_dir / train.METRICS_FILE).read_text().splitlines()[-1])["test_accuracy"]
+    return json.loads((run_dir / METRICS_FILE).read_text().splitlines()[-1])["test_accuracy"]
 
 
 def main(argv: list[str]) -> None:

@@ -5,8 +5,10 @@ python scripts/plot_figure1.py --baseline=runs/mnist_baseline --bn=runs/mnist_bn
 
 from __future__ import annotations
 
+import matplotlib
 from absl import app, flags
 
+matplotlib.use("Agg")  # PNG files only: choose the backend before `figures` imports pyplot
 from bnrepro import figures
 
 _BASELINE = flags.DEFINE_string("baseline", "runs/mnist_baseline", "Run directory of the net without BN.")

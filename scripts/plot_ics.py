@@ -15,9 +15,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib
 from absl import app, flags
 
-from bnrepro import figures, train
+matplotlib.use("Agg")  # PNG files only: choose the backend before `figures` imports pyplot
+from bnrepro import figures
+from bnrepro.training import run_dir
 
 _OUT = flags.DEFINE_string("out", "ics.png", "Where to write the figure.")
 _LAYER = flags.DEFINE_string("layer", "", "The layer whose per-layer quantities to show (default: the last one).")
@@ -27,11 +30,11 @@ def run_directories(paths: list[str]) -> list[Path]:
     """The run directories among `paths` and their subdirectories (those with a diagnostics file)."""
     runs = []
     for path in map(Path, paths):
-        found = [path] if (path / train.DIAGNOSTICS_FILE).exists() else sorted(
-            p.parent for p in path.glob(f"*/{train.DIAGNOSTICS_FILE}")
+        found = [path] if (path / run_dir.DIAGNOSTICS_FILE).exists() else sorted(
+            p.parent for p in path.glob(f"*/{run_dir.DIAGNOSTICS_FILE}")
         )  # fmt: skip
         if not found:
-            raise app.UsageError(f"{path}: no {train.DIAGNOSTICS_FILE} in it or in its subdirectories.")
+            raise app.UsageError(f"{path}: no {run_dir.DIAGNOSTICS_FILE} in it or in its subdirectories.")
         runs += found
     return runs
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib
 from absl import app, flags
 
+matplotlib.use("Agg")  # PNG files only: choose the backend before `figures` imports pyplot
 from bnrepro import figures, sweep
 
 _SWEEP = flags.DEFINE_string("sweep", None, "The sweep file the workdir was trained with, PATH.py[:ARG].")

@@ -3,7 +3,7 @@ as the paper does, the steps each needs to reach the Inception analogue's best a
 
     python scripts/table2.py --workdir=runs/table2 [--quick] [--jobs=2]
 
-Runs train `--jobs` at a time, each pinned to its own CPU core (taskset); their logs go to WORKDIR/VARIANT.log.
+Runs train `--jobs` at a time, each pinned to its own CPU core (`cpu.run_pinned`); their logs go to WORKDIR/VARIANT.log.
 Re-running resumes unfinished runs and skips finished ones (`bnrepro.main` does both).
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from bnrepro import figures, sweep
+from bnrepro import cpu, figures
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/table2", "Directory holding one run directory per variant.")
 _QUICK = flags.DEFINE_bool("quick", False, "The few-hundred-step variants (a smoke test, not the result).")
@@ -23,14 +23,14 @@ _JOBS = flags.DEFINE_integer("jobs", 0, "Runs trained at once (0: one per availa
 
 
 def train_all(workdir: Path, quick: bool, jobs: int) -> None:
-    """Trains every variant, `jobs` at a time, each process pinned to one core (`sweep.run_pinned`)."""
+    """Trains every variant, `jobs` at a time, each process pinned to one core (`cpu.run_pinned`)."""
     commands = []
     for variant in figures.TABLE2_RUNS:
         argument = f"{variant},quick" if quick else variant
         command = [sys.executable, "-m", "bnrepro.main", f"--config=configs/fashion_table2.py:{argument}",
                    f"--workdir={workdir / variant}"]  # fmt: skip
         commands.append((variant, command, workdir / f"{variant}.log"))
-    sweep.run_pinned(commands, jobs)
+    cpu.run_pinned(commands, jobs)
 
 
 def main(argv: list[str]) -> None:

@@ -4,6 +4,8 @@ Importing this touches no JAX backend: multihost_worker.py launches it as a conf
 import ml_collections
 from config_files import imagenet as imagenet_configs
 
+from bnrepro import models
+
 NUM_EXAMPLES = 48  # per split of the mock dataset
 SIZE = 16  # image side
 MULTIHOST_RUN = {"num_steps": 4, "eval_every": 2, "checkpoint_every": 2, "batch_size": 16}
@@ -13,16 +15,15 @@ def small_config(**overrides) -> ml_collections.ConfigDict:
     """BN-x5's settings with a 16x16 input, an MLP, batches of 8 and sequential readers."""
     config = imagenet_configs["bn_x5"].get_config("1")
     config.model = ml_collections.ConfigDict(
-        {"name": "mlp", "hidden": (32, 32), "num_classes": 1000, "activation": "relu", "batch_norm": True}
-    )
+        {"name": "mlp", "hidden": (32, 32), "num_classes": 1000, "activation": "relu", "batch_norm": True,
+         "bn": models.bn_config()}
+    )  # fmt: skip
     config.input.update(image_size=SIZE, eval_batch_size=16, read_threads=0, prefetch_buffer_size=0)
     config.update(
         batch_size=8, learning_rate=0.1, num_steps=8, eval_every=4, checkpoint_every=4, steps_per_dispatch=2,
         population_batches=2, num_devices=1, cpu_cores=0,
     )  # fmt: skip
-    for key, value in overrides.items():
-        section, _, name = key.rpartition(".")
-        (config[section] if section else config)[name] = value
+    config.update_from_flattened_dict(overrides)
     return config
 
 

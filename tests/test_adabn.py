@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 from config_files import mnist_mlp
 
-from bnrepro import layers, train
+from bnrepro import layers
 from bnrepro.data import shifts
+from bnrepro.models import create_model
 
 
 def test_adapt_to_domain_changes_only_the_statistics_and_they_are_algorithm_2_on_the_target():
     config = mnist_mlp.get_config("bn")
-    model = train.create_model(config.model)
+    model = create_model(config.model)
     variables = jax.jit(lambda r, x: model.init(r, x, train=False))(jax.random.key(0), jnp.zeros((4, 28, 28)))
     target = np.asarray(jax.random.uniform(jax.random.key(1), (50, 28, 28)) * 3.0 + 1.0)  # a shifted domain
     adapted = layers.adapt_to_domain(model, variables, jnp.asarray(target), batch_size=20)

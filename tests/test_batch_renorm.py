@@ -105,6 +105,6 @@ def test_the_small_batch_configs():
     for config in (bn, renorm):
         config_schema.validate(config)
         assert config.batch_size == 4 and config.eval_statistics == "moving_average"
-    assert renorm.model.bn_renorm and not bn.model.bn_renorm
+    assert renorm.model.bn.renorm and not bn.model.bn.renorm
     with pytest.raises(ValueError, match="unknown variant 'brn'"):
         mnist_small_batch.get_config("brn")

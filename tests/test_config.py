@@ -1,6 +1,7 @@
 """The MNIST config file and the training-config contract (`bnrepro.config_schema`)."""
 
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -158,3 +159,25 @@ def test_cli_rejects_bad_overrides_before_training(tmp_path: Path, override: str
     assert result.returncode != 0
     assert "ValueError" in result.stderr and message in result.stderr, result.stderr[-2000:]
     assert not workdir.exists()  # stopped before training
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("--config.model.bn.momentum=1.5", "config.model.bn.momentum = 1.5: must lie in [0, 1]"),
+     ("--config.model.bn_momentum=0.5", "config.model.bn_momentum: renamed to config.model.bn.momentum")],
+)  # fmt: skip
+def test_a_config_importing_configs_runs_from_any_working_directory(tmp_path: Path, override: str, message: str):
+    """`configs` is an installed package: `configs/mnist_small_batch.py` imports `configs.mnist_mlp` from an
+    unrelated working directory with no `sys.path` code (and no PYTHONPATH). The first override reaches the
+    loaded config's `model.bn` (refused by the schema, before training); the second is an old key."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    workdir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "bnrepro.main", f"--config={REPO / 'configs' / 'mnist_small_batch.py'}:renorm",
+         f"--workdir={workdir}", override],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "No module named 'configs'" not in result.stderr
+    assert "ValueError" in result.stderr and message in result.stderr, result.stderr[-2000:]
+    assert not workdir.exists()

@@ -1,6 +1,6 @@
 """Data parallelism on 8 simulated CPU devices (conftest.py): the mini-batch split across devices trains
 exactly as one device holding it, with global BN statistics, or with per-device statistics (the paper's
-per-replica mini-batches) through `bn_virtual_batch_size`."""
+per-replica mini-batches) through `model.bn.virtual_batch_size`."""
 
 import functools
 
@@ -10,7 +10,11 @@ import numpy as np
 import pytest
 from config_files import mnist_mlp
 
-from bnrepro import train
+from bnrepro.models import create_model
+from bnrepro.training.device_data import Dataset, epoch_permutation
+from bnrepro.training.sharding import data_parallel_sharding
+from bnrepro.training.state import create_train_state
+from bnrepro.training.steps import train_steps
 
 NUM_DEVICES, BATCH = 8, 64
 pytestmark = pytest.mark.skipif(jax.device_count() < NUM_DEVICES, reason="needs 8 (simulated) devices")
@@ -19,21 +23,18 @@ pytestmark = pytest.mark.skipif(jax.device_count() < NUM_DEVICES, reason="needs 
 def _train(batch_sharding, virtual_batch_size=None, num_steps=3):
     config = mnist_mlp.get_config("bn")
     config.learning_rate = 0.5
-    config.model.unlock()
-    config.model.bn_virtual_batch_size = virtual_batch_size
-    model = train.create_model(config.model)
+    config.model.bn.virtual_batch_size = virtual_batch_size
+    model = create_model(config.model)
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 10, 640).astype(np.int32)
-    data = train.Dataset.create(rng.integers(0, 256, (640, 28, 28), dtype=np.uint8), labels)
-    state = train.create_train_state(config, model, jax.random.key(0), data.take(jnp.arange(BATCH))[0])
-    permutation = train.epoch_permutation(state.rng, state.epoch, 640)
+    data = Dataset.create(rng.integers(0, 256, (640, 28, 28), dtype=np.uint8), labels)
+    state = create_train_state(config, model, jax.random.key(0), data.take(jnp.arange(BATCH))[0])
+    permutation = epoch_permutation(state.rng, state.epoch, 640)
     if batch_sharding is not None:
         state, data, permutation = jax.device_put(
             (state, data, permutation), batch_sharding.update(spec=jax.sharding.PartitionSpec())
         )
-    run = jax.jit(
-        functools.partial(train.train_steps, batch_size=BATCH, num_steps=num_steps, batch_sharding=batch_sharding)
-    )
+    run = jax.jit(functools.partial(train_steps, batch_size=BATCH, num_steps=num_steps, batch_sharding=batch_sharding))
     hlo = run.lower(state, data, permutation).compile().as_text()
     state, _ = run(state, data, permutation)
     return state, hlo
@@ -45,7 +46,7 @@ def _assert_same_params(a, b):
 
 
 def test_global_bn_across_devices_equals_one_device_with_the_whole_batch():
-    sharding = train.data_parallel_sharding(0, BATCH)
+    sharding = data_parallel_sharding(0, BATCH)
     assert sharding.mesh.size == NUM_DEVICES
     sharded, hlo = _train(sharding)
     single, _ = _train(None)
@@ -55,7 +56,7 @@ def test_global_bn_across_devices_equals_one_device_with_the_whole_batch():
 
 def test_per_device_bn_equals_ghost_batches_on_one_device_and_differs_from_global():
     per_device = BATCH // NUM_DEVICES
-    sharded, _ = _train(train.data_parallel_sharding(0, BATCH), virtual_batch_size=per_device)
+    sharded, _ = _train(data_parallel_sharding(0, BATCH), virtual_batch_size=per_device)
     single, _ = _train(None, virtual_batch_size=per_device)
     _assert_same_params(sharded, single)
     global_bn, _ = _train(None)
@@ -66,6 +67,6 @@ def test_per_device_bn_equals_ghost_batches_on_one_device_and_differs_from_globa
 
 
 def test_one_device_is_not_sharded_and_an_uneven_batch_is_refused():
-    assert train.data_parallel_sharding(1, 60) is None
+    assert data_parallel_sharding(1, 60) is None
     with pytest.raises(ValueError, match=r"config\.batch_size = 60: does not split evenly across 8 devices"):
-        train.data_parallel_sharding(0, 60)
+        data_parallel_sharding(0, 60)

@@ -9,15 +9,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from config_files import mnist_mlp
+from training_run import train_and_evaluate
 
 import bnrepro.data
-from bnrepro import diagnostics, train
+from bnrepro import diagnostics
+from bnrepro.models import create_model
+from bnrepro.sweep.group import train_group
+from bnrepro.training.device_data import Dataset, epoch_permutation
+from bnrepro.training.run_dir import DIAGNOSTICS_FILE, METRICS_FILE
+from bnrepro.training.state import TrainState, create_train_state, current_learning_rate, preprocess
 
 
-def _state(variant: str) -> train.TrainState:
+def _state(variant: str) -> TrainState:
     config = mnist_mlp.get_config(variant)
-    model = train.create_model(config.model)
-    return train.create_train_state(config, model, jax.random.key(0), jnp.zeros((8, 28, 28), jnp.uint8))
+    model = create_model(config.model)
+    return create_train_state(config, model, jax.random.key(0), jnp.zeros((8, 28, 28), jnp.uint8))
 
 
 def _sigmoid(x):
@@ -70,8 +76,8 @@ def test_bn_preactivations_use_the_population_statistics():
 def test_internal_covariate_shift_of_a_small_baseline_net_by_hand():
     config = mnist_mlp.get_config("baseline")
     config.model.hidden = (5, 4)
-    model = train.create_model(config.model)
-    state = train.create_train_state(config, model, jax.random.key(0), jnp.zeros((6, 28, 28), jnp.uint8))
+    model = create_model(config.model)
+    state = create_train_state(config, model, jax.random.key(0), jnp.zeros((6, 28, 28), jnp.uint8))
     images = jax.random.uniform(jax.random.key(1), (6, 28, 28))
     labels = jnp.arange(6) % 10
     p = state.params
@@ -103,8 +109,8 @@ def test_internal_covariate_shift_of_a_small_baseline_net_by_hand():
 def _small_net(variant: str):
     config = mnist_mlp.get_config(variant)
     config.model.hidden = (5, 4)
-    model = train.create_model(config.model)
-    state = train.create_train_state(config, model, jax.random.key(0), jnp.zeros((6, 28, 28), jnp.uint8))
+    model = create_model(config.model)
+    state = create_train_state(config, model, jax.random.key(0), jnp.zeros((6, 28, 28), jnp.uint8))
     images = jax.random.uniform(jax.random.key(1), (6, 28, 28))
     return state, {"image": images, "label": jnp.arange(6) % 10}
 
@@ -176,7 +182,7 @@ def test_measure_records_every_quantity_per_layer():
     state, batch = _small_net("bn")
     layers = ["DenseBN_0", "DenseBN_1", "Dense_0"]
     record = jax.jit(lambda s, b: diagnostics.measure(s, b, layers, (1.0, 2.0)))(state, batch)
-    lr = float(train.current_learning_rate(state.opt_state))
+    lr = float(current_learning_rate(state.opt_state))
     ics = diagnostics.internal_covariate_shift(state, batch, layers, lr)
     norms = diagnostics.layer_gradient_norms(state, batch)
     landscape = diagnostics.loss_landscape(state, batch, np.array([lr, 2 * lr]))
@@ -202,47 +208,47 @@ def _run_config(data_dir: Path, **overrides):
 
 
 def _diagnostics_records(workdir: Path) -> list[dict]:
-    return [json.loads(line) for line in (workdir / train.DIAGNOSTICS_FILE).read_text().splitlines()]
+    return [json.loads(line) for line in (workdir / DIAGNOSTICS_FILE).read_text().splitlines()]
 
 
 def test_training_records_diagnostics_on_the_latest_mini_batch_without_changing_training(
     small_fake_mnist: Path, tmp_path: Path
 ) -> None:
     config = _run_config(small_fake_mnist)
-    state = train.train_and_evaluate(config, tmp_path / "on")
+    state = train_and_evaluate(config, tmp_path / "on")
     records = _diagnostics_records(tmp_path / "on")
     assert [r["step"] for r in records] == [10, 20, 30, 40]
     assert len(records[-1]["jacobian_sv/DenseBN_2"]) == 32 and len(records[-1]["landscape/losses"]) == 4
 
     # The record at step 40 is `measure` on the state after step 40 and the mini-batch step 40 trained on.
     split = bnrepro.data.load_dataset("mnist", "offline", data_dir=str(small_fake_mnist), validation_size=0).train
-    permutation = train.epoch_permutation(state.rng, state.epoch, len(split.labels))
-    dataset = train.Dataset.create(split.images, split.labels)
+    permutation = epoch_permutation(state.rng, state.epoch, len(split.labels))
+    dataset = Dataset.create(split.images, split.labels)
     images, labels = dataset.take(permutation[(int(state.batch_index) - 1) * 60 : int(state.batch_index) * 60])
-    batch = {"image": train.preprocess(images), "label": labels}
+    batch = {"image": preprocess(images), "label": labels}
     expected = diagnostics.measure(state, batch, config.diagnostics_layers, config.diagnostics_step_scales)
     for key in ("ics_l2/DenseBN_2", "grad_norm/DenseBN_1", "jacobian_sv_mean/DenseBN_0", "landscape/loss"):
         assert records[-1][key] == pytest.approx(float(expected[key]), rel=1e-4), key
 
     config.diagnostics_every = 0  # off: no file, and the same training
-    plain = train.train_and_evaluate(config, tmp_path / "off")
-    assert not (tmp_path / "off" / train.DIAGNOSTICS_FILE).exists()
+    plain = train_and_evaluate(config, tmp_path / "off")
+    assert not (tmp_path / "off" / DIAGNOSTICS_FILE).exists()
     jax.tree.map(np.testing.assert_array_equal, plain.params, state.params)
 
 
 def test_resumed_diagnostics_equal_uninterrupted_ones(small_fake_mnist: Path, tmp_path: Path) -> None:
-    train.train_and_evaluate(_run_config(small_fake_mnist), tmp_path / "whole")
-    train.train_and_evaluate(_run_config(small_fake_mnist, num_steps=20), tmp_path / "split")
-    with (tmp_path / "split" / train.DIAGNOSTICS_FILE).open("a") as f:  # what a run killed after step 20 wrote
+    train_and_evaluate(_run_config(small_fake_mnist), tmp_path / "whole")
+    train_and_evaluate(_run_config(small_fake_mnist, num_steps=20), tmp_path / "split")
+    with (tmp_path / "split" / DIAGNOSTICS_FILE).open("a") as f:  # what a run killed after step 20 wrote
         f.write(json.dumps({"step": 30, "landscape/loss": -1.0}) + "\n")
-    train.train_and_evaluate(_run_config(small_fake_mnist), tmp_path / "split")
+    train_and_evaluate(_run_config(small_fake_mnist), tmp_path / "split")
     assert _diagnostics_records(tmp_path / "split") == _diagnostics_records(tmp_path / "whole")
 
 
 def test_diagnostics_of_a_group_are_each_models_own(small_fake_mnist: Path, tmp_path: Path) -> None:
     configs = [_run_config(small_fake_mnist, num_steps=20, seed=seed) for seed in (0, 1)]
-    train.train_group(configs, [tmp_path / "g0", tmp_path / "g1"])
-    train.train_and_evaluate(configs[1], tmp_path / "alone")
+    train_group(configs, [tmp_path / "g0", tmp_path / "g1"])
+    train_and_evaluate(configs[1], tmp_path / "alone")
     for together, alone in zip(_diagnostics_records(tmp_path / "g1"), _diagnostics_records(tmp_path / "alone")):
         for key in ("ics_l2/DenseBN_1", "landscape/beta_smoothness", "jacobian_sv_max/DenseBN_2"):
             assert together[key] == pytest.approx(alone[key], rel=1e-3, abs=1e-6), key
@@ -253,8 +259,8 @@ def test_diagnostics_of_a_group_are_each_models_own(small_fake_mnist: Path, tmp_
 def test_a_missing_diagnostics_layer_stops_the_run_before_training(small_fake_mnist: Path, tmp_path: Path) -> None:
     config = _run_config(small_fake_mnist, diagnostics_layers=("DenseBN_0", "DenseBN_5"))
     with pytest.raises(ValueError, match=r"config\.diagnostics_layers = .*no kernel at \['DenseBN_5'\]"):
-        train.train_and_evaluate(config, tmp_path / "bad")
-    assert not (tmp_path / "bad" / train.METRICS_FILE).exists()
+        train_and_evaluate(config, tmp_path / "bad")
+    assert not (tmp_path / "bad" / METRICS_FILE).exists()
 
 
 def test_ics_configs_and_their_sweep_are_valid_and_differ_only_as_named() -> None:
@@ -267,7 +273,7 @@ def test_ics_configs_and_their_sweep_are_valid_and_differ_only_as_named() -> Non
         config_schema.validate(config)
         assert config.model.activation == activation and config.diagnostics_every == 250
         assert config.model.batch_norm == (norm != "none")
-        assert (config.model.bn_noise_shift, config.model.bn_noise_scale) == (
+        assert (config.model.bn.noise_shift, config.model.bn.noise_scale) == (
             (mnist_ics.NOISE_SHIFT, mnist_ics.NOISE_SCALE) if norm == "noisy_bn" else (0.0, 1.0)
         )
     with pytest.raises(ValueError, match=r"configs/mnist_ics.py: bad argument 'tanh,bn'"):
@@ -278,6 +284,6 @@ def test_ics_configs_and_their_sweep_are_valid_and_differ_only_as_named() -> Non
         for point in spec.points:
             config = sweep.point_config(spec.base, point)
             config_schema.validate(config)
-            norm = "none" if not config.model.batch_norm else "noisy_bn" if config.model.bn_noise_scale > 1 else "bn"
+            norm = "none" if not config.model.batch_norm else "noisy_bn" if config.model.bn.noise_scale > 1 else "bn"
             expected = configs[(config.model.activation, norm)]
             assert config.model.to_dict() == expected.model.to_dict()

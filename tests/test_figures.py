@@ -1,6 +1,7 @@
 """Figure 1 plotting from metrics.jsonl records."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +70,24 @@ def test_sweep_plots_draw_every_point_and_mark_the_diverged():
     final = figures.plot_sweep_final(rows)
     crosses = [line for line in final.axes[0].lines if line.get_label() == "diverged / failed"]
     assert len(crosses) == 1 and list(crosses[0].get_xdata()) == [3.0]
+
+
+@pytest.mark.parametrize(
+    ("model", "label"),
+    [
+        ({"activation": "relu", "batch_norm": True, "bn": {"noise_shift": 0.1, "noise_scale": 1.0}}, "relu, noisy BN"),
+        ({"activation": "relu", "batch_norm": True, "bn": {"noise_shift": 0.0, "noise_scale": 1.0}}, "relu, BN"),
+        (
+            {"activation": "sigmoid", "batch_norm": False, "bn": {"noise_shift": 0.0, "noise_scale": 1.0}},
+            "sigmoid, no BN",
+        ),
+        (
+            {"activation": "sigmoid", "batch_norm": True, "bn_noise_shift": 0.0, "bn_noise_scale": 1.5},
+            "sigmoid, noisy BN",
+        ),
+    ],
+    ids=["noisy", "bn", "none", "before_model_bn"],
+)
+def test_run_label_reads_the_bn_sub_config_and_older_runs(tmp_path: Path, model: dict, label: str) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"model": model}))
+    assert figures.run_label(tmp_path) == label

@@ -1,6 +1,6 @@
 """The five ImageNet runs of Table 2 as configs, and the host-fed training loop they use, on tfds mock data.
 
-The loop is `train.train_and_evaluate`, the same one MNIST uses; here its input is `train.HostFedInput` (grain
+The loop is `train_and_evaluate`, the same one MNIST uses; here its input is `HostFedInput` (grain
 pipeline on the host). The network is swapped for a small MLP so that a test trains in seconds; the configs'
 own network is BN-Inception, whose shapes tests/test_inception.py checks.
 """
@@ -23,9 +23,12 @@ import tensorflow_datasets as tfds
 from config_files import IMAGENET_RUNS
 from config_files import imagenet as imagenet_configs
 from imagenet_mock import MULTIHOST_RUN, NUM_EXAMPLES, SIZE, small_config
+from training_run import train_and_evaluate
 
-from bnrepro import config_schema, diagnostics, train
+from bnrepro import config_schema, diagnostics
 from bnrepro.data import imagenet
+from bnrepro.models import create_model
+from bnrepro.training.run_dir import CHECKPOINT_DIR, DIAGNOSTICS_FILE, METRICS_FILE
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,7 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_configs_are_valid_and_build_the_figure_5_network(run):
     config = imagenet_configs[run].get_config()
     config_schema.validate(config)
-    model = train.create_model(config.model)
+    model = create_model(config.model)
     variables = jax.eval_shape(
         lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False)  # shapes only
     )
@@ -66,7 +69,7 @@ def test_the_runs_differ_as_sec_4_2_1_says():
 
 def test_the_argument_is_the_number_of_replicas_of_32_examples():
     config = imagenet_configs["bn_x5"].get_config("16")
-    assert config.batch_size == 16 * 32 and config.model.bn_virtual_batch_size == 32
+    assert config.batch_size == 16 * 32 and config.model.bn.virtual_batch_size == 32
     assert config.learning_rate == pytest.approx(16 * 0.0015 * 5)
     assert config.num_steps == 31_000_000 // 16
     with pytest.raises(ValueError, match=r"configs/imagenet_bn_x30.py: bad argument 'x'"):
@@ -129,11 +132,11 @@ def mock_imagenet():
 
 
 def _records(workdir: Path) -> list[dict]:
-    return [json.loads(line) for line in (workdir / train.METRICS_FILE).read_text().splitlines()]
+    return [json.loads(line) for line in (workdir / METRICS_FILE).read_text().splitlines()]
 
 
 def test_trains_and_evaluates_every_validation_example_once(mock_imagenet, tmp_path):
-    state = train.train_and_evaluate(small_config(eval_statistics="moving_average"), tmp_path)
+    state = train_and_evaluate(small_config(eval_statistics="moving_average"), tmp_path)
     assert int(state.step) == 8 and int(state.epoch) == 0  # a host-fed input's position is the step
     records = _records(tmp_path)
     assert [r["step"] for r in records] == [4, 8]
@@ -150,9 +153,9 @@ def test_trains_and_evaluates_every_validation_example_once(mock_imagenet, tmp_p
 
 def test_resumed_run_equals_an_uninterrupted_one(mock_imagenet, tmp_path):
     """Population statistics (the default) included: their mini-batches are drawn afresh from the step."""
-    whole = train.train_and_evaluate(small_config(), tmp_path / "whole")
-    train.train_and_evaluate(small_config(num_steps=4), tmp_path / "split")  # stops after the step-4 checkpoint
-    resumed = train.train_and_evaluate(small_config(), tmp_path / "split")
+    whole = train_and_evaluate(small_config(), tmp_path / "whole")
+    train_and_evaluate(small_config(num_steps=4), tmp_path / "split")  # stops after the step-4 checkpoint
+    resumed = train_and_evaluate(small_config(), tmp_path / "split")
     jax.tree.map(np.testing.assert_array_equal, whole.params, resumed.params)
     jax.tree.map(np.testing.assert_array_equal, whole.batch_stats, resumed.batch_stats)
     for a, b in zip(_records(tmp_path / "whole"), _records(tmp_path / "split"), strict=True):
@@ -163,8 +166,8 @@ def test_resumed_run_equals_an_uninterrupted_one(mock_imagenet, tmp_path):
 def test_diagnostics_are_measured_on_the_batch_each_step_read(mock_imagenet, tmp_path):
     layers = ("DenseBN_0", "DenseBN_1")
     config = small_config(diagnostics_every=4, diagnostics_layers=layers)
-    state = train.train_and_evaluate(config, tmp_path)
-    records = [json.loads(line) for line in (tmp_path / train.DIAGNOSTICS_FILE).read_text().splitlines()]
+    state = train_and_evaluate(config, tmp_path)
+    records = [json.loads(line) for line in (tmp_path / DIAGNOSTICS_FILE).read_text().splitlines()]
     assert [r["step"] for r in records] == [4, 8]
     # Step 8 trained on batch 7 of the stream; the record is `measure` on it and the state after step 8.
     batch = next(iter(imagenet.train_dataset(
@@ -179,13 +182,13 @@ def test_diagnostics_are_measured_on_the_batch_each_step_read(mock_imagenet, tmp
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
 def test_global_bn_on_8_devices_equals_one_device(mock_imagenet, tmp_path):
     common = {"num_steps": 3, "eval_every": 3, "batch_size": 16}
-    one = train.train_and_evaluate(small_config(**common), tmp_path / "one")
-    eight = train.train_and_evaluate(small_config(num_devices=8, **common), tmp_path / "eight")
+    one = train_and_evaluate(small_config(**common), tmp_path / "one")
+    eight = train_and_evaluate(small_config(num_devices=8, **common), tmp_path / "eight")
     assert eight.params["Dense_0"]["kernel"].sharding.num_devices == 8
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), one.params, eight.params)
     assert _records(tmp_path / "one")[0]["test_accuracy"] == _records(tmp_path / "eight")[0]["test_accuracy"]
-    per_device = small_config(num_devices=8, **common, **{"model.bn_virtual_batch_size": 2})
-    per_device = train.train_and_evaluate(per_device, tmp_path / "per_device")
+    per_device = small_config(num_devices=8, **common, **{"model.bn.virtual_batch_size": 2})
+    per_device = train_and_evaluate(per_device, tmp_path / "per_device")
     assert not np.allclose(one.params["Dense_0"]["kernel"], per_device.params["Dense_0"]["kernel"], atol=1e-5)
 
 
@@ -216,8 +219,8 @@ def test_two_processes_train_as_one_with_the_whole_batch(tmp_path):
         output, _ = worker.communicate(timeout=300)
         assert worker.returncode == 0, output[-3000:]
     with tfds.testing.mock_data(num_examples=NUM_EXAMPLES):
-        one = train.train_and_evaluate(small_config(**MULTIHOST_RUN), tmp_path / "one")
-    checkpoints = ocp.CheckpointManager((tmp_path / "two" / train.CHECKPOINT_DIR).absolute())
+        one = train_and_evaluate(small_config(**MULTIHOST_RUN), tmp_path / "one")
+    checkpoints = ocp.CheckpointManager((tmp_path / "two" / CHECKPOINT_DIR).absolute())
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, one)  # onto this process's one device
     two = checkpoints.restore(4, args=ocp.args.StandardRestore(abstract))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), one.params, two.params)

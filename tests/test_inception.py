@@ -262,11 +262,18 @@ def test_batch_of_one_in_inference_mode():
     np.testing.assert_allclose(_logits(model, variables, images)[:1], one, rtol=1e-4, atol=1e-4)
 
 
-def test_imagenet_batch_of_one_in_inference_mode():
+def test_imagenet_size_inference_is_per_example():
+    """At 224x224 (the parameters, made at 32x32, do not depend on the input size) the inference network maps
+    each example on its own (Algorithm 2's output depends on the input only): an image's logits stay the same
+    when the other image of its batch changes, and different images get different logits."""
     model = BNInception()
-    variables = _variables(model, (1, 32, 32, 3))  # the parameters do not depend on the input size
-    logits = _logits(model, variables, _images((1, 224, 224, 3)))
-    assert logits.shape == (1, 1000) and bool(jnp.all(jnp.isfinite(logits)))
+    variables = _variables(model, (1, 32, 32, 3))
+    images = _images((2, 224, 224, 3))
+    logits = _logits(model, variables, images)
+    assert logits.shape == (2, 1000) and bool(jnp.all(jnp.isfinite(logits)))
+    other = images.at[1].set(3.0 * images[1] + 1.0)  # another companion for image 0
+    np.testing.assert_allclose(_logits(model, variables, other)[0], logits[0], rtol=1e-4, atol=1e-4)
+    assert float(jnp.max(jnp.abs(logits[0] - logits[1]))) > 1e-2 * float(jnp.max(jnp.abs(logits)))
 
 
 def test_algorithm_2_population_statistics_of_the_model():
@@ -294,12 +301,12 @@ def test_algorithm_2_population_statistics_of_the_model():
 
 def test_bn_settings_reach_every_batch_norm():
     settings = {"momentum": 0.9, "eps": 1e-3, "virtual_batch_size": 2, "backward": "autodiff"}
-    model = BNInception(**SMALL, **{f"bn_{k}": v for k, v in settings.items()})
+    model = BNInception(**SMALL, norm=functools.partial(BatchNorm, **settings))
     layers = _calls(model, SMALL_SHAPE, True, BatchNorm)
     assert len(layers) == 2 + 2 + 8 * 7 + 2 * 5 - 1  # every convolution's but the stem's depthwise half
     assert all({k: getattr(layer, k) for k in settings} == settings for layer, _ in layers)
     with pytest.raises(ValueError, match="virtual_batch_size"):  # and they act: 3 does not divide 4
-        _calls(model.clone(bn_virtual_batch_size=3), SMALL_SHAPE, True, BatchNorm)
+        _calls(model.clone(norm=functools.partial(BatchNorm, virtual_batch_size=3)), SMALL_SHAPE, True, BatchNorm)
 
 
 def test_sigmoid_lrn_and_dropout_switches():

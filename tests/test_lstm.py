@@ -1,8 +1,9 @@
 """The LSTM and BN-LSTM of Cooijmans et al. (2016) (`bnrepro.models.lstm`, issue 7 part 2): the forward pass in
 training and inference against a NumPy re-derivation of their Eqs. 6-8, statistics per time step (and step T-1's
 reused beyond T), Algorithm 2's population statistics per time step, the LSTM against flax's `LSTMCell`, and
-sequential MNIST end to end through `train.train_and_evaluate` on a fake MNIST."""
+sequential MNIST end to end through `train_and_evaluate` on a fake MNIST."""
 
+import functools
 import json
 from pathlib import Path
 
@@ -12,9 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from config_files import load_config_file
+from training_run import train_and_evaluate
 
-from bnrepro import config_schema, layers, train
+from bnrepro import config_schema, layers
 from bnrepro.models import lstm
+from bnrepro.training.run_dir import METRICS_FILE
 
 seq_mnist = load_config_file("seq_mnist")
 BN_LAYERS = ("bn_hidden", "bn_input", "bn_cell")
@@ -59,8 +62,9 @@ def reference_lstm(params: dict, xs: np.ndarray, *, batch_norm: bool, stats: dic
     return logits, {k: {s: np.stack(v) for s, v in m.items()} for k, m in moments.items() if m["mean"]}
 
 
-def _model(batch_norm: bool = True, **kwargs) -> lstm.LSTMClassifier:
-    return lstm.LSTMClassifier(hidden_size=6, batch_norm=batch_norm, sequence="rows", bn_eps=EPS, **kwargs)
+def _model(batch_norm: bool = True, momentum: float = 0.99, **kwargs) -> lstm.LSTMClassifier:
+    norm = functools.partial(layers.BatchNorm, eps=EPS, momentum=momentum)
+    return lstm.LSTMClassifier(hidden_size=6, batch_norm=batch_norm, sequence="rows", norm=norm, **kwargs)
 
 
 def _random_variables(model: lstm.LSTMClassifier, xs: jax.Array, seed: int = 0) -> dict:
@@ -83,7 +87,7 @@ def _sequences(n: int = 8, steps: int = 5, width: int = 3, seed: int = 0) -> jax
 
 
 def test_bn_lstm_training_pass_matches_numpy_and_moves_each_steps_average_toward_its_own_moments() -> None:
-    model, xs = _model(bn_momentum=0.8), _sequences()
+    model, xs = _model(momentum=0.8), _sequences()
     variables = _random_variables(model, xs)
     logits, updates = model.apply(variables, xs, train=True, mutable=["batch_stats"])
     expected, moments = reference_lstm(variables["params"], np.asarray(xs, np.float64), batch_norm=True)
@@ -214,7 +218,7 @@ def test_seq_mnist_configs_are_valid(variant: str) -> None:
     ("key", "value", "message"),
     [("sequence", "columns", r"config\.model\.sequence = 'columns': expected one of \['pixels', 'rows'\]"),
      ("hidden_size", 0, r"config\.model\.hidden_size = 0: must be >= 1"),
-     ("bn_gamma_init", 0.0, r"config\.model\.bn_gamma_init = 0\.0: must be a positive finite number"),
+     ("gamma_init", 0.0, r"config\.model\.gamma_init = 0\.0: must be a positive finite number"),
      ("h0_noise", -0.1, r"config\.model\.h0_noise = -0\.1: must be >= 0")],
 )  # fmt: skip
 def test_bad_model_values_name_the_key(key: str, value, message: str) -> None:
@@ -228,8 +232,8 @@ def test_bn_lstm_learns_rows_of_a_fake_mnist_end_to_end(small_fake_mnist: Path, 
     config = seq_mnist.get_config("bn_lstm,rows,quick")
     config.update({"data_dir": str(small_fake_mnist), "num_steps": 60, "eval_every": 30, "steps_per_dispatch": 30,
                    "checkpoint_every": 60, "batch_size": 40, "population_batches": 5})  # fmt: skip
-    state = train.train_and_evaluate(config, tmp_path / "run")
-    records = [json.loads(line) for line in (tmp_path / "run" / train.METRICS_FILE).read_text().splitlines()]
+    state = train_and_evaluate(config, tmp_path / "run")
+    records = [json.loads(line) for line in (tmp_path / "run" / METRICS_FILE).read_text().splitlines()]
     assert [r["step"] for r in records] == [30, 60]
     assert records[-1]["test_accuracy"] > 0.5  # chance: 0.1; evaluated with per-step population statistics
     assert state.batch_stats["lstm"]["bn_cell"]["mean"].shape == (28, 100)

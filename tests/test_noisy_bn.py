@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 from config_files import mnist_mlp
 
-from bnrepro import config_schema, layers, train
+from bnrepro import config_schema, layers
+from bnrepro.models import create_model
+from bnrepro.training.state import create_train_state
+from bnrepro.training.steps import train_step
 
 
 def _apply(layer, variables, x, seed):
@@ -38,21 +41,21 @@ def test_noise_is_a_per_activation_affine_map_of_the_clean_output():
 
 def test_the_training_step_draws_new_noise_every_step_and_the_config_checks_it():
     config = mnist_mlp.get_config("bn")
-    config.model.bn_noise_shift, config.model.bn_noise_scale = 0.5, 3.0
+    config.model.bn.noise_shift, config.model.bn.noise_scale = 0.5, 3.0
     config_schema.validate(config)
-    model = train.create_model(config.model)
-    state = train.create_train_state(config, model, jax.random.key(0), jnp.zeros((60, 28, 28), jnp.uint8))
+    model = create_model(config.model)
+    state = create_train_state(config, model, jax.random.key(0), jnp.zeros((60, 28, 28), jnp.uint8))
     batch = {"image": jax.random.uniform(jax.random.key(1), (60, 28, 28)), "label": jnp.arange(60) % 10}
-    first, _ = train.train_step(state, batch)
-    again, _ = train.train_step(state, batch)
+    first, _ = train_step(state, batch)
+    again, _ = train_step(state, batch)
     jax.tree.map(np.testing.assert_array_equal, first.params, again.params)  # a function of the state
-    later, _ = train.train_step(state.replace(step=state.step + 1), batch)  # the same state a step later
+    later, _ = train_step(state.replace(step=state.step + 1), batch)  # the same state a step later
     assert not np.allclose(first.params["Dense_0"]["kernel"], later.params["Dense_0"]["kernel"])
-    clean_state = state.replace(apply_fn=train.create_model(mnist_mlp.get_config("bn").model).apply)
-    clean, _ = train.train_step(clean_state, batch)
-    clean_later, _ = train.train_step(clean_state.replace(step=clean_state.step + 1), batch)
+    clean_state = state.replace(apply_fn=create_model(mnist_mlp.get_config("bn").model).apply)
+    clean, _ = train_step(clean_state, batch)
+    clean_later, _ = train_step(clean_state.replace(step=clean_state.step + 1), batch)
     jax.tree.map(np.testing.assert_array_equal, clean.params, clean_later.params)  # only the noise depends on it
     assert not np.allclose(first.params["Dense_0"]["kernel"], clean.params["Dense_0"]["kernel"])
-    config.model.bn_noise_scale = 0.5
-    with pytest.raises(ValueError, match=r"config\.model\.bn_noise_scale = 0\.5: must be >= 1"):
+    config.model.bn.noise_scale = 0.5
+    with pytest.raises(ValueError, match=r"config\.model\.bn\.noise_scale = 0\.5: must be >= 1"):
         config_schema.validate(config)

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from fake_mnist import write_fake_mnist
 
-from bnrepro import sweep, train
+from bnrepro import config_schema, sweep
+from bnrepro.training.run_dir import CHECKPOINT_DIR, DIVERGED_FILE, METRICS_FILE
 
 REPO = Path(__file__).resolve().parent.parent
 SWEEP_FILE = """
@@ -78,7 +79,7 @@ def test_default_sweeps():
     quick = sweep.load_sweep("configs/sweeps/mnist_activation_bn.py:quick")
     assert len(quick.points) == 4 and quick.base.num_steps == 600
     for point in full.points + quick.points:
-        train.config_schema.validate(sweep.point_config(full.base, point))
+        config_schema.validate(sweep.point_config(full.base, point))
     with pytest.raises(ValueError, match="bad argument 'slow'"):
         sweep.load_sweep("configs/sweeps/mnist_activation_bn.py:slow")
 
@@ -100,12 +101,12 @@ def test_each_point_ends_in_its_own_directory_whatever_the_others_do(finished_sw
     workdir, spec = finished_sweep
     finished, diverged, failed = (workdir / sweep.point_name(p) for p in sweep.load_sweep(spec).points)
     assert sweep.read_status(finished)["status"] == "finished"
-    assert [json.loads(line)["step"] for line in (finished / train.METRICS_FILE).read_text().splitlines()] == [
+    assert [json.loads(line)["step"] for line in (finished / METRICS_FILE).read_text().splitlines()] == [
         100, 200, 300,
     ]  # fmt: skip
     status = sweep.read_status(diverged)
     assert status["status"] == "diverged" and "diverged at step" in status["error"]
-    assert (diverged / train.DIVERGED_FILE).exists()
+    assert (diverged / DIVERGED_FILE).exists()
     status = sweep.read_status(failed)
     assert status["status"] == "failed" and "config.learning_rate = -1.0" in status["error"]
     assert "Traceback" in status["traceback"]
@@ -117,13 +118,15 @@ def test_summary_rows_agree_with_the_runs_metrics(finished_sweep):
         rows = list(csv.DictReader(f))
     assert [r["status"] for r in rows] == ["finished", "diverged", "failed"]
     point = sweep.load_sweep(spec).points[0]
-    records = [json.loads(line) for line in (workdir / sweep.point_name(point) / train.METRICS_FILE).open()]
+    records = [json.loads(line) for line in (workdir / sweep.point_name(point) / METRICS_FILE).open()]
     accuracies = [r["test_accuracy"] for r in records]
     assert float(rows[0]["final_accuracy"]) == accuracies[-1]
     assert float(rows[0]["best_accuracy"]) == max(accuracies)
     assert int(rows[0]["best_step"]) == records[accuracies.index(max(accuracies))]["step"]
     reached = [r["step"] for r in records if r["test_accuracy"] >= 0.5]
-    assert rows[0]["steps_to_threshold"] == (str(reached[0]) if reached else "")
+    assert reached, accuracies  # the learnable fake data: the threshold is reached, so the column is checked
+    assert rows[0]["steps_to_threshold"] == str(reached[0])
+    assert rows[1]["steps_to_threshold"] == rows[1]["final_accuracy"] == ""  # diverged before evaluating
     assert rows[0]["model.activation"] == "sigmoid" and float(rows[0]["learning_rate"]) == 0.5
     table = (workdir / sweep.SUMMARY_MD).read_text()
     assert "| steps to 50% |" in table and table.count("\n") == 2 + 3
@@ -133,7 +136,7 @@ def test_a_rerun_skips_done_points_and_finishes_the_others(finished_sweep):
     workdir, spec = finished_sweep
     points = sweep.load_sweep(spec).points
     finished = workdir / sweep.point_name(points[0])
-    metrics = (finished / train.METRICS_FILE).read_text()
+    metrics = (finished / METRICS_FILE).read_text()
     diverged_log = workdir / sweep.point_name(points[1]) / "train.log"
     diverged_log_time = diverged_log.stat().st_mtime_ns
     (finished / sweep.STATUS_FILE).unlink()  # as if killed after its last checkpoint
@@ -143,7 +146,7 @@ def test_a_rerun_skips_done_points_and_finishes_the_others(finished_sweep):
         rows = sweep.run_sweep(spec, workdir, jobs=2)
     assert [r["status"] for r in rows] == ["finished", "diverged", "failed"]
     # Point 0 resumed from its step-300 checkpoint: nothing retrained, so not even the measured speeds changed.
-    assert (finished / train.METRICS_FILE).read_text() == metrics
+    assert (finished / METRICS_FILE).read_text() == metrics
     assert diverged_log.stat().st_mtime_ns == diverged_log_time  # the diverged point was not launched again
 
 
@@ -157,7 +160,7 @@ def test_groups_join_points_that_differ_in_seed_and_learning_rate_only(tmp_path)
     assert sorted(i for g in groups for i in g) == list(range(36))
     assert len(sweep.groups_of(full, range(36), tmp_path, max_size=1)) == 36
     # A point with a checkpoint at another step than the rest of its class trains in a group of its own.
-    (tmp_path / sweep.point_name(full.points[0]) / train.CHECKPOINT_DIR / "1000").mkdir(parents=True)
+    (tmp_path / sweep.point_name(full.points[0]) / CHECKPOINT_DIR / "1000").mkdir(parents=True)
     assert [0] in sweep.groups_of(full, range(9), tmp_path, max_size=8)
 
 
@@ -170,7 +173,7 @@ def test_killing_the_sweep_kills_its_workers_and_a_rerun_finishes(tmp_path):
     workdir = tmp_path / "runs"
     command = [sys.executable, "-m", "bnrepro.sweep", f"--sweep={spec}", f"--workdir={workdir}"]
     sweeper = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoints = workdir / "seed=0" / train.CHECKPOINT_DIR
+    checkpoints = workdir / "seed=0" / CHECKPOINT_DIR
     deadline = time.monotonic() + 240
     while not any(p.name.isdigit() for p in checkpoints.glob("*")):
         assert sweeper.poll() is None and time.monotonic() < deadline, "no checkpoint before the sweep ended"
@@ -184,7 +187,7 @@ def test_killing_the_sweep_kills_its_workers_and_a_rerun_finishes(tmp_path):
     rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
     assert sweep.read_status(workdir / "seed=0")["status"] == "finished"
-    records = [json.loads(line) for line in (workdir / "seed=0" / train.METRICS_FILE).read_text().splitlines()]
+    records = [json.loads(line) for line in (workdir / "seed=0" / METRICS_FILE).read_text().splitlines()]
     assert [r["step"] for r in records] == [10_000, 20_000, 30_000]
 
 

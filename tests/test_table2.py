@@ -14,8 +14,13 @@ import pytest
 from config_files import fashion_table2 as table2_config
 from config_files import mnist_mlp
 
-from bnrepro import config_schema, figures, train
+from bnrepro import config_schema, figures
 from bnrepro.data import idx
+from bnrepro.models import create_model
+from bnrepro.training.device_data import Dataset, epoch_permutation
+from bnrepro.training.run_dir import DIVERGED_FILE, METRICS_FILE
+from bnrepro.training.state import create_train_state
+from bnrepro.training.steps import train_steps
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -55,7 +60,7 @@ def test_table_counts_steps_to_the_inception_runs_best_accuracy(tmp_path):
         lines = [json.dumps({"step": 100 * (i + 1), "test_accuracy": a}) for i, a in enumerate(accuracies)]
         (tmp_path / variant / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     (tmp_path / "sigmoid").mkdir()
-    (tmp_path / "sigmoid" / train.DIVERGED_FILE).write_text("diverged at step 3\n")
+    (tmp_path / "sigmoid" / DIVERGED_FILE).write_text("diverged at step 3\n")
     rows = {line.split(" | ")[0].strip("| "): line for line in figures.table2(tmp_path).splitlines()[2:]}
     assert "steps to 70.0%" in figures.table2(tmp_path).splitlines()[0]
     assert rows["inception"].startswith("| inception | 300 | 70.0% (300)")
@@ -68,12 +73,12 @@ def test_table_counts_steps_to_the_inception_runs_best_accuracy(tmp_path):
 
 def test_a_single_step_dispatch_equals_a_fused_one():
     config = mnist_mlp.get_config("bn")
-    model = train.create_model(config.model)
+    model = create_model(config.model)
     rng = np.random.default_rng(0)
-    data = train.Dataset.create(rng.integers(0, 256, (240, 28, 28), dtype=np.uint8), rng.integers(0, 10, 240))
-    state = train.create_train_state(config, model, jax.random.key(0), data.take(jnp.arange(60))[0])
-    permutation = train.epoch_permutation(state.rng, state.epoch, 240)
-    steps = functools.partial(train.train_steps, train_data=data, permutation=permutation, batch_size=60)
+    data = Dataset.create(rng.integers(0, 256, (240, 28, 28), dtype=np.uint8), rng.integers(0, 10, 240))
+    state = create_train_state(config, model, jax.random.key(0), data.take(jnp.arange(60))[0])
+    permutation = epoch_permutation(state.rng, state.epoch, 240)
+    steps = functools.partial(train_steps, train_data=data, permutation=permutation, batch_size=60)
     one_by_one = state
     for _ in range(2):
         one_by_one, metrics = jax.jit(functools.partial(steps, num_steps=1))(one_by_one)
@@ -100,11 +105,12 @@ def test_quick_table_end_to_end(tmp_path: Path) -> None:
     steps = list(range(quick.eval_every, quick.num_steps + 1, quick.eval_every))
     accuracies = {}
     for variant in table2_config.VARIANTS:
-        records = [json.loads(line) for line in (tmp_path / variant / train.METRICS_FILE).read_text().splitlines()]
+        records = [json.loads(line) for line in (tmp_path / variant / METRICS_FILE).read_text().splitlines()]
         assert [r["step"] for r in records] == steps, variant
         assert all(np.isfinite(r["train_loss"]) and np.isfinite(r["test_loss"]) for r in records), variant
         accuracies[variant] = [r["test_accuracy"] for r in records]
-        assert all(0.0 <= a <= 1.0 for a in accuracies[variant]), variant
+        correct = [a * quick.eval_examples for a in accuracies[variant]]  # counts of correct test examples
+        assert all(c == pytest.approx(round(c), abs=1e-6) for c in correct), variant
     assert all(abs(a - 0.1) < 0.05 for a in accuracies["sigmoid"]), accuracies["sigmoid"]
     assert max(accuracies["bn_x5"] + accuracies["bn_baseline"]) > 0.4, accuracies
 

@@ -20,9 +20,17 @@ import pytest
 from config_files import fashion_table2, mnist_mlp
 from fake_mnist import learnable_images, write_fake_mnist
 from tensorboard.backend.event_processing import event_accumulator
+from training_run import small_config, train_and_evaluate
 
 import bnrepro.data
-from bnrepro import train
+from bnrepro.hooks import Figure1Percentiles, unit_percentiles
+from bnrepro.models import create_model
+from bnrepro.training import steps
+from bnrepro.training.device_data import Dataset, epoch_permutation
+from bnrepro.training.loop import DivergedError
+from bnrepro.training.run_dir import CHECKPOINT_DIR, CONFIG_FILE, DIVERGED_FILE, METRICS_FILE
+from bnrepro.training.state import TrainState, create_train_state, preprocess
+from bnrepro.training.steps import eval_step, loss_and_accuracy, population_batch_stats, train_step, train_steps
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -33,25 +41,16 @@ def full_size_fake_mnist(tmp_path_factory) -> Path:
     return write_fake_mnist(tmp_path_factory.mktemp("mnist"), {"train": 50_000, "valid": 10_000, "test": 10_000})
 
 
-def small_config(variant: str = "bn", **overrides):
-    config = mnist_mlp.get_config(variant)
-    config.update(
-        {"num_steps": 60, "eval_every": 20, "checkpoint_every": 20, "steps_per_dispatch": 20, "population_batches": 5}
-    )
-    config.update(overrides)
-    return config
-
-
-def synthetic_dataset(n: int, seed: int = 0) -> train.Dataset:
+def synthetic_dataset(n: int, seed: int = 0) -> Dataset:
     labels = np.random.default_rng(seed).integers(0, 10, n).astype(np.int32)
-    return train.Dataset.create(learnable_images(labels, seed), labels)
+    return Dataset.create(learnable_images(labels, seed), labels)
 
 
-def initial_state(variant: str, learning_rate: float = 0.5) -> tuple[train.TrainState, object]:
+def initial_state(variant: str, learning_rate: float = 0.5) -> tuple[TrainState, object]:
     config = mnist_mlp.get_config(variant)
     config.learning_rate = learning_rate
-    model = train.create_model(config.model)
-    return train.create_train_state(config, model, jax.random.key(0), jnp.zeros((60, 28, 28), jnp.uint8)), model
+    model = create_model(config.model)
+    return create_train_state(config, model, jax.random.key(0), jnp.zeros((60, 28, 28), jnp.uint8)), model
 
 
 # --- Model and state ---------------------------------------------------------------------------------------
@@ -95,10 +94,10 @@ def _table2_net_cut_after_3a():
 )
 def test_initial_parameters_are_those_of_a_default_compiled_init(config, images) -> None:
     """create_train_state compiles `init` at -O1 (4x faster): the parameters must be those of XLA's default."""
-    model = train.create_model(config.model)
-    state = train.create_train_state(config, model, jax.random.key(0), images)
+    model = create_model(config.model)
+    state = create_train_state(config, model, jax.random.key(0), images)
     init_rng = jax.random.split(jax.random.key(0))[0]
-    default = jax.jit(lambda r, x: model.init(r, train.preprocess(x), train=False))(init_rng, images)
+    default = jax.jit(lambda r, x: model.init(r, preprocess(x), train=False))(init_rng, images)
     jax.tree.map(np.testing.assert_array_equal, state.params, default["params"])
     jax.tree.map(np.testing.assert_array_equal, state.batch_stats, default.get("batch_stats", {}))
 
@@ -106,20 +105,20 @@ def test_initial_parameters_are_those_of_a_default_compiled_init(config, images)
 def test_dataset_take_returns_the_examples() -> None:
     images = np.random.default_rng(0).integers(0, 256, (50, 28, 28), dtype=np.uint8)
     labels = np.arange(50, dtype=np.int32) % 10
-    dataset = train.Dataset.create(images, labels)
+    dataset = Dataset.create(images, labels)
     assert dataset.rows.dtype == jnp.uint32  # 4 pixels per gathered element
     indices = jnp.asarray([7, 0, 49, 7])
-    taken_images, taken_labels = jax.jit(train.Dataset.take)(dataset, indices)
+    taken_images, taken_labels = jax.jit(Dataset.take)(dataset, indices)
     np.testing.assert_array_equal(taken_images, images[[7, 0, 49, 7]])
     np.testing.assert_array_equal(taken_labels, labels[[7, 0, 49, 7]])
-    odd = train.Dataset.create(images[:, :27, :27], labels)  # rows of 27*27 bytes: kept as bytes
+    odd = Dataset.create(images[:, :27, :27], labels)  # rows of 27*27 bytes: kept as bytes
     assert odd.rows.dtype == jnp.uint8
     np.testing.assert_array_equal(odd.take(indices)[0], images[[7, 0, 49, 7], :27, :27])
 
 
 def test_epoch_permutation_is_a_seeded_permutation_per_epoch() -> None:
     rng = jax.random.key_data(jax.random.key(3))
-    first, again, second = (np.asarray(train.epoch_permutation(rng, e, 1000)) for e in (0, 0, 1))
+    first, again, second = (np.asarray(epoch_permutation(rng, e, 1000)) for e in (0, 0, 1))
     np.testing.assert_array_equal(np.sort(first), np.arange(1000))
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(first, second)
@@ -128,12 +127,17 @@ def test_epoch_permutation_is_a_seeded_permutation_per_epoch() -> None:
 # --- Training ----------------------------------------------------------------------------------------------
 
 
-def full_loss(state: train.TrainState, model, dataset: train.Dataset) -> float:
+def full_loss(state: TrainState, model, dataset: Dataset) -> float:
     """The inference network's loss on all of `dataset` (population statistics over all of it)."""
     images, labels = dataset.take(jnp.arange(len(dataset.labels)))
-    images = train.preprocess(images)
-    batch_stats = train.population_batch_stats(model, state, images.reshape((-1, 60) + images.shape[1:]))
-    return float(train.evaluate(state, batch_stats, images, labels, plot_layer="")["loss"])
+    images = preprocess(images)
+    batch_stats = population_batch_stats(model, state, images.reshape((-1, 60) + images.shape[1:]))
+    return evaluate(state, batch_stats, images, labels)["loss"]
+
+
+def evaluate(state: TrainState, batch_stats, images: jax.Array, labels: jax.Array) -> dict[str, float]:
+    """The inference network's mean loss and accuracy on `images` (one `eval_step`)."""
+    return loss_and_accuracy(eval_step(state, batch_stats, {"image": images, "label": labels})[0])
 
 
 @pytest.mark.parametrize(("variant", "factor"), [("bn", 0.1), ("baseline", 0.95)])
@@ -141,8 +145,8 @@ def test_a_few_steps_lower_the_loss(variant: str, factor: float) -> None:
     dataset = synthetic_dataset(6000)
     state, model = initial_state(variant)
     before = full_loss(state, model, dataset)
-    permutation = train.epoch_permutation(state.rng, 0, 6000)
-    state, metrics = jax.jit(train.train_steps, static_argnames=("batch_size", "num_steps"))(
+    permutation = epoch_permutation(state.rng, 0, 6000)
+    state, metrics = jax.jit(train_steps, static_argnames=("batch_size", "num_steps"))(
         state, dataset, permutation, batch_size=60, num_steps=100
     )
     assert np.asarray(metrics["loss"]).shape == (100,) and np.isfinite(metrics["loss"]).all()
@@ -153,16 +157,16 @@ def test_a_few_steps_lower_the_loss(variant: str, factor: float) -> None:
 def test_fused_steps_are_train_step_on_consecutive_slices_of_the_permutation() -> None:
     dataset = synthetic_dataset(300)
     state, _ = initial_state("bn")
-    permutation = train.epoch_permutation(state.rng, 0, 300)
-    fused, _ = jax.jit(train.train_steps, static_argnames=("batch_size", "num_steps"))(
+    permutation = epoch_permutation(state.rng, 0, 300)
+    fused, _ = jax.jit(train_steps, static_argnames=("batch_size", "num_steps"))(
         state, dataset, permutation, batch_size=60, num_steps=3
     )
     manual = state
     for i in range(3):
         indices = permutation[i * 60 : (i + 1) * 60]
         images, labels = dataset.take(indices)
-        batch = {"image": train.preprocess(images), "label": labels}
-        manual, _ = jax.jit(train.train_step)(manual, batch)
+        batch = {"image": preprocess(images), "label": labels}
+        manual, _ = jax.jit(train_step)(manual, batch)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), fused.params, manual.params)
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), fused.batch_stats, manual.batch_stats
@@ -172,8 +176,8 @@ def test_fused_steps_are_train_step_on_consecutive_slices_of_the_permutation() -
 def test_splitting_a_dispatch_changes_nothing() -> None:
     dataset = synthetic_dataset(600)
     state, _ = initial_state("bn")
-    permutation = train.epoch_permutation(state.rng, 0, 600)
-    run = jax.jit(train.train_steps, static_argnames=("batch_size", "num_steps"))
+    permutation = epoch_permutation(state.rng, 0, 600)
+    run = jax.jit(train_steps, static_argnames=("batch_size", "num_steps"))
     once, _ = run(state, dataset, permutation, batch_size=60, num_steps=6)
     twice, _ = run(state, dataset, permutation, batch_size=60, num_steps=3)
     twice, _ = run(twice, dataset, permutation, batch_size=60, num_steps=3)
@@ -186,20 +190,23 @@ def test_splitting_a_dispatch_changes_nothing() -> None:
 def test_evaluation_does_not_depend_on_the_batch_composition() -> None:
     dataset = synthetic_dataset(1200)
     state, model = initial_state("bn")
-    permutation = train.epoch_permutation(state.rng, 0, 1200)
-    state, _ = train.train_steps(state, dataset, permutation, batch_size=60, num_steps=10)
-    batches = train.preprocess(dataset.take(permutation[:600])[0]).reshape(10, 60, 28, 28)
-    batch_stats = train.population_batch_stats(model, state, batches)
+    permutation = epoch_permutation(state.rng, 0, 1200)
+    state, _ = train_steps(state, dataset, permutation, batch_size=60, num_steps=10)
+    batches = preprocess(dataset.take(permutation[:600])[0]).reshape(10, 60, 28, 28)
+    batch_stats = population_batch_stats(model, state, batches)
     assert jax.tree.structure(batch_stats) == jax.tree.structure(state.batch_stats)
 
     images, labels = synthetic_dataset(200, seed=1).take(jnp.arange(200))
-    images = train.preprocess(images)
-    evaluate = jax.jit(train.evaluate, static_argnames="plot_layer")
-    whole = evaluate(state, batch_stats, images, labels, plot_layer="DenseBN_2")["preactivation"]
+    images = preprocess(images)
+    collect = Figure1Percentiles("DenseBN_2", 0).collect
+    preactivations = jax.jit(
+        lambda images, labels: eval_step(state, batch_stats, {"image": images, "label": labels}, collect)[1]
+    )
+    whole = preactivations(images, labels)["preactivation"]
     shuffled_order = np.random.default_rng(0).permutation(200)
-    shuffled = evaluate(state, batch_stats, images[shuffled_order], labels[shuffled_order], plot_layer="DenseBN_2")
-    alone = evaluate(state, batch_stats, images[:1], labels[:1], plot_layer="DenseBN_2")["preactivation"]
-    np.testing.assert_allclose(shuffled["preactivation"], whole[shuffled_order], rtol=1e-5, atol=1e-5)
+    shuffled = preactivations(images[shuffled_order], labels[shuffled_order])["preactivation"]
+    alone = preactivations(images[:1], labels[:1])["preactivation"]
+    np.testing.assert_allclose(shuffled, whole[shuffled_order], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(alone, whole[:1], rtol=1e-5, atol=1e-5)
     # In training mode the first example's output would depend on the other 199.
     logits_train, _ = model.apply(
@@ -211,12 +218,15 @@ def test_evaluation_does_not_depend_on_the_batch_composition() -> None:
     assert not np.allclose(logits_train[:2], logits_alone_batch, atol=1e-3)
 
 
-def test_unit_percentiles_match_numpy() -> None:
-    values = np.random.default_rng(0).normal(size=(1001, 7)).astype(np.float32)
-    result = train.unit_percentiles(values, unit=3)
-    expected = np.percentile(values.astype(np.float64), [15, 50, 85], axis=0)
-    np.testing.assert_allclose([result["p15"], result["p50"], result["p85"]], expected[:, 3], rtol=1e-12)
-    np.testing.assert_allclose(result["p50_units"], expected[1], rtol=1e-12)
+def test_unit_percentiles_of_a_known_distribution() -> None:
+    """Fig. 1(b, c)'s percentiles of the plotted unit: of 0..100 (in any order) the kth percentile is k."""
+    rng = np.random.default_rng(0)
+    values = np.stack([rng.permutation(101) * scale for scale in (1.0, 2.0, -1.0)], axis=1).astype(np.float32)
+    result = unit_percentiles(values, unit=1)
+    assert (result["p15"], result["p50"], result["p85"]) == (30.0, 100.0, 170.0)
+    assert result["p50_units"] == [50.0, 100.0, -50.0]
+    with pytest.raises(ValueError, match=r"config\.plot_unit = 3: the plotted layer has 3 units"):
+        unit_percentiles(values, unit=3)
 
 
 # --- The loop, in this process -----------------------------------------------------------------------------
@@ -225,8 +235,8 @@ def test_unit_percentiles_match_numpy() -> None:
 def test_train_and_evaluate_writes_metrics_and_resumes(small_fake_mnist: Path, tmp_path: Path) -> None:
     config = small_config(data_dir=str(small_fake_mnist))
     workdir = tmp_path / "run"
-    state = train.train_and_evaluate(config, workdir)
-    records = [json.loads(line) for line in (workdir / train.METRICS_FILE).read_text().splitlines()]
+    state = train_and_evaluate(config, workdir)
+    records = [json.loads(line) for line in (workdir / METRICS_FILE).read_text().splitlines()]
     assert [r["step"] for r in records] == [20, 40, 60]
     for key in ("test_accuracy", "train_loss", "test_loss", "p15", "p50", "p85"):
         assert all(isinstance(r[key], float) for r in records), key
@@ -236,37 +246,69 @@ def test_train_and_evaluate_writes_metrics_and_resumes(small_fake_mnist: Path, t
     assert int(state.step) == 60 and int(state.epoch) == 2 and int(state.batch_index) == 20  # 20 steps per epoch
 
     config.num_steps = 80  # extending a finished run resumes it
-    longer = train.train_and_evaluate(config, workdir)
+    longer = train_and_evaluate(config, workdir)
     assert int(longer.step) == 80
-    assert [json.loads(line)["step"] for line in (workdir / train.METRICS_FILE).read_text().splitlines()] == [
+    assert [json.loads(line)["step"] for line in (workdir / METRICS_FILE).read_text().splitlines()] == [
         20, 40, 60, 80,
     ]  # fmt: skip
 
     config.learning_rate *= 2
     with pytest.raises(ValueError, match=r"config\.learning_rate: .* holds a run with learning_rate="):
-        train.train_and_evaluate(config, workdir)
+        train_and_evaluate(config, workdir)
+
+
+def test_a_run_made_before_model_bn_resumes(small_fake_mnist: Path, tmp_path: Path) -> None:
+    """A run directory of the version before `config.model.bn` (flat `model.bn_*` keys, eps implicit) resumes
+    under today's config to the parameters of an uninterrupted run; a key no version knows stops it."""
+    config = small_config(data_dir=str(small_fake_mnist))
+    whole = train_and_evaluate(config, tmp_path / "whole")
+    half = config.copy_and_resolve_references()
+    half.num_steps = 40
+    train_and_evaluate(half, tmp_path / "old")
+    saved = json.loads((tmp_path / "old" / CONFIG_FILE).read_text())
+    bn = saved["model"].pop("bn")  # as configs/mnist_mlp.py wrote it then: five bn_* keys, the rest implicit
+    saved["model"].update({f"bn_{k}": bn[k] for k in ("momentum", "backward", "renorm", "noise_shift", "noise_scale")})
+    (tmp_path / "old" / CONFIG_FILE).write_text(json.dumps(saved))
+    resumed = train_and_evaluate(config, tmp_path / "old")
+    jax.tree.map(np.testing.assert_array_equal, resumed.params, whole.params)
+    assert "bn_momentum" not in (tmp_path / "old" / CONFIG_FILE).read_text()  # rewritten in today's layout
+
+    saved["model"]["bn_tracking"] = True
+    (tmp_path / "old" / CONFIG_FILE).write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match=r"config\.model\.bn_tracking: .* keys this version of bnrepro does not know"):
+        train_and_evaluate(config, tmp_path / "old")
 
 
 def test_moving_average_statistics_option(small_fake_mnist: Path, tmp_path: Path) -> None:
+    """`eval_statistics="moving_average"` evaluates with BN's moving averages, not Algorithm 2's population."""
     config = small_config(data_dir=str(small_fake_mnist), eval_statistics="moving_average", num_steps=20)
-    train.train_and_evaluate(config, tmp_path / "run")
-    record = json.loads((tmp_path / "run" / train.METRICS_FILE).read_text())
-    assert 0.0 <= record["test_accuracy"] <= 1.0
+    state = train_and_evaluate(config, tmp_path / "run")
+    record = json.loads((tmp_path / "run" / METRICS_FILE).read_text())
+    splits = bnrepro.data.load_dataset("mnist", data_dir=small_fake_mnist)
+    images, labels = preprocess(jnp.asarray(splits.test.images)), jnp.asarray(splits.test.labels)
+    moving = evaluate(state, state.batch_stats, images, labels)
+    train_images = preprocess(jnp.asarray(splits.train.images[:300])).reshape(5, 60, 28, 28)
+    population = evaluate(
+        state, population_batch_stats(create_model(config.model), state, train_images), images, labels
+    )
+    assert record["test_loss"] == pytest.approx(moving["loss"], rel=1e-5)
+    assert record["test_accuracy"] == pytest.approx(moving["accuracy"])
+    assert abs(population["loss"] - moving["loss"]) > 1e-3  # 20 steps: the averages are far from the population
 
 
 def test_eval_examples_evaluates_the_first_test_examples(small_fake_mnist: Path, tmp_path: Path) -> None:
     config = small_config(
         data_dir=str(small_fake_mnist), eval_statistics="moving_average", num_steps=20, eval_examples=100
     )
-    state = train.train_and_evaluate(config, tmp_path / "run")
-    record = json.loads((tmp_path / "run" / train.METRICS_FILE).read_text())
+    state = train_and_evaluate(config, tmp_path / "run")
+    record = json.loads((tmp_path / "run" / METRICS_FILE).read_text())
     test = bnrepro.data.load_dataset("mnist", data_dir=small_fake_mnist).test
-    images, labels = train.preprocess(jnp.asarray(test.images)), jnp.asarray(test.labels)
-    first = train.evaluate(state, state.batch_stats, images[:100], labels[:100], plot_layer="")
-    whole = train.evaluate(state, state.batch_stats, images, labels, plot_layer="")
-    assert record["test_loss"] == pytest.approx(float(first["loss"]), rel=1e-5)
-    assert record["test_accuracy"] == pytest.approx(float(first["accuracy"]))
-    assert record["test_loss"] != pytest.approx(float(whole["loss"]), rel=1e-5)
+    images, labels = preprocess(jnp.asarray(test.images)), jnp.asarray(test.labels)
+    first = evaluate(state, state.batch_stats, images[:100], labels[:100])
+    whole = evaluate(state, state.batch_stats, images, labels)
+    assert record["test_loss"] == pytest.approx(first["loss"], rel=1e-5)
+    assert record["test_accuracy"] == pytest.approx(first["accuracy"])
+    assert record["test_loss"] != pytest.approx(whole["loss"], rel=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -284,25 +326,25 @@ def test_config_errors_found_with_the_data_stop_before_training(
 ) -> None:
     config = small_config(data_dir=str(small_fake_mnist), **override)
     with pytest.raises(ValueError, match=message):
-        train.train_and_evaluate(config, tmp_path / "run")
+        train_and_evaluate(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
 def test_nan_loss_stops_with_diverged_at_step(small_fake_mnist: Path, tmp_path: Path, monkeypatch) -> None:
-    real_train_step = train.train_step
+    real_train_step = train_step
 
     def train_step_with_nan_from_step_26(state, batch):
         state, metrics = real_train_step(state, batch)
         return state, {**metrics, "loss": jnp.where(state.step >= 26, jnp.nan, metrics["loss"])}
 
-    monkeypatch.setattr(train, "train_step", train_step_with_nan_from_step_26)
+    monkeypatch.setattr(steps, "train_step", train_step_with_nan_from_step_26)
     config = small_config(data_dir=str(small_fake_mnist), checkpoint_every=10, eval_every=10, steps_per_dispatch=10)
     workdir = tmp_path / "run"
-    with pytest.raises(train.DivergedError, match=r"^diverged at step 26: the training loss is nan"):
-        train.train_and_evaluate(config, workdir)
-    assert (workdir / train.DIVERGED_FILE).read_text().startswith("diverged at step 26")
-    assert ocp.CheckpointManager((workdir / train.CHECKPOINT_DIR).absolute()).latest_step() == 20
-    assert [json.loads(line)["step"] for line in (workdir / train.METRICS_FILE).read_text().splitlines()] == [10, 20]
+    with pytest.raises(DivergedError, match=r"^diverged at step 26: the training loss is nan"):
+        train_and_evaluate(config, workdir)
+    assert (workdir / DIVERGED_FILE).read_text().startswith("diverged at step 26")
+    assert ocp.CheckpointManager((workdir / CHECKPOINT_DIR).absolute()).latest_step() == 20
+    assert [json.loads(line)["step"] for line in (workdir / METRICS_FILE).read_text().splitlines()] == [10, 20]
 
 
 # --- The CLI -----------------------------------------------------------------------------------------------
@@ -335,7 +377,7 @@ def cli(workdir: Path, data_dir: Path) -> list[str]:
 
 
 def final_params(workdir: Path) -> dict:
-    manager = ocp.CheckpointManager((workdir / train.CHECKPOINT_DIR).absolute())
+    manager = ocp.CheckpointManager((workdir / CHECKPOINT_DIR).absolute())
     return manager.restore(manager.latest_step())["params"]
 
 
@@ -349,10 +391,10 @@ def uninterrupted_run(full_size_fake_mnist: Path, tmp_path_factory, cli_env: dic
 
 
 def test_cli_writes_metrics_checkpoints_and_tensorboard_events(uninterrupted_run: Path) -> None:
-    records = [json.loads(line) for line in (uninterrupted_run / train.METRICS_FILE).read_text().splitlines()]
+    records = [json.loads(line) for line in (uninterrupted_run / METRICS_FILE).read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(500, 4001, 500))
     assert records[-1]["test_accuracy"] > 0.9  # the fake data is learnable
-    assert ocp.CheckpointManager((uninterrupted_run / train.CHECKPOINT_DIR).absolute()).latest_step() == 4000
+    assert ocp.CheckpointManager((uninterrupted_run / CHECKPOINT_DIR).absolute()).latest_step() == 4000
     events = event_accumulator.EventAccumulator(str(uninterrupted_run))
     events.Reload()
     for tag in ("test_accuracy", "train_loss", "p15", "p50", "p85"):
@@ -366,7 +408,7 @@ def test_cli_resumes_after_sigkill_with_identical_parameters(
     uninterrupted_run: Path, full_size_fake_mnist: Path, tmp_path: Path, cli_env: dict[str, str]
 ) -> None:
     workdir = tmp_path / "run"
-    checkpoints = workdir / train.CHECKPOINT_DIR
+    checkpoints = workdir / CHECKPOINT_DIR
     process = subprocess.Popen(
         cli(workdir, full_size_fake_mnist), cwd=REPO, env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -396,7 +438,7 @@ def test_cli_resumes_after_sigkill_with_identical_parameters(
     jax.tree.map(np.testing.assert_array_equal, final_params(workdir), final_params(uninterrupted_run))
 
     def evaluations(run: Path) -> list[dict]:
-        records = [json.loads(line) for line in (run / train.METRICS_FILE).read_text().splitlines()]
+        records = [json.loads(line) for line in (run / METRICS_FILE).read_text().splitlines()]
         return [{k: v for k, v in r.items() if k != "steps_per_second"} for r in records]
 
     assert evaluations(workdir) == evaluations(uninterrupted_run)
@@ -409,110 +451,30 @@ def test_cli_resumes_after_sigkill_with_identical_parameters(
     assert scalars(workdir) == scalars(uninterrupted_run)
 
 
-# --- Models trained as a group (vmapped) -------------------------------------------------------------------
-
-
-GROUP = ({"seed": 0, "learning_rate": 0.1}, {"seed": 1, "learning_rate": 0.1}, {"seed": 0, "learning_rate": 0.5})
-
-
-def _records(workdir: Path) -> list[dict]:
-    return [json.loads(line) for line in (workdir / train.METRICS_FILE).read_text().splitlines()]
-
-
-def test_a_group_trains_each_model_as_it_would_alone(small_fake_mnist: Path, tmp_path: Path) -> None:
-    configs = [small_config(data_dir=str(small_fake_mnist), **point) for point in GROUP]
-    workdirs = [tmp_path / f"group_{i}" for i in range(len(GROUP))]
-    together = train.train_group(configs, workdirs)
-    for i, config in enumerate(configs):
-        alone = train.train_and_evaluate(config, tmp_path / f"alone_{i}")
-        for tree_alone, tree_together in (
-            (alone.params, together[i].params),
-            (alone.batch_stats, together[i].batch_stats),
-        ):
-            jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), tree_alone, tree_together)
-        for a, b in zip(_records(tmp_path / f"alone_{i}"), _records(workdirs[i]), strict=True):
-            assert a["step"] == b["step"]
-            assert a["test_accuracy"] == pytest.approx(b["test_accuracy"], abs=1 / 300 + 1e-9)  # one example
-            assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
-            assert a["p50"] == pytest.approx(b["p50"], rel=1e-3, abs=1e-4)
-    # The models differ: seeds give other initial weights and data orders, rates other trajectories.
-    kernels = [np.asarray(s.params["DenseBN_0"]["Dense_0"]["kernel"]) for s in together]
-    assert not np.allclose(kernels[0], kernels[1]) and not np.allclose(kernels[0], kernels[2])
-    assert ocp.CheckpointManager((workdirs[1] / train.CHECKPOINT_DIR).absolute()).latest_step() == 60
-
-
-def test_a_diverging_model_stops_alone(small_fake_mnist: Path, tmp_path: Path) -> None:
-    points = [{"learning_rate": 0.1}, {"learning_rate": 1e5}]
-    configs = [
-        small_config("baseline", data_dir=str(small_fake_mnist), **p, model={"activation": "relu"}) for p in points
-    ]
-    results = train.train_group(configs, [tmp_path / "fine", tmp_path / "diverged"])
-    assert isinstance(results[1], train.DivergedError) and (tmp_path / "diverged" / train.DIVERGED_FILE).exists()
-    assert not (tmp_path / "diverged" / train.METRICS_FILE).exists()  # diverged before its first evaluation
-    assert isinstance(results[0], train.TrainState) and int(results[0].step) == 60
-    assert [r["step"] for r in _records(tmp_path / "fine")] == [20, 40, 60]
-
-
-def test_a_resumed_group_equals_an_uninterrupted_one(small_fake_mnist: Path, tmp_path: Path) -> None:
-    configs = [small_config(data_dir=str(small_fake_mnist), **point) for point in GROUP[:2]]
-    whole = train.train_group(configs, [tmp_path / "whole_0", tmp_path / "whole_1"])
-    halves = [c.copy_and_resolve_references() for c in configs]
-    for config in halves:
-        config.num_steps = 40
-    train.train_group(halves, [tmp_path / "split_0", tmp_path / "split_1"])
-    resumed = train.train_group(configs, [tmp_path / "split_0", tmp_path / "split_1"])
-    for a, b in zip(whole, resumed, strict=True):
-        jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
-    train.train_and_evaluate(halves[0], tmp_path / "forty")
-    with pytest.raises(ValueError, match=r"checkpoints are at different steps \[40, 60\]"):
-        train.train_group(configs, [tmp_path / "forty", tmp_path / "whole_1"])
-
-
-@pytest.mark.parametrize(
-    ("change", "message"),
-    [
-        ({"batch_size": 30}, r"config\.batch_size: models trained as a group may differ only in \['seed', "),
-        ({"model": {"activation": "relu"}}, r"config\.model\.activation: models trained as a group"),
-        ({"learning_rate": 0.2, "lr_decay_rate": 0.5}, r"config\.lr_decay_rate: models trained as a group"),
-    ],
-)
-def test_configs_that_cannot_share_a_program_are_refused(tmp_path: Path, change: dict, message: str) -> None:
-    first = small_config()
-    second = small_config()
-    second.update(change)
-    with pytest.raises(ValueError, match=message):
-        train.train_group([first, second], [tmp_path / "a", tmp_path / "b"])
-
-
-def test_a_decaying_learning_rate_must_be_shared(tmp_path: Path) -> None:
-    first, second = small_config(lr_decay_rate=0.5, lr_decay_steps=10), small_config(lr_decay_rate=0.5)
-    second.update(learning_rate=0.2, lr_decay_steps=10)
-    with pytest.raises(ValueError, match=r"config\.learning_rate: a group with a learning-rate decay must share"):
-        train.check_group([first, second])
-
-
-@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
-def test_a_group_split_across_devices_trains_as_on_one(
-    small_fake_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_reproduce_figure1_trains_both_nets_and_fails_loudly(
+    full_size_fake_mnist: Path, tmp_path: Path, cli_env: dict[str, str]
 ) -> None:
-    points = [{"seed": seed, "learning_rate": lr} for seed in (0, 1, 2, 3) for lr in (0.1, 0.5)]
-    shardings, train_chunk = [], train.OnDeviceInput.train
+    """The README's main command, shortened: both runs train (each pinned to a core), then the figure; a run that
+    fails is reported with its log's end, nothing is plotted and the script exits non-zero."""
+    flags = ["--config.num_steps=400", "--config.eval_every=200", "--config.checkpoint_every=200",
+             "--config.steps_per_dispatch=200", f"--config.data_dir={full_size_fake_mnist}"]  # fmt: skip
+    env = {**cli_env, "RUNS_DIR": str(tmp_path / "runs")}
+    done = subprocess.run(
+        ["bash", "scripts/reproduce_figure1.sh", *flags], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (tmp_path / "runs" / "figure1.png").stat().st_size > 10_000 and "Figure 1 reproduced" in done.stdout
+    for variant in ("baseline", "bn"):
+        assert [r["step"] for r in map(json.loads, (tmp_path / "runs" / f"mnist_{variant}" / METRICS_FILE).open())] == [
+            200, 400,
+        ]  # fmt: skip
 
-    def recording_shardings(self, state, max_steps):  # of the stacked kernels, before and after each program
-        chunk = train_chunk(self, state, max_steps)
-        shardings.extend(s.params["DenseBN_0"]["Dense_0"]["kernel"].sharding for s in (state, chunk.state))
-        return chunk
-
-    monkeypatch.setattr(train.OnDeviceInput, "train", recording_shardings)
-    results = {}
-    for devices in (1, 8):
-        configs = [small_config(data_dir=str(small_fake_mnist), num_devices=devices, **p) for p in points]
-        results[devices] = train.train_group(configs, [tmp_path / f"{devices}_{i}" for i in range(len(points))])
-    # The 8-device run kept the 8 models' stacked states split across the devices, one model each.
-    split = [sh for sh in shardings if sh.num_devices == 8]
-    assert len(split) == len(shardings) // 2 and all(sh.spec == jax.sharding.PartitionSpec("models") for sh in split)
-    for one, eight in zip(results[1], results[8], strict=True):
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), one.params, eight.params)
-    with pytest.raises(ValueError, match=r"a group of 3 models: does not split evenly across 8 devices"):
-        configs = [small_config(data_dir=str(small_fake_mnist), num_devices=8, seed=s) for s in range(3)]
-        train.train_group(configs, [tmp_path / f"odd_{i}" for i in range(3)])
+    env["RUNS_DIR"] = str(tmp_path / "failing")
+    failed = subprocess.run(
+        ["bash", "scripts/reproduce_figure1.sh", *flags, "--config.learning_rte=0.1"], cwd=REPO, env=env,
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert failed.returncode == 1
+    assert "The baseline run failed" in failed.stdout and "unknown config key 'learning_rte'" in failed.stdout
+    assert not (tmp_path / "failing" / "figure1.png").exists() and "Figure 1 reproduced" not in failed.stdout

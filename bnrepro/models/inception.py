@@ -22,7 +22,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bnrepro import batchnorm
 from bnrepro.layers import BatchNorm, ConvBN, activation_fn
 
 # The collection `BNInception` sows each stage's output into (keys: `STAGES`), when the caller
@@ -244,9 +243,9 @@ class BNInception(nn.Module):
       small_input: for 28x28 or 32x32 images: the stem's 7x7 conv has stride 1 and its first max pool
         is dropped, so the net downsamples 8x instead of 32x (32x32 -> 32, 16 at module 3, 8 after 3c,
         4 after 4e; 28x28 -> 28, 14, 7, 4). Other input sizes work unchanged (SAME padding, global pool).
-      bn_momentum, bn_eps, bn_axis_name, bn_virtual_batch_size, bn_backward: the settings of every BN
-        layer (`bnrepro.layers.BatchNorm`). The paper gives none; TF-slim's Inception uses decay
-        0.9997 and eps 0.001.
+      norm: the BN layer of every convolution, `bnrepro.layers.BatchNorm` with its options bound
+        (`bnrepro.models.create_model` binds `config.model.bn`). The paper gives none of them; TF-slim's
+        Inception uses decay 0.9997 and eps 0.001.
       kernel_init: initializer of every weight: by default He's fan-in truncated normal, TF-slim's
         `variance_scaling_initializer()` for Inception (the paper does not say).
     """
@@ -263,11 +262,7 @@ class BNInception(nn.Module):
     min_depth: int = 1
     num_modules: int | None = None
     small_input: bool = False
-    bn_momentum: float = 0.99
-    bn_eps: float = batchnorm.DEFAULT_EPS
-    bn_axis_name: str | None = None
-    bn_virtual_batch_size: int | None = None
-    bn_backward: batchnorm.Backward = "paper"
+    norm: Callable[..., nn.Module] = BatchNorm
     kernel_init: Callable[..., Any] = nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
 
     def width(self, channels: int) -> int:
@@ -285,16 +280,12 @@ class BNInception(nn.Module):
         x = images.astype(jnp.float32)
         if x.ndim == 3:  # grayscale (N, H, W), as the trainer serves MNIST/Fashion-MNIST: one channel
             x = x[..., None]
-        norm = functools.partial(
-            BatchNorm,
-            momentum=self.bn_momentum,
-            eps=self.bn_eps,
-            axis_name=self.bn_axis_name,
-            virtual_batch_size=self.bn_virtual_batch_size,
-            backward=self.bn_backward,
-        )
         conv = functools.partial(
-            ConvBN, activation=self.activation, batch_norm=self.batch_norm, norm=norm, kernel_init=self.kernel_init
+            ConvBN,
+            activation=self.activation,
+            batch_norm=self.batch_norm,
+            norm=self.norm,
+            kernel_init=self.kernel_init,
         )
         stem_strides = (1, 1) if self.small_input else (2, 2)
 
@@ -307,7 +298,7 @@ class BNInception(nn.Module):
                 depth_multiplier=multiplier,
                 activation=self.activation,
                 batch_norm=self.batch_norm,
-                norm=norm,
+                norm=self.norm,
                 kernel_init=self.kernel_init,
                 name="conv1_7x7",
             )(x, train=train)

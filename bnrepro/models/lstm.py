@@ -149,8 +149,9 @@ class LSTMClassifier(nn.Module):
       batch_norm: the BN-LSTM; False the LSTM with its biases.
       sequence: "pixels" (784 steps of one pixel, the paper's task) or "rows" (28 steps of a row).
       permuted: the pixels in the fixed order `pixel_permutation` (pMNIST).
-      bn_gamma_init: the initial gamma of every BN layer (0.1 in the paper).
-      bn_momentum, bn_eps: the BN layers' moving-average momentum (Flax convention) and eps.
+      norm: the BN layer of the BN-LSTM, `layers.BatchNorm` with its options bound (`bnrepro.models.create_model`
+        binds `config.model.bn`).
+      gamma_init: the initial gamma of every BN layer (0.1, Cooijmans et al. Sec. 4).
       forget_bias: the forget gate's initial bias (1, as the authors' code).
       h0_noise: in training, h_0 ~ N(0, h0_noise^2) instead of 0, drawn from the "dropout" stream: the authors'
         work-around (their Sec. 5.1, 0.1 in their in-order BN-LSTM run) for the zero variance of the first
@@ -164,9 +165,8 @@ class LSTMClassifier(nn.Module):
     batch_norm: bool = True
     sequence: str = "pixels"
     permuted: bool = False
-    bn_gamma_init: float = 0.1
-    bn_momentum: float = 0.99
-    bn_eps: float = 1e-5
+    norm: Callable[..., nn.Module] = BatchNorm
+    gamma_init: float = 0.1
     forget_bias: float = 1.0
     h0_noise: float = 0.0
 
@@ -190,8 +190,8 @@ class LSTMClassifier(nn.Module):
             hidden_size=self.hidden_size,
             batch_norm=self.batch_norm,
             train=train,
-            norm=functools.partial(BatchNorm, momentum=self.bn_momentum, eps=self.bn_eps),
-            gamma_init=self.bn_gamma_init,
+            norm=self.norm,
+            gamma_init=self.gamma_init,
             forget_bias=self.forget_bias,
             name="lstm",
         )

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -24,11 +23,8 @@ class MLP(nn.Module):
       activation: the hidden nonlinearity g (`sigmoid` in the paper).
       batch_norm: BN before every hidden nonlinearity.
       init_std: standard deviation of every weight's Gaussian initialization.
-      bn_momentum, bn_eps: the BN layers' moving-average momentum (Flax convention) and eps.
-      bn_virtual_batch_size: normalize groups of this many examples separately (ghost / per-device batches).
-      bn_backward: BN's backward pass, "paper" (Sec. 3's formulas) or "autodiff" (`batchnorm.batch_norm`).
-      bn_renorm: Batch Renormalization (Ioffe 2017) instead of BN in training (`layers.BatchNorm.renorm`).
-      bn_noise_shift, bn_noise_scale: "noisy BN" (Santurkar et al. 2018), see `layers.BatchNorm`.
+      norm: the BN layer of every hidden layer, `layers.BatchNorm` with its options bound
+        (`bnrepro.models.create_model` binds `config.model.bn`).
     """
 
     hidden: Sequence[int] = (100, 100, 100)
@@ -36,30 +32,14 @@ class MLP(nn.Module):
     activation: str = "sigmoid"
     batch_norm: bool = True
     init_std: float = 0.1
-    bn_momentum: float = 0.99
-    bn_eps: float = 1e-5
-    bn_virtual_batch_size: int | None = None
-    bn_backward: str = "paper"
-    bn_renorm: bool = False
-    bn_noise_shift: float = 0.0
-    bn_noise_scale: float = 1.0
+    norm: Callable[..., nn.Module] = BatchNorm
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool) -> jax.Array:
         u = images.reshape((images.shape[0], -1)).astype(jnp.float32)
         kernel_init = nn.initializers.normal(self.init_std)
-        norm = functools.partial(
-            BatchNorm,
-            momentum=self.bn_momentum,
-            eps=self.bn_eps,
-            virtual_batch_size=self.bn_virtual_batch_size,
-            backward=self.bn_backward,
-            renorm=self.bn_renorm,
-            noise_shift=self.bn_noise_shift,
-            noise_scale=self.bn_noise_scale,
-        )
         for width in self.hidden:
             u = DenseBN(
-                width, activation=self.activation, batch_norm=self.batch_norm, norm=norm, kernel_init=kernel_init
+                width, activation=self.activation, batch_norm=self.batch_norm, norm=self.norm, kernel_init=kernel_init
             )(u, train=train)
         return nn.Dense(self.num_classes, kernel_init=kernel_init)(u)

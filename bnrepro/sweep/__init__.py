@@ -3,7 +3,7 @@
     python -m bnrepro.sweep --sweep=configs/sweeps/mnist_activation_bn.py[:quick] --workdir=runs/sweep1
 
 A sweep file's `get_sweep(arg)` returns a `Sweep`: a base config and a list of override dicts (`product` of
-axes, plus any hand-listed points). Each point trains with `train.train_and_evaluate` in its own run
+axes, plus any hand-listed points). Each point trains with `bnrepro.training.loop` in its own run
 directory `WORKDIR/<key=value,...>` (the same `metrics.jsonl`, checkpoints and TensorBoard files as a single
 run) and leaves `sweep_status.json` there when it ends: finished, diverged (NaN loss) or failed (an exception,
 recorded with its traceback). Re-running the command skips finished and diverged points and resumes the rest
@@ -11,7 +11,7 @@ from their last checkpoint, so Ctrl-C or SIGKILL loses at most the work since a 
 workers die with the sweep process, `die_with_parent`).
 
 Points that differ only in seed and learning rate train together, up to `--group_size` of them in one vmapped
-program (`train.train_group`), each still writing its own run directory as if it had trained alone. Groups
+program (`group.train_group`), each still writing its own run directory as if it had trained alone. Groups
 train in worker processes, `--jobs` at a time (default: one per CPU core), each pinned to its own core: on a
 CPU host a small net trains fastest on one core, and independent processes on separate cores scale.
 At the end `WORKDIR/summary.csv` and `WORKDIR/summary.md` hold one row per point (`summarize`).
@@ -25,9 +25,7 @@ import importlib.util
 import itertools
 import json
 import os
-import shutil
 import signal
-import subprocess
 import sys
 import time
 import traceback
@@ -38,7 +36,10 @@ from typing import Any, NamedTuple
 import ml_collections
 from absl import logging
 
-from bnrepro import config_schema, figures, train
+from bnrepro import config_schema, cpu, figures
+from bnrepro.sweep.group import compatible, train_group
+from bnrepro.training import loop
+from bnrepro.training.run_dir import CHECKPOINT_DIR
 
 STATUS_FILE = "sweep_status.json"
 SUMMARY_CSV, SUMMARY_MD = "summary.csv", "summary.md"
@@ -71,9 +72,11 @@ def point_name(overrides: Mapping[str, Any]) -> str:
 
 
 def point_config(base: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
-    """`base` with `overrides` applied; a key the base lacks is a ValueError naming it."""
+    """`base` with `overrides` applied; a key the base lacks is a ValueError naming it (and its new name, if it
+    was renamed)."""
     config = base.copy_and_resolve_references()
     for key, value in overrides.items():
+        config_schema.check_not_renamed(key)
         *sections, name = key.split(".")
         node = config
         for section in sections:
@@ -89,12 +92,11 @@ def point_config(base: ml_collections.ConfigDict, overrides: Mapping[str, Any]) 
 
 
 def load_sweep(spec: str) -> Sweep:
-    """The `Sweep` of `PATH.py[:ARG]`: the file's `get_sweep(ARG)`. A sweep file inside a `configs/` folder may
-    import `configs.NAME` (the folder's parent goes on `sys.path`), whatever the working directory."""
+    """The `Sweep` of `PATH.py[:ARG]`: the file's `get_sweep(ARG)`. Sweep files import their base configs from
+    the installed `configs` package, whatever the working directory."""
     path, _, arg = spec.partition(":")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--sweep={spec}: no file {path}.")
-    config_schema.make_configs_importable(path)
     module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
@@ -134,7 +136,7 @@ def die_with_parent() -> None:
 
 
 def run_points(sweep: Sweep, indices: Sequence[int], workdir: Path) -> None:
-    """Trains the points `indices` to the end as one `train.train_group` (one vmapped program; resuming
+    """Trains the points `indices` to the end as one `group.train_group` (one vmapped program; resuming
     where they can) and records how each ended in its `sweep_status.json`: finished, diverged, or failed. A
     point whose config is invalid fails alone; an exception while training fails the whole group."""
     start = time.perf_counter()
@@ -152,12 +154,12 @@ def run_points(sweep: Sweep, indices: Sequence[int], workdir: Path) -> None:
     if not configs:
         return
     try:
-        results = train.train_group(configs, run_dirs)
+        results = train_group(configs, run_dirs)
     except Exception as e:  # noqa: BLE001
         results = [e] * len(configs)
     wall_seconds = time.perf_counter() - start
     for config, run_dir, result in zip(configs, run_dirs, results):
-        if isinstance(result, train.DivergedError):
+        if isinstance(result, loop.DivergedError):
             status = {"status": "diverged", "error": str(result)}
         elif isinstance(result, BaseException):
             status = _failure(result)
@@ -167,12 +169,12 @@ def run_points(sweep: Sweep, indices: Sequence[int], workdir: Path) -> None:
 
 
 def _latest_checkpoint(run_dir: Path) -> int | None:
-    steps = [int(p.name) for p in (run_dir / train.CHECKPOINT_DIR).glob("*") if p.name.isdigit()]
+    steps = [int(p.name) for p in (run_dir / CHECKPOINT_DIR).glob("*") if p.name.isdigit()]
     return max(steps, default=None)
 
 
 def groups_of(sweep: Sweep, indices: Sequence[int], workdir: Path, max_size: int) -> list[list[int]]:
-    """The points `indices` in groups that can train together (`train.check_group`: they differ only in seed
+    """The points `indices` in groups that can train together (`group.check_group`: they differ only in seed
     and learning rate, and their checkpoints are at the same step), each compatible set split into
     near-equal groups of at most `max_size`."""
     classes: list[list[int]] = []
@@ -187,7 +189,7 @@ def groups_of(sweep: Sweep, indices: Sequence[int], workdir: Path, max_size: int
             continue
         progress = _latest_checkpoint(workdir / point_name(overrides))
         for members, (first, step) in zip(classes, keys):
-            if first is not None and step == progress and _compatible(first, config):
+            if first is not None and step == progress and compatible(first, config):
                 members.append(index)
                 break
         else:
@@ -200,14 +202,6 @@ def groups_of(sweep: Sweep, indices: Sequence[int], workdir: Path, max_size: int
     return groups
 
 
-def _compatible(first: ml_collections.ConfigDict, other: ml_collections.ConfigDict) -> bool:
-    try:
-        train.check_group([first, other])
-    except ValueError:
-        return False
-    return True
-
-
 def pending_points(sweep: Sweep, workdir: Path) -> list[int]:
     """The points not yet finished or diverged at their configured length."""
     pending = []
@@ -217,33 +211,6 @@ def pending_points(sweep: Sweep, workdir: Path) -> list[int]:
         if not (status and status["status"] in DONE and status["num_steps"] == length):
             pending.append(index)
     return pending
-
-
-def run_pinned(commands: Sequence[tuple[str, list[str], Path]], jobs: int = 0) -> dict[str, int]:
-    """Runs `(name, argv, log file)` commands, `jobs` at a time (0: one per allowed CPU core), each pinned to a
-    core of its own with `taskset` where it exists; returns each name's exit code."""
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [None]
-    slots = cores[: jobs or len(cores)] if jobs <= len(cores) else cores + [None] * (jobs - len(cores))
-    pending, running, codes = list(commands), {}, {}
-    taskset = shutil.which("taskset") is not None
-    while pending or running:
-        busy = [slot for slot, *_ in running.values()]
-        for slot in [s for s in range(len(slots)) if s not in busy]:
-            if not pending:
-                break
-            name, argv, log_path = pending.pop(0)
-            pin = ["taskset", "-c", str(slots[slot])] if taskset and slots[slot] is not None else []
-            log = log_path.open("w")
-            process = subprocess.Popen(pin + argv, stdout=log, stderr=subprocess.STDOUT)
-            running[process] = (slot, name, log)
-            print(f"started {name} (core {slots[slot]}): {' '.join(argv)}", flush=True)
-        for process in [p for p in running if p.poll() is not None]:
-            _, name, log = running.pop(process)
-            log.close()
-            codes[name] = process.returncode
-            print(f"{name} exited with code {process.returncode}", flush=True)
-        time.sleep(0.2)
-    return codes
 
 
 def run_sweep(spec: str, workdir: Path, jobs: int = 0, group_size: int = DEFAULT_GROUP_SIZE) -> list[dict[str, Any]]:
@@ -265,7 +232,7 @@ def run_sweep(spec: str, workdir: Path, jobs: int = 0, group_size: int = DEFAULT
         points = ",".join(map(str, group))
         argv = [sys.executable, "-m", "bnrepro.sweep", f"--sweep={spec}", f"--workdir={workdir}", f"--points={points}"]
         commands.append((" + ".join(names), argv, workdir / names[0] / "train.log"))
-    codes = run_pinned(commands, jobs)
+    codes = cpu.run_pinned(commands, jobs)
     for group, (name, *_) in zip(groups, commands):
         code = codes[name]
         for index in group:

@@ -1,0 +1,89 @@
+"""The hooks a config asks the training loop for (`from_config`): Figure 1's percentiles at every evaluation
+(`config.plot_layer`) and Santurkar et al.'s measurements every N steps (`config.diagnostics_every`).
+
+    loop.train_and_evaluate(config, workdir, hooks.from_config(config))
+
+is what `python -m bnrepro.main` and the sweeps run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from bnrepro import diagnostics
+from bnrepro.training.hooks import Hooks
+from bnrepro.training.run_dir import DIAGNOSTICS_FILE
+from bnrepro.training.state import TrainState
+
+PERCENTILES = (15, 50, 85)  # of the plotted unit's input over test examples: Fig. 1(b, c)
+
+
+def from_config(config: ml_collections.ConfigDict) -> Hooks:
+    """The hooks `config` asks for: `Figure1Percentiles` if `plot_layer` is set, `Diagnostics` if
+    `diagnostics_every` is."""
+    evaluation = [Figure1Percentiles(config.plot_layer, config.plot_unit)] if config.plot_layer else []
+    measurement = []
+    if config.diagnostics_every:
+        measurement.append(
+            Diagnostics(config.diagnostics_every, config.diagnostics_layers, config.diagnostics_step_scales)
+        )
+    return Hooks(evaluation, measurement)
+
+
+def unit_percentiles(preactivation: np.ndarray, unit: int) -> dict[str, Any]:
+    """Fig. 1(b, c): the 15th, 50th and 85th percentiles over examples (rows) of unit `unit`'s input, and the
+    median of every unit (`p50_units`); `np.percentile`'s linear interpolation."""
+    preactivation = np.asarray(preactivation, np.float64)
+    if not 0 <= unit < preactivation.shape[1]:
+        raise ValueError(f"config.plot_unit = {unit}: the plotted layer has {preactivation.shape[1]} units.")
+    quantiles = np.percentile(preactivation, PERCENTILES, axis=0)  # (percentiles, units)
+    result = {f"p{q}": float(quantiles[i, unit]) for i, q in enumerate(PERCENTILES)}
+    result["p50_units"] = quantiles[PERCENTILES.index(50)].tolist()
+    return result
+
+
+class Figure1Percentiles:
+    """Fig. 1(b, c): at every evaluation, the {15, 50, 85}th percentiles over the test examples of one unit's
+    input to its nonlinearity in layer `layer` (a module path such as "DenseBN_2", which sows its
+    `preactivation`), and every unit's median (`unit_percentiles`)."""
+
+    def __init__(self, layer: str, unit: int):
+        self.layer, self.unit = layer, unit
+
+    def collect(self, intermediates: Mapping[str, Any]) -> dict[str, jax.Array]:
+        tree = intermediates
+        for name in self.layer.split("/"):
+            if not isinstance(tree, Mapping) or name not in tree:
+                raise ValueError(f"config.plot_layer = {self.layer!r}: the model sows no preactivation at {name!r}.")
+            tree = tree[name]
+        if "preactivation" not in tree:
+            raise ValueError(f"config.plot_layer = {self.layer!r}: the model sows no preactivation there.")
+        preactivation = tree["preactivation"][0]
+        preactivation = preactivation.reshape((-1, preactivation.shape[-1]))
+        if self.unit >= preactivation.shape[-1]:
+            raise ValueError(f"config.plot_unit = {self.unit}: {self.layer} has {preactivation.shape[-1]} units.")
+        return {"preactivation": preactivation}
+
+    def summarize(self, collected: dict[str, np.ndarray]) -> dict[str, Any]:
+        return unit_percentiles(collected["preactivation"], self.unit)
+
+
+class Diagnostics:
+    """Santurkar et al. (2018)'s measurements (`diagnostics.measure`) of `layers` every `every` steps, on the
+    mini-batch of that step, into `diagnostics.jsonl`."""
+
+    filename = DIAGNOSTICS_FILE
+
+    def __init__(self, every: int, layers: Sequence[str], step_scales: Sequence[float]):
+        self.every, self.layers, self.step_scales = every, tuple(layers), tuple(step_scales)
+
+    def measure(self, state: TrainState, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        try:
+            return diagnostics.measure(state, batch, self.layers, self.step_scales)
+        except ValueError as e:
+            raise ValueError(f"config.diagnostics_layers = {self.layers!r}: {e}") from None

@@ -1,0 +1,200 @@
+"""The training loop, in the shape of Flax's ImageNet example: `train_and_evaluate(config, workdir)`.
+
+Top to bottom: the model the config names → its initial `TrainState` → the input (`inputs.create_input`), which
+compiles the steps → the latest checkpoint, if the workdir has one → the loop: train up to the next boundary
+(dispatch, evaluation, measurement, checkpoint), stop a model whose loss is NaN, evaluate the inference network
+into `metrics.jsonl` (and TensorBoard), checkpoint. A run is a function of its config: the data position and the
+RNG are part of the checkpointed state, so a run killed at any moment and resumed ends with exactly the
+parameters of an uninterrupted one.
+
+The loop trains the models a `ModelLayout` holds: one for a run (`sharding.OneModel`), several stacked on an axis
+for a sweep's group (`bnrepro.sweep.group`), each writing its own run directory. It knows nothing of what its
+hooks measure (`bnrepro.training.hooks`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+from bnrepro import config_schema, models
+from bnrepro.training import checkpoints, run_dir, steps
+from bnrepro.training.hooks import NO_HOOKS, Hooks, collect_all
+from bnrepro.training.inputs import Evaluation, create_input
+from bnrepro.training.sharding import ModelLayout, OneModel
+from bnrepro.training.state import TrainState, create_train_state
+
+
+class DivergedError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, hooks: Hooks = NO_HOOKS) -> TrainState:
+    """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final state.
+
+    Writes `metrics.jsonl` and TensorBoard events (one record per evaluation, every `eval_every` steps and at the
+    end), orbax checkpoints every `checkpoint_every` steps and at the end, and `config.json`. With several
+    processes (`jax.distributed`), every process trains and checkpoints, process 0 writes the files.
+
+    Raises:
+      ValueError: the config is invalid, or differs from the one the workdir's checkpoints were made with.
+      DivergedError: the training loss became NaN or infinite (also written to `WORKDIR/DIVERGED`).
+    """
+    config_schema.validate(config)
+    (result,) = train_models([config], [workdir], OneModel(config.num_devices, config.batch_size), hooks)
+    if isinstance(result, DivergedError):
+        raise result
+    return result
+
+
+def train_models(
+    configs: Sequence[ml_collections.ConfigDict],
+    workdirs: Sequence[str | Path],
+    layout: ModelLayout,
+    hooks: Hooks = NO_HOOKS,
+) -> list[TrainState | DivergedError]:
+    """Trains the models `layout` holds, model i under `configs[i]` in `workdirs[i]`; the configs may differ only
+    in what the layout's programs take per model (seed, learning rate): the rest comes from `configs[0]`.
+
+    Returns:
+      Each model's final state, or the `DivergedError` that stopped it (the others went on).
+    """
+    if len({Path(w).absolute() for w in workdirs}) != len(configs) or len(configs) != layout.size:
+        raise ValueError(f"{layout.size} models need as many configs and distinct workdirs, got {list(workdirs)}.")
+    config = configs[0]
+    model = models.create_model(config.model)
+    inputs = create_input(config, model, layout)
+    initial = [create_train_state(c, model, jax.random.key(c.seed), inputs.example_images()) for c in configs]
+    inputs.compile(layout.place_states(initial), collect_all(hooks.evaluation), hooks.measurement)
+
+    runs = [_Run(c, Path(w), jax.process_index() == 0, hooks) for c, w in zip(configs, workdirs)]
+    restored = [
+        checkpoints.restore_latest(run.checkpoints, s, run.config, run.workdir) for run, s in zip(runs, initial)
+    ]
+    if len({int(s.step) for s in restored}) > 1:
+        raise ValueError(f"the models' checkpoints are at different steps {sorted({int(s.step) for s in restored})}.")
+    state, step = layout.place_states(restored), int(restored[0].step)
+    inputs.start(state)
+    for run in runs:
+        run.start(step)
+
+    losses_since_eval, train_time, steps_timed = [], 0.0, 0
+    start_step, start_time = step, time.perf_counter()
+    while step < config.num_steps and not all(run.diverged for run in runs):
+        t = time.perf_counter()
+        chunk = inputs.train(state, _next_boundary(step, config, hooks) - step)
+        num_steps = chunk.losses.shape[-1]
+        train_time, steps_timed = train_time + time.perf_counter() - t - chunk.compile_seconds, steps_timed + num_steps
+        for i, run in enumerate(runs):
+            run.check_losses(step, layout.member(chunk.losses, i))
+        if all(run.diverged for run in runs):
+            break
+        state, step = chunk.state, step + num_steps
+        losses_since_eval.append(chunk.losses)
+
+        for index, hook in enumerate(hooks.measurement):
+            if step % hook.every == 0:
+                record = inputs.measure(state, index)
+                for i, run in enumerate(runs):
+                    run.write(hook.filename, {"step": step, **layout.member(record, i)})
+
+        if step % config.eval_every == 0 or step == config.num_steps:
+            t = time.perf_counter()
+            evaluation, losses = inputs.evaluate(state), np.concatenate(losses_since_eval, axis=-1)
+            records = [
+                _evaluation_record(step, layout.member(losses, i), layout.member(evaluation, i), hooks)
+                for i in range(layout.size)
+            ]
+            for run, record in zip(runs, records):
+                run.write(run_dir.METRICS_FILE, {**record, "steps_per_second": steps_timed / train_time})
+            logging.info(
+                "step %d/%d: train_loss %s, test_accuracy %s | %.1f steps/s, eval %.3f s, ETA %.0f s",
+                step, config.num_steps, " ".join(f"{r['train_loss']:.4f}" for r in records),
+                " ".join(f"{r['test_accuracy']:.4f}" for r in records), steps_timed / train_time, time.perf_counter() - t,
+                (config.num_steps - step) * (time.perf_counter() - start_time) / (step - start_step),
+            )  # fmt: skip
+            losses_since_eval, train_time, steps_timed = [], 0.0, 0
+
+        if step % config.checkpoint_every == 0 or step == config.num_steps:
+            for i, run in enumerate(runs):
+                run.save(step, layout.member(state, i))
+
+    for run in runs:
+        run.close()
+    if step > start_step:
+        logging.info("Trained steps %d to %d in %.1f s.", start_step, step, time.perf_counter() - start_time)
+    return [run.diverged or layout.member(state, i).replace(tx=s.tx) for i, (run, s) in enumerate(zip(runs, initial))]
+
+
+def _evaluation_record(step: int, losses: np.ndarray, evaluation: Evaluation, given: Hooks) -> dict[str, Any]:
+    """One model's `metrics.jsonl` record of an evaluation; the training loss is the mean since the last one."""
+    result = steps.loss_and_accuracy(evaluation.sums)
+    record = {"step": step, "train_loss": float(np.mean(losses))}
+    record.update(test_loss=result["loss"], test_accuracy=result["accuracy"])
+    for hook, collected in zip(given.evaluation, evaluation.collected or ()):
+        record.update(hook.summarize(collected))
+    return record
+
+
+def _next_boundary(step: int, config: ml_collections.ConfigDict, given: Hooks) -> int:
+    """The first step after `step` at which the loop must act: dispatch, evaluate, measure, checkpoint or stop."""
+    periods = [config.steps_per_dispatch, config.eval_every, config.checkpoint_every]
+    periods += [hook.every for hook in given.measurement]
+    return min(min((step // every + 1) * every for every in periods), config.num_steps)
+
+
+class _Run:
+    """One model's run directory: its checkpoints, its records (process 0 writes them) and how it diverged."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: Path, primary: bool, given: Hooks):
+        self.config, self.workdir, self.primary = config, workdir, primary
+        self.checkpoints = checkpoints.manager(workdir)
+        self._filenames = [run_dir.METRICS_FILE] + [hook.filename for hook in given.measurement]
+        self._writers: dict[str, run_dir.MetricsWriter] = {}
+        self.diverged: DivergedError | None = None
+
+    def start(self, step: int) -> None:
+        if self.primary:
+            run_dir.write_config(self.config, self.workdir)
+            (self.workdir / run_dir.DIVERGED_FILE).unlink(missing_ok=True)
+            self._writers = {name: run_dir.MetricsWriter(self.workdir, step, name) for name in self._filenames}
+
+    def check_losses(self, step: int, losses: np.ndarray) -> None:
+        """Records that the loss became NaN or infinite in the steps after `step`, if it did."""
+        if self.diverged or np.isfinite(losses).all():
+            return
+        bad = int(np.argmin(np.isfinite(losses)))
+        self.checkpoints.wait_until_finished()
+        message = (
+            f"diverged at step {step + bad + 1}: the training loss is {losses[bad]}. The last good checkpoint "
+            f"(step {self.checkpoints.latest_step()}) is kept in {self.workdir / run_dir.CHECKPOINT_DIR}."
+        )
+        if self.primary:
+            (self.workdir / run_dir.DIVERGED_FILE).write_text(message + "\n")
+        self.diverged = DivergedError(message)
+
+    def write(self, filename: str, record: dict[str, Any]) -> None:
+        if not self.diverged and filename in self._writers:
+            self._writers[filename].write(record)
+
+    def save(self, step: int, state: TrainState) -> None:
+        """Checkpoints `state`, after putting every record written so far on disk."""
+        if self.diverged:
+            return
+        for writer in self._writers.values():
+            writer.sync(step)
+        self.checkpoints.save(step, args=ocp.args.StandardSave(state))
+
+    def close(self) -> None:
+        self.checkpoints.wait_until_finished()
+        self.checkpoints.close()
+        for writer in self._writers.values():
+            writer.close()

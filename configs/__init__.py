@@ -1,0 +1,1 @@
+"""The experiment configs: one `get_config(arg)` per file, launched as `--config=configs/NAME.py[:ARG]`."""

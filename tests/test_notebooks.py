@@ -1,0 +1,45 @@
+"""Every notebook in notebooks/ runs top to bottom without an error and shows at least one figure.
+
+Each runs once, as Jupyter runs it: a `python3` kernel of this interpreter started in notebooks/, with Jupyter's
+inline matplotlib backend, so a figure shows as an `image/png` output (a module choosing another backend at import
+would leave none). Notebooks are saved without outputs; the executed copy is only inspected here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+CELL_TIMEOUT_S = 600
+
+
+def outputs(notebook: nbformat.NotebookNode) -> list[tuple[int, dict]]:
+    """(cell index, output) for every output of every code cell."""
+    return [
+        (index, output)
+        for index, cell in enumerate(notebook.cells)
+        if cell.cell_type == "code"
+        for output in cell.get("outputs", [])
+    ]
+
+
+def test_notebooks_are_found():
+    assert {path.stem for path in NOTEBOOKS} >= {"figure1", "sweep_analysis", "bn_internals", "gradient_propagation"}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
+def test_notebook_runs_and_shows_its_figures(path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel picks Jupyter's inline backend itself
+    notebook = nbformat.read(path, as_version=4)
+    assert not outputs(notebook), f"{path.name} is saved with outputs; clear them"
+    # Raises CellExecutionError, with the failing cell and its traceback, if a cell fails.
+    NotebookClient(notebook, timeout=CELL_TIMEOUT_S, kernel_name="python3").execute(cwd=str(path.parent))
+
+    errors = [(index, output) for index, output in outputs(notebook) if output.output_type == "error"]
+    assert not errors, f"{path.name}: error outputs {errors}"
+    figures = [index for index, output in outputs(notebook) if "image/png" in output.get("data", {})]
+    assert figures, f"{path.name} shows no figure: no cell has an image/png output"
