@@ -225,6 +225,8 @@ def test_unit_percentiles_of_a_known_distribution() -> None:
     result = unit_percentiles(values, unit=1)
     assert (result["p15"], result["p50"], result["p85"]) == (30.0, 100.0, 170.0)
     assert result["p50_units"] == [50.0, 100.0, -50.0]
+    even = np.random.default_rng(1).normal(size=(1000, 5)).astype(np.float32)  # the median between two rows
+    np.testing.assert_allclose(unit_percentiles(even, 0)["p50_units"], np.median(even.astype(np.float64), axis=0))
     with pytest.raises(ValueError, match=r"config\.plot_unit = 3: the plotted layer has 3 units"):
         unit_percentiles(values, unit=3)
 

@@ -5,7 +5,8 @@
                    step, and Algorithm 2's population statistics for a whole model.
 * `inputs.py`   -- the `Input` protocol and its two kinds: `OnDeviceInput` (MNIST-size sets on the device, epoch
                    permutations drawn there) and `HostFedInput` (ImageNet, a grain pipeline on the host).
-* `sharding.py` -- how a mini-batch (data parallelism) or a group of models is split across devices.
+* `device_data.py` -- the on-device training set (`Dataset`) and each epoch's permutation of it.
+* `sharding.py` -- `ModelLayout`: how the models a state holds, and each mini-batch, sit on the devices.
 * `run_dir.py`  -- a run directory's files: their names, the metrics writer, `config.json` and the guard that
                    refuses to resume under another config. Imports neither jax nor orbax, so notebooks and
                    figures read run directories without the trainer.
