@@ -9,14 +9,17 @@ by `jax.distributed.initialize`; elsewhere add `--coordinator_address=HOST:PORT 
 from __future__ import annotations
 
 import logging as pylogging
+import os
 import re
 import sys
 
 import jax
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from bnrepro import config_schema, hooks
+from bnrepro.cli import user_errors_in_one_line, workdir_path
 from bnrepro.cpu import use_cpu_cores
 from bnrepro.training import loop
 
@@ -38,6 +41,7 @@ def initialize_distributed() -> None:
         logging.info("Process %d of %d.", jax.process_index(), jax.process_count())
 
 
+@user_errors_in_one_line
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with an unknown `--config.<key>` reported as a ValueError naming it (and its new name,
     if it was renamed: `--config.model.bn_momentum` is `--config.model.bn.momentum`)."""
@@ -64,18 +68,33 @@ class _QuietOrbax(pylogging.Filter):
         return record.levelno >= pylogging.WARNING or "orbax" not in record.pathname
 
 
+def load_config() -> ml_collections.ConfigDict:
+    """The `--config` file's config; a file that cannot be loaded is a FileNotFoundError naming it."""
+    try:
+        config = _CONFIG.value
+        config.keys()  # a file that failed to load is an object that raises on first use
+        return config
+    except OSError as e:  # how config_flags reports a config file it cannot load (on first use of the flag)
+        if "config" not in str(e) or "load" not in str(e):
+            raise
+        spec = flags.FLAGS["config"].config_filename
+        raise FileNotFoundError(f"--config={spec}: cannot load {spec.partition(':')[0]!r} from {os.getcwd()}.") from e
+
+
+@user_errors_in_one_line
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_QuietOrbax())
-    config = _CONFIG.value
+    config = load_config()
     config_schema.validate(config)
+    workdir = workdir_path(_WORKDIR.value)
     initialize_distributed()  # before anything starts JAX's backend (use_cpu_cores asks which one it is)
     use_cpu_cores(config.cpu_cores)
     logging.info("JAX %s, backend %s, devices %s", jax.__version__, jax.default_backend(), jax.devices())
     logging.info("Config:\n%s", config)
     try:
-        loop.train_and_evaluate(config, _WORKDIR.value, hooks.from_config(config))
+        loop.train_and_evaluate(config, workdir, hooks.from_config(config))
     except loop.DivergedError as e:
         logging.error("%s", e)
         sys.exit(f"Training stopped: {e}")

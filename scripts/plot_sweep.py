@@ -1,13 +1,17 @@
-"""Draws a sweep's results: the accuracy curves of every point (activation x BN panels, learning rate as
-colour) and the final accuracy against the learning rate, diverged points marked; prints the summary table.
+"""Draws a sweep's results: the accuracy curves of every point (one panel per value pair of the first two axes
+the sweep varies, other than seed and learning rate; the learning rate, or the first numeric axis, as colour) and
+the final accuracy against that numeric axis, diverged points marked; prints the summary table. It only reads:
+the summary files are the sweep command's (`python -m bnrepro.sweep`), never rewritten here.
 
     python scripts/plot_sweep.py --sweep=configs/sweeps/mnist_activation_bn.py --workdir=runs/sweeps/mnist
 
-Writes WORKDIR/sweep_curves.png and WORKDIR/sweep_final.png.
+Writes WORKDIR/sweep_curves.png and WORKDIR/sweep_final.png. A sweep file that does not match the workdir (a
+point without its run directory, or whose run was made with another config) is an error, exit code 2.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -15,20 +19,80 @@ from absl import app, flags
 
 matplotlib.use("Agg")  # PNG files only: choose the backend before `figures` imports pyplot
 from bnrepro import figures, sweep
+from bnrepro.training.run_dir import config_json, flatten
 
 _SWEEP = flags.DEFINE_string("sweep", None, "The sweep file the workdir was trained with, PATH.py[:ARG].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "The sweep's workdir.")
+OVERLAID = ("seed",)  # axes drawn as several lines of one colour, not as panels
+ALL = "all"  # the value of a panel axis the sweep does not have
 
 
-def main(argv: list[str]) -> None:
+def mismatch(spec: sweep.Sweep, workdir: Path) -> str | None:
+    """Why the sweep `spec` is not the one trained in `workdir`, if it is not."""
+    names = [sweep.point_name(point) for point in spec.points]
+    missing = [name for name in names if not (workdir / name).is_dir()]
+    if missing:
+        return f"{len(missing)} of its {len(names)} points have no run directory there (e.g. {missing[0]})"
+    changed = sweep.changed_points(spec, workdir)
+    if changed:
+        index, description = next(iter(changed.items()))
+        return f"{len(changed)} of its points were trained with another config (e.g. {names[index]}: {description})"
+    return None
+
+
+def axes(spec: sweep.Sweep) -> tuple[list[str], str | None]:
+    """The keys the sweep varies, in their order, but for the numeric one drawn as colour and x (the learning
+    rate if it varies); and that one, if any."""
+    keys = list(dict.fromkeys(key for point in spec.points for key in point))
+    values = {key: {repr(_value(spec, point, key)) for point in spec.points} for key in keys}
+    varying = [key for key in keys if len(values[key]) > 1]
+    numeric = [
+        key
+        for key in varying
+        if key not in OVERLAID
+        and all(isinstance(_value(spec, p, key), (int, float)) and not isinstance(_value(spec, p, key), bool)
+                for p in spec.points)
+    ]  # fmt: skip
+    colour = "learning_rate" if "learning_rate" in numeric else (numeric[0] if numeric else None)
+    return [key for key in varying if key != colour], colour
+
+
+def _value(spec: sweep.Sweep, point: dict, key: str):
+    return point[key] if key in point else flatten(config_json(spec.base)).get(key)
+
+
+def main(argv: list[str]) -> int:
     del argv
     workdir, spec = Path(_WORKDIR.value), sweep.load_sweep(_SWEEP.value)
-    rows = sweep.write_summary(spec, workdir)
+    problem = None if workdir.is_dir() else "it does not exist"
+    problem = problem or mismatch(spec, workdir)
+    if problem:
+        print(f"--sweep={_SWEEP.value} does not match --workdir={workdir}: {problem}. Nothing drawn.", file=sys.stderr)
+        return 2
+    keys, colour = axes(spec)
+    grid = tuple(([key for key in keys if key not in OVERLAID] + ["sweep", "points"])[:2])
+    rows = sweep.summarize(spec, workdir)  # read from the run directories; no summary file is written
+    for index, (row, point) in enumerate(zip(rows, spec.points)):
+        for key in [*keys, colour]:
+            if key is not None:
+                row.setdefault(key, _value(spec, point, key))
+        row.setdefault("sweep", ALL)
+        row.setdefault("points", ALL)
+        row["point"] = index
     curves = [sweep.evaluations(workdir / sweep.point_name(point)) for point in spec.points]
-    figures.plot_sweep_curves(rows, curves).savefig(workdir / "sweep_curves.png", dpi=110)
-    figures.plot_sweep_final(rows).savefig(workdir / "sweep_final.png", dpi=110)
-    print((workdir / sweep.SUMMARY_MD).read_text())
-    print(f"wrote {workdir / 'sweep_curves.png'} and {workdir / 'sweep_final.png'}")
+    figures.plot_sweep_curves(rows, curves, grid=grid, colour=colour or "point").savefig(
+        workdir / "sweep_curves.png", dpi=110
+    )
+    written = [workdir / "sweep_curves.png"]
+    if colour is not None:
+        figures.plot_sweep_final(rows, x=colour, lines=grid).savefig(workdir / "sweep_final.png", dpi=110)
+        written.append(workdir / "sweep_final.png")
+    else:
+        print("the sweep varies no numeric key: no final-accuracy plot.")
+    summary = workdir / sweep.SUMMARY_MD
+    print(summary.read_text() if summary.exists() else f"({summary} not written yet: the sweep has not ended)")
+    print(f"wrote {' and '.join(map(str, written))}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -144,6 +144,7 @@ def test_an_int_learning_rate_is_fine() -> None:
         ("--config.learnig_rate=0.1", "--config.learnig_rate: unknown config key 'learnig_rate'"),
         ("--config.batch_size=0", "config.batch_size = 0: must be >= 1"),
         ("--config.model.activation=swish", "config.model.activation = 'swish'"),
+        ("--config.num_devices=64", "config.num_devices = 64: only "),  # more devices than there are
     ],
 )
 def test_cli_rejects_bad_overrides_before_training(tmp_path: Path, override: str, message: str) -> None:
@@ -156,8 +157,8 @@ def test_cli_rejects_bad_overrides_before_training(tmp_path: Path, override: str
         timeout=120,
         check=False,
     )
-    assert result.returncode != 0
-    assert "ValueError" in result.stderr and message in result.stderr, result.stderr[-2000:]
+    assert result.returncode == 2, result.stderr[-2000:]  # a user's error: one line, no traceback
+    assert f"error: {message}" in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert not workdir.exists()  # stopped before training
 
 
@@ -177,7 +178,27 @@ def test_a_config_importing_configs_runs_from_any_working_directory(tmp_path: Pa
          f"--workdir={workdir}", override],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert "No module named 'configs'" not in result.stderr
-    assert "ValueError" in result.stderr and message in result.stderr, result.stderr[-2000:]
+    assert f"error: {message}" in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert not workdir.exists()
+
+
+def test_an_empty_workdir_is_refused(tmp_path: Path) -> None:
+    """`--workdir=` would train into the current directory."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bnrepro.main", f"--config={REPO / 'configs' / 'mnist_mlp.py'}:bn", "--workdir="],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "error: --workdir is empty" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_config_file_is_named(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bnrepro.main", "--config=configs/nosuch.py:bn", f"--workdir={tmp_path / 'run'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert f"error: --config=configs/nosuch.py:bn: cannot load 'configs/nosuch.py' from {tmp_path}" in result.stderr

@@ -2,7 +2,9 @@
 
 Each runs once, as Jupyter runs it: a `python3` kernel of this interpreter started in notebooks/, with Jupyter's
 inline matplotlib backend, so a figure shows as an `image/png` output (a module choosing another backend at import
-would leave none). Notebooks are saved without outputs; the executed copy is only inspected here.
+would leave none). Notebooks are saved without outputs; the executed copy is only inspected here. The kernel's
+temporary folder (TMPDIR) is a fresh one, which must be empty again when the notebook has run: a notebook removes
+what it creates.
 """
 
 from __future__ import annotations
@@ -32,8 +34,13 @@ def test_notebooks_are_found():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
-def test_notebook_runs_and_shows_its_figures(path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_notebook_runs_shows_its_figures_and_leaves_no_temporary_files(
+    path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel picks Jupyter's inline backend itself
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))  # the kernel's tempfile.gettempdir(), and its workers'
     notebook = nbformat.read(path, as_version=4)
     assert not outputs(notebook), f"{path.name} is saved with outputs; clear them"
     # Raises CellExecutionError, with the failing cell and its traceback, if a cell fails.
@@ -43,3 +50,5 @@ def test_notebook_runs_and_shows_its_figures(path: Path, monkeypatch: pytest.Mon
     assert not errors, f"{path.name}: error outputs {errors}"
     figures = [index for index, output in outputs(notebook) if "image/png" in output.get("data", {})]
     assert figures, f"{path.name} shows no figure: no cell has an image/png output"
+    left = sorted(p.name for p in scratch.iterdir())
+    assert not left, f"{path.name} left temporary files behind: {left}"

@@ -4,6 +4,7 @@ is not; the summary's numbers against each run's own metrics.jsonl."""
 
 import csv
 import json
+import os
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ import pytest
 from fake_mnist import write_fake_mnist
 
 from bnrepro import config_schema, sweep
+from bnrepro.training import run_dir
 from bnrepro.training.run_dir import CHECKPOINT_DIR, DIVERGED_FILE, METRICS_FILE
 
 REPO = Path(__file__).resolve().parent.parent
@@ -196,3 +198,150 @@ def _cmdline(process: Path) -> bytes:
         return (process / "cmdline").read_bytes()
     except OSError:  # gone meanwhile
         return b""
+
+
+EDITABLE_SWEEP_FILE = """
+from bnrepro.sweep import Sweep
+from configs import mnist_mlp
+
+
+def get_sweep():
+    base = mnist_mlp.get_config("bn")
+    base.data_dir = {data_dir!r}
+    base.num_steps, base.eval_every, base.checkpoint_every, base.steps_per_dispatch = 100, 100, 100, 100
+    base.population_batches = 5
+    base.learning_rate = {learning_rate!r}
+    return Sweep(base, {points!r}, threshold=0.5)
+"""
+
+
+def _run_sweep_command(spec: Path, workdir: Path, *extra: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "bnrepro.sweep", f"--sweep={spec}", f"--workdir={workdir}", *extra]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+
+
+def _summary(workdir: Path) -> list[dict[str, str]]:
+    with (workdir / sweep.SUMMARY_CSV).open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_an_edited_sweep_file_is_refused_or_with_restart_changed_retrained_keeping_the_old_run(tmp_path):
+    data_dir = write_fake_mnist(tmp_path / "mnist", {"train": 50_000, "valid": 10_000, "test": 10_000})
+    spec, workdir = tmp_path / "sweep.py", tmp_path / "runs"
+    points = [{"seed": 0}, {"seed": 1}]
+    spec.write_text(EDITABLE_SWEEP_FILE.format(data_dir=str(data_dir), learning_rate=0.5, points=points))
+    first = _run_sweep_command(spec, workdir)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    metrics = {name: (workdir / name / METRICS_FILE).read_text() for name in ("seed=0", "seed=1")}
+
+    # The base config edited after the sweep finished: its points are refused, named with the key, and failed.
+    spec.write_text(EDITABLE_SWEEP_FILE.format(data_dir=str(data_dir), learning_rate=0.25, points=points))
+    refused = _run_sweep_command(spec, workdir)
+    assert refused.returncode == 1, refused.stdout[-3000:] + refused.stderr[-3000:]
+    for name in ("seed=0", "seed=1"):
+        lines = [line for line in refused.stdout.splitlines() if line.startswith(f"{name}: refused:")]
+        assert len(lines) == 1 and "(learning_rate: 0.5 -> 0.25)" in lines[0], refused.stdout
+        assert "--restart_changed" in lines[0]
+        assert (workdir / name / METRICS_FILE).read_text() == metrics[name]  # nothing retrained or lost
+        assert sweep.read_status(workdir / name)["status"] == "finished"  # the old run's own record is kept
+    assert "2 points: 0 already done, 2 refused, 0 to train" in refused.stdout
+    assert "2 of 2 points failed: seed=0, seed=1" in refused.stdout
+    rows = _summary(workdir)
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+    assert all("config changed" in r["error"] and "learning_rate" in r["error"] for r in rows)
+    assert all(r["final_accuracy"] == "" for r in rows)  # the old config's numbers are not shown as the new ones
+
+    # num_steps may change (a finished point is resumed to the new length), so it alone is no refusal.
+    assert sweep.changed_points(sweep.load_sweep(str(spec)), workdir) == {
+        0: "learning_rate: 0.5 -> 0.25",
+        1: "learning_rate: 0.5 -> 0.25",
+    }
+
+    plotted = _plot(spec, workdir)  # the plot refuses it too
+    assert (
+        plotted.returncode == 2
+        and "2 of its points were trained with another config (e.g. seed=0: learning_rate: 0.5 -> 0.25)"
+        in plotted.stderr
+    )
+
+    restarted = _run_sweep_command(spec, workdir, "--restart_changed")
+    assert restarted.returncode == 0, restarted.stdout[-3000:] + restarted.stderr[-3000:]
+    assert "retraining it, the old run kept in" in restarted.stdout
+    for name in ("seed=0", "seed=1"):
+        (old,) = workdir.glob(f"{name}.old-*")
+        assert (old / METRICS_FILE).read_text() == metrics[name]
+        assert json.loads((old / "config.json").read_text())["learning_rate"] == 0.5
+        assert json.loads((workdir / name / "config.json").read_text())["learning_rate"] == 0.25
+        assert sweep.read_status(workdir / name)["status"] == "finished"
+    assert [r["status"] for r in _summary(workdir)] == ["finished", "finished"]
+    again = _run_sweep_command(spec, workdir)
+    assert again.returncode == 0 and "2 points: 2 already done, 0 refused, 0 to train" in again.stdout
+    plotted = _plot(spec, workdir)  # a sweep of seeds only: one panel, a colour per point, no final-accuracy plot
+    assert plotted.returncode == 0, plotted.stdout[-3000:] + plotted.stderr[-3000:]
+    assert "no final-accuracy plot" in plotted.stdout and (workdir / "sweep_curves.png").exists()
+
+
+def test_a_sweep_with_a_failed_point_exits_non_zero_with_its_summary_written(tmp_path):
+    spec, workdir = tmp_path / "sweep.py", tmp_path / "runs"
+    points = [{"learning_rate": -1.0}]
+    spec.write_text(EDITABLE_SWEEP_FILE.format(data_dir=str(tmp_path), learning_rate=0.5, points=points))
+    result = _run_sweep_command(spec, workdir)
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "1 of 1 points failed: learning_rate=-1" in result.stdout
+    (row,) = _summary(workdir)
+    assert row["status"] == "failed" and "config.learning_rate = -1.0" in row["error"]
+    assert "| failed |" in (workdir / sweep.SUMMARY_MD).read_text()
+
+
+def _plot(spec: str | Path, workdir: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "scripts/plot_sweep.py", f"--sweep={spec}", f"--workdir={workdir}"]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+
+
+def test_plot_sweep_draws_the_sweeps_axes_and_refuses_another_sweep_without_touching_the_summary(finished_sweep):
+    workdir, spec = finished_sweep
+    summary = {name: (workdir / name).read_bytes() for name in (sweep.SUMMARY_CSV, sweep.SUMMARY_MD)}
+    summary_times = {name: (workdir / name).stat().st_mtime_ns for name in summary}
+    for name in ("sweep_curves.png", "sweep_final.png"):
+        (workdir / name).unlink(missing_ok=True)
+
+    wrong = _plot("configs/sweeps/mnist_activation_bn.py:quick", workdir)
+    assert wrong.returncode == 2, wrong.stdout[-3000:] + wrong.stderr[-3000:]
+    assert (
+        f"--sweep=configs/sweeps/mnist_activation_bn.py:quick does not match --workdir={workdir}: 4 of its 4 points "
+        "have no run directory there (e.g. model.activation=sigmoid,model.batch_norm=True,learning_rate=0.1,seed=0). "
+        "Nothing drawn."
+    ) in wrong.stderr
+    assert not (workdir / "sweep_curves.png").exists()
+
+    right = _plot(spec, workdir)
+    assert right.returncode == 0, right.stdout[-3000:] + right.stderr[-3000:]
+    assert (workdir / "sweep_curves.png").stat().st_size > 0 and (workdir / "sweep_final.png").stat().st_size > 0
+    assert summary["summary.md"].decode() in right.stdout
+    for name, content in summary.items():  # plotting only reads
+        assert (workdir / name).read_bytes() == content and (workdir / name).stat().st_mtime_ns == summary_times[name]
+    keys, colour = sweep_plot_axes(spec)
+    assert (keys, colour) == (["model.activation", "model.batch_norm", "model.init_std"], "learning_rate")
+
+
+def sweep_plot_axes(spec: str) -> tuple[list[str], str | None]:
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import plot_sweep
+
+        return plot_sweep.axes(sweep.load_sweep(spec))
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+
+
+def test_a_second_sweep_driver_on_one_workdir_is_refused_at_once(tmp_path: Path) -> None:
+    """Two drivers on one sweep directory would train every point twice: the second stops before anything."""
+    with run_dir.locked(tmp_path):
+        second = subprocess.run(
+            [sys.executable, "-m", "bnrepro.sweep", "--sweep=configs/sweeps/mnist_activation_bn.py:quick",
+             f"--workdir={tmp_path}"],
+            cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr[-2000:]
+    assert f"error: {tmp_path} is in use by process {os.getpid()} on " in second.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [run_dir.LOCK_FILE]  # no point directory, no summary

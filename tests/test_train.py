@@ -480,3 +480,18 @@ def test_reproduce_figure1_trains_both_nets_and_fails_loudly(
     assert failed.returncode == 1
     assert "The baseline run failed" in failed.stdout and "unknown config key 'learning_rte'" in failed.stdout
     assert not (tmp_path / "failing" / "figure1.png").exists() and "Figure 1 reproduced" not in failed.stdout
+
+
+def test_a_workdir_under_tilde_is_in_home(full_size_fake_mnist: Path, tmp_path: Path, cli_env: dict[str, str]) -> None:
+    """`--workdir=~/run` writes to $HOME/run, not to a folder named `~` in the working directory."""
+    env = {**cli_env, "HOME": str(tmp_path / "home")}
+    flags = ["--config.num_steps=20", "--config.eval_every=20", "--config.steps_per_dispatch=20",
+             "--config.population_batches=5", f"--config.data_dir={full_size_fake_mnist}"]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "bnrepro.main", f"--config={REPO / 'configs' / 'mnist_mlp.py'}:bn", "--workdir=~/run",
+         *flags],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [r["step"] for r in map(json.loads, (tmp_path / "home" / "run" / METRICS_FILE).open())] == [20]
+    assert not (tmp_path / "~").exists()

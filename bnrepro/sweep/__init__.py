@@ -15,6 +15,11 @@ program (`group.train_group`), each still writing its own run directory as if it
 train in worker processes, `--jobs` at a time (default: one per CPU core), each pinned to its own core: on a
 CPU host a small net trains fastest on one core, and independent processes on separate cores scale.
 At the end `WORKDIR/summary.csv` and `WORKDIR/summary.md` hold one row per point (`summarize`).
+
+A point whose run directory holds a run made with another config than the point's now (the sweep file was
+edited: `changed_keys`; `RESUMABLE_CHANGES` such as num_steps aside) is refused, named with the keys that
+differ, and counted as failed; with `restart_changed` it is retrained in a fresh directory, the old one kept
+as `WORKDIR/<point>.old-<time>`. The command exits non-zero if any point failed.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from absl import logging
 from bnrepro import config_schema, cpu, figures
 from bnrepro.sweep.group import compatible, train_group
 from bnrepro.training import loop
-from bnrepro.training.run_dir import CHECKPOINT_DIR
+from bnrepro.training.run_dir import CHECKPOINT_DIR, CONFIG_FILE, config_changes
 
 STATUS_FILE = "sweep_status.json"
 SUMMARY_CSV, SUMMARY_MD = "summary.csv", "summary.md"
@@ -213,15 +218,75 @@ def pending_points(sweep: Sweep, workdir: Path) -> list[int]:
     return pending
 
 
-def run_sweep(spec: str, workdir: Path, jobs: int = 0, group_size: int = DEFAULT_GROUP_SIZE) -> list[dict[str, Any]]:
+def changed_keys(config: ml_collections.ConfigDict, run_dir: Path) -> list[tuple[str, Any, Any]]:
+    """(key, recorded value, value now) for each key in which the run recorded in `run_dir/config.json` differs
+    from `config` in what is computed (keys of `RESUMABLE_CHANGES` may differ), read in today's terms as the
+    config guard reads it; none if the directory records no run."""
+    path = run_dir / CONFIG_FILE
+    if not path.exists():
+        return []
+    saved = json.loads(path.read_text())
+    changes = config_changes(saved, config, config_schema.RENAMED_KEYS, config_schema.IMPLICIT_IN_OLD_RUNS)
+    return [(key, recorded, now) for key, (recorded, now) in changes.items()]
+
+
+def changed_points(sweep: Sweep, workdir: Path) -> dict[int, str]:
+    """The points whose run directory holds a run made with another config than the point's now, each with a
+    one-line description of the keys that differ."""
+    changed = {}
+    for index, overrides in enumerate(sweep.points):
+        try:
+            config = point_config(sweep.base, overrides)
+        except ValueError:
+            continue  # a bad point fails in its worker, with its error recorded
+        differences = changed_keys(config, workdir / point_name(overrides))
+        if differences:
+            changed[index] = ", ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in differences)
+    return changed
+
+
+def set_aside(run_dir: Path) -> Path:
+    """Renames `run_dir` to `<run_dir>.old-<time>` (nothing is deleted) and returns the new path."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = run_dir.with_name(f"{run_dir.name}.old-{stamp}")
+    suffix = 1
+    while target.exists():
+        target = run_dir.with_name(f"{run_dir.name}.old-{stamp}-{suffix}")
+        suffix += 1
+    run_dir.rename(target)
+    return target
+
+
+def run_sweep(
+    spec: str,
+    workdir: Path,
+    jobs: int = 0,
+    group_size: int = DEFAULT_GROUP_SIZE,
+    restart_changed: bool = False,
+) -> list[dict[str, Any]]:
     """Trains the sweep's unfinished points, in groups of at most `group_size` (`groups_of`), each group in a
-    worker process pinned to a core, `jobs` at a time; then writes and returns the summary."""
+    worker process pinned to a core, `jobs` at a time; then writes and returns the summary. A point recorded
+    with another config than its own now (`changed_points`) is refused and summarized as failed, or, with
+    `restart_changed`, its directory is set aside (`set_aside`) and it trains afresh."""
     sweep = load_sweep(spec)
     workdir.mkdir(parents=True, exist_ok=True)
-    pending = pending_points(sweep, workdir)
+    refused = {}
+    for index, description in changed_points(sweep, workdir).items():
+        run_dir = workdir / point_name(sweep.points[index])
+        if restart_changed:
+            old = set_aside(run_dir)
+            print(f"{run_dir.name}: its config changed ({description}); retraining it, the old run kept in {old}.")
+        else:
+            refused[point_name(sweep.points[index])] = f"config changed since it was trained: {description}"
+            print(
+                f"{run_dir.name}: refused: {run_dir} holds a run made with another config ({description}); "
+                "rerun with --restart_changed to retrain it (the old run is kept aside), or use another --workdir."
+            )
+    pending = [i for i in pending_points(sweep, workdir) if point_name(sweep.points[i]) not in refused]
     groups = groups_of(sweep, pending, workdir, group_size)
+    done = len(sweep.points) - len(pending) - len(refused)
     print(
-        f"{len(sweep.points)} points: {len(sweep.points) - len(pending)} already done, {len(pending)} to train "
+        f"{len(sweep.points)} points: {done} already done, {len(refused)} refused, {len(pending)} to train "
         f"in {len(groups)} groups."
     )
     commands = []
@@ -241,7 +306,7 @@ def run_sweep(spec: str, workdir: Path, jobs: int = 0, group_size: int = DEFAULT
                 _write_status(
                     run_dir, {"status": "failed", "error": f"the worker exited with code {code}", "num_steps": 0}
                 )
-    return write_summary(sweep, workdir)
+    return write_summary(sweep, workdir, refused)
 
 
 def evaluations(run_dir: Path) -> list[dict[str, Any]]:
@@ -252,16 +317,19 @@ def evaluations(run_dir: Path) -> list[dict[str, Any]]:
         return []
 
 
-def summarize(sweep: Sweep, workdir: Path) -> list[dict[str, Any]]:
+def summarize(sweep: Sweep, workdir: Path, refused: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """One row per point: its overrides, then how it ended (from `sweep_status.json`) and its test accuracy
     (from `metrics.jsonl`): final, best and the step of the best, the first step at or above the sweep's
-    threshold, and the wall time of the invocation that ended it."""
+    threshold, and the wall time of the invocation that ended it. A point in `refused` (name: why) is failed,
+    with no numbers: its run directory holds another config's run."""
     rows = []
     for overrides in sweep.points:
         run_dir = workdir / point_name(overrides)
         status = read_status(run_dir) or {"status": "not run"}
-        row = {**overrides, "status": status["status"]}
         records = evaluations(run_dir)
+        if refused and point_name(overrides) in refused:  # another config's numbers are not this point's
+            status, records = {"status": "failed", "error": refused[point_name(overrides)]}, []
+        row = {**overrides, "status": status["status"]}
         accuracies = [r["test_accuracy"] for r in records]
         best = max(range(len(accuracies)), key=accuracies.__getitem__) if accuracies else None
         reached = [r["step"] for r in records if r["test_accuracy"] >= sweep.threshold]
@@ -277,9 +345,9 @@ def summarize(sweep: Sweep, workdir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def write_summary(sweep: Sweep, workdir: Path) -> list[dict[str, Any]]:
-    """`summary.csv` and `summary.md` in `workdir`; returns the rows."""
-    rows = summarize(sweep, workdir)
+def write_summary(sweep: Sweep, workdir: Path, refused: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """`summary.csv` and `summary.md` in `workdir` (`summarize`); returns the rows."""
+    rows = summarize(sweep, workdir, refused)
     columns = list(dict.fromkeys(key for row in rows for key in row))
     with (workdir / SUMMARY_CSV).open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)

@@ -14,15 +14,15 @@ hooks measure (`bnrepro.training.hooks`).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 
 from bnrepro import config_schema, models
@@ -69,66 +69,72 @@ def train_models(
     """
     if len({Path(w).absolute() for w in workdirs}) != len(configs) or len(configs) != layout.size:
         raise ValueError(f"{layout.size} models need as many configs and distinct workdirs, got {list(workdirs)}.")
-    config = configs[0]
-    model = models.create_model(config.model)
-    inputs = create_input(config, model, layout)
-    initial = [create_train_state(c, model, jax.random.key(c.seed), inputs.example_images()) for c in configs]
-    inputs.compile(layout.place_states(initial), collect_all(hooks.evaluation), hooks.measurement)
+    config, primary = configs[0], jax.process_index() == 0
+    with contextlib.ExitStack() as files:  # the locks first, before anything is read or written; released last
+        if primary:  # one holder per workdir, also on several hosts
+            for workdir in workdirs:
+                files.enter_context(run_dir.locked(Path(workdir)))
+        model = models.create_model(config.model)
+        inputs = create_input(config, model, layout)
+        initial = [create_train_state(c, model, jax.random.key(c.seed), inputs.example_images()) for c in configs]
+        inputs.compile(layout.place_states(initial), collect_all(hooks.evaluation), hooks.measurement)
 
-    runs = [_Run(c, Path(w), jax.process_index() == 0, hooks) for c, w in zip(configs, workdirs)]
-    restored = [
-        checkpoints.restore_latest(run.checkpoints, s, run.config, run.workdir) for run, s in zip(runs, initial)
-    ]
-    if len({int(s.step) for s in restored}) > 1:
-        raise ValueError(f"the models' checkpoints are at different steps {sorted({int(s.step) for s in restored})}.")
-    state, step = layout.place_states(restored), int(restored[0].step)
-    inputs.start(state)
-    for run in runs:
-        run.start(step)
+        runs = [files.enter_context(_Run(c, Path(w), primary, hooks)) for c, w in zip(configs, workdirs)]
+        restored = [
+            checkpoints.restore_latest(run.checkpoints, s, run.config, run.workdir) for run, s in zip(runs, initial)
+        ]
+        if len({int(s.step) for s in restored}) > 1:
+            raise ValueError(
+                f"the models' checkpoints are at different steps {sorted({int(s.step) for s in restored})}."
+            )
+        state, step = layout.place_states(restored), int(restored[0].step)
+        inputs.start(state)
+        for run in runs:
+            run.start(step)
 
-    losses_since_eval, train_time, steps_timed = [], 0.0, 0
-    start_step, start_time = step, time.perf_counter()
-    while step < config.num_steps and not all(run.diverged for run in runs):
-        t = time.perf_counter()
-        chunk = inputs.train(state, _next_boundary(step, config, hooks) - step)
-        num_steps = chunk.losses.shape[-1]
-        train_time, steps_timed = train_time + time.perf_counter() - t - chunk.compile_seconds, steps_timed + num_steps
-        for i, run in enumerate(runs):
-            run.check_losses(step, layout.member(chunk.losses, i))
-        if all(run.diverged for run in runs):
-            break
-        state, step = chunk.state, step + num_steps
-        losses_since_eval.append(chunk.losses)
-
-        for index, hook in enumerate(hooks.measurement):
-            if step % hook.every == 0:
-                record = inputs.measure(state, index)
-                for i, run in enumerate(runs):
-                    run.write(hook.filename, {"step": step, **layout.member(record, i)})
-
-        if step % config.eval_every == 0 or step == config.num_steps:
+        losses_since_eval, train_time, steps_timed = [], 0.0, 0
+        start_step, start_time = step, time.perf_counter()
+        while step < config.num_steps and not all(run.diverged for run in runs):
             t = time.perf_counter()
-            evaluation, losses = inputs.evaluate(state), np.concatenate(losses_since_eval, axis=-1)
-            records = [
-                _evaluation_record(step, layout.member(losses, i), layout.member(evaluation, i), hooks)
-                for i in range(layout.size)
-            ]
-            for run, record in zip(runs, records):
-                run.write(run_dir.METRICS_FILE, {**record, "steps_per_second": steps_timed / train_time})
-            logging.info(
-                "step %d/%d: train_loss %s, test_accuracy %s | %.1f steps/s, eval %.3f s, ETA %.0f s",
-                step, config.num_steps, " ".join(f"{r['train_loss']:.4f}" for r in records),
-                " ".join(f"{r['test_accuracy']:.4f}" for r in records), steps_timed / train_time, time.perf_counter() - t,
-                (config.num_steps - step) * (time.perf_counter() - start_time) / (step - start_step),
-            )  # fmt: skip
-            losses_since_eval, train_time, steps_timed = [], 0.0, 0
-
-        if step % config.checkpoint_every == 0 or step == config.num_steps:
+            chunk = inputs.train(state, _next_boundary(step, config, hooks) - step)
+            num_steps = chunk.losses.shape[-1]
+            train_time += time.perf_counter() - t - chunk.compile_seconds
+            steps_timed += num_steps
             for i, run in enumerate(runs):
-                run.save(step, layout.member(state, i))
+                run.check_losses(step, layout.member(chunk.losses, i))
+            if all(run.diverged for run in runs):
+                break
+            state, step = chunk.state, step + num_steps
+            losses_since_eval.append(chunk.losses)
 
-    for run in runs:
-        run.close()
+            for index, hook in enumerate(hooks.measurement):
+                if step % hook.every == 0:
+                    record = inputs.measure(state, index)
+                    for i, run in enumerate(runs):
+                        run.write(hook.filename, {"step": step, **layout.member(record, i)})
+
+            if step % config.eval_every == 0 or step == config.num_steps:
+                t = time.perf_counter()
+                evaluation, losses = inputs.evaluate(state), np.concatenate(losses_since_eval, axis=-1)
+                records = [
+                    _evaluation_record(step, layout.member(losses, i), layout.member(evaluation, i), hooks)
+                    for i in range(layout.size)
+                ]
+                for run, record in zip(runs, records):
+                    run.write(run_dir.METRICS_FILE, {**record, "steps_per_second": steps_timed / train_time})
+                logging.info(
+                    "step %d/%d: train_loss %s, test_accuracy %s | %.1f steps/s, eval %.3f s, ETA %.0f s",
+                    step, config.num_steps, " ".join(f"{r['train_loss']:.4f}" for r in records),
+                    " ".join(f"{r['test_accuracy']:.4f}" for r in records), steps_timed / train_time,
+                    time.perf_counter() - t,
+                    (config.num_steps - step) * (time.perf_counter() - start_time) / (step - start_step),
+                )  # fmt: skip
+                losses_since_eval, train_time, steps_timed = [], 0.0, 0
+
+            if step % config.checkpoint_every == 0 or step == config.num_steps:
+                for i, run in enumerate(runs):
+                    run.save(step, layout.member(state, i))
+
     if step > start_step:
         logging.info("Trained steps %d to %d in %.1f s.", start_step, step, time.perf_counter() - start_time)
     return [run.diverged or layout.member(state, i).replace(tx=s.tx) for i, (run, s) in enumerate(zip(runs, initial))]
@@ -178,7 +184,7 @@ class _Run:
             f"(step {self.checkpoints.latest_step()}) is kept in {self.workdir / run_dir.CHECKPOINT_DIR}."
         )
         if self.primary:
-            (self.workdir / run_dir.DIVERGED_FILE).write_text(message + "\n")
+            run_dir.write_atomically(self.workdir / run_dir.DIVERGED_FILE, message + "\n")
         self.diverged = DivergedError(message)
 
     def write(self, filename: str, record: dict[str, Any]) -> None:
@@ -191,7 +197,13 @@ class _Run:
             return
         for writer in self._writers.values():
             writer.sync(step)
-        self.checkpoints.save(step, args=ocp.args.StandardSave(state))
+        checkpoints.save(self.checkpoints, step, state, self.config)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        self.close()
 
     def close(self) -> None:
         self.checkpoints.wait_until_finished()

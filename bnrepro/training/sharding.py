@@ -87,6 +87,11 @@ def model_axis_sharding(num_devices: int, num_models: int) -> jax.sharding.Named
 
 
 def _leading_axis_sharding(num_devices: int, axis: str, size: int, what: str) -> jax.sharding.NamedSharding | None:
+    if num_devices > jax.device_count():
+        raise ValueError(
+            f"config.num_devices = {num_devices}: only {jax.device_count()} {jax.default_backend()} device(s) here "
+            "(0 uses all of them)."
+        )
     devices = jax.devices()[: num_devices or None]
     if len(devices) == 1:
         return None

@@ -1,0 +1,117 @@
+"""A run directory's files under faults: a second process on the same workdir, a killed holder, a torn or
+damaged line in metrics.jsonl, a write that fails half way (`bnrepro.training.run_dir`)."""
+
+import errno
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from training_run import small_config, train_and_evaluate
+
+from bnrepro.training import run_dir
+from bnrepro.training.run_dir import CHECKPOINT_DIR, METRICS_FILE
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_a_second_process_is_refused_at_once_and_writes_nothing(tmp_path: Path) -> None:
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    with run_dir.locked(workdir):
+        started = time.monotonic()
+        second = subprocess.run(
+            [sys.executable, "-m", "bnrepro.main", "--config=configs/mnist_mlp.py:bn", f"--workdir={workdir}"],
+            cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    assert second.returncode == 2, second.stderr[-2000:]
+    assert f"is in use by process {os.getpid()} on {socket.gethostname()}" in second.stderr
+    assert second.stderr.strip().splitlines()[-1].startswith("error: ")  # one line, no traceback
+    assert "Traceback" not in second.stderr
+    assert sorted(p.name for p in workdir.iterdir()) == [run_dir.LOCK_FILE]  # no metrics, config or checkpoints
+    assert time.monotonic() - started < 30  # refused before reading data or compiling, not queued
+
+
+def test_in_process_the_loop_is_refused_too_and_the_lock_is_released_after_an_error(
+    small_fake_mnist: Path, tmp_path: Path
+) -> None:
+    config = small_config(data_dir=str(small_fake_mnist), num_steps=20)
+    with run_dir.locked(tmp_path / "run"), pytest.raises(run_dir.WorkdirBusyError, match="is in use by process"):
+        train_and_evaluate(config, tmp_path / "run")
+    bad = config.copy_and_resolve_references()
+    bad.learning_rate = 0.5  # a config the workdir's run was not made with: refused after the lock is taken
+    train_and_evaluate(config, tmp_path / "run")
+    with pytest.raises(ValueError, match="holds a run with learning_rate"):
+        train_and_evaluate(bad, tmp_path / "run")
+    with run_dir.locked(tmp_path / "run"):  # released by the failed run
+        pass
+
+
+def test_the_lock_of_a_killed_process_never_blocks(tmp_path: Path) -> None:
+    program = (
+        "import sys, time; from pathlib import Path; from bnrepro.training import run_dir\n"
+        "with run_dir.locked(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", program, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(run_dir.WorkdirBusyError, match=f"process {holder.pid} on "), run_dir.locked(tmp_path):
+            pass
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=30)
+    finally:
+        holder.kill()
+    with run_dir.locked(tmp_path):  # at once: the kernel released the dead holder's lock
+        assert f"process {os.getpid()} " in (tmp_path / run_dir.LOCK_FILE).read_text()
+
+
+def test_a_torn_last_line_is_dropped_with_a_warning_and_the_run_resumes(
+    small_fake_mnist: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A kill or a full disk while appending the evaluation after the last checkpoint leaves half a line."""
+    config = small_config(data_dir=str(small_fake_mnist), num_steps=20, eval_every=10)
+    workdir = tmp_path / "run"
+    train_and_evaluate(config, workdir)
+    with (workdir / METRICS_FILE).open("a") as f:
+        f.write('{"step": 30, "train_loss": 0.4, "test_los')
+    config.num_steps = 40
+    with caplog.at_level(logging.WARNING):
+        train_and_evaluate(config, workdir)
+    assert any(
+        "dropped its torn last line" in r.getMessage() and METRICS_FILE in r.getMessage() for r in caplog.records
+    )
+    assert [r["step"] for r in run_dir.read_records(workdir)] == [10, 20, 30, 40]
+
+
+def test_a_damaged_line_before_the_last_is_named(small_fake_mnist: Path, tmp_path: Path) -> None:
+    config = small_config(data_dir=str(small_fake_mnist), num_steps=20, eval_every=10)
+    workdir = tmp_path / "run"
+    train_and_evaluate(config, workdir)
+    lines = (workdir / METRICS_FILE).read_text().splitlines()
+    (workdir / METRICS_FILE).write_text("\n".join([lines[0][:-5], *lines[1:]]) + "\n")
+    config.num_steps = 40
+    with pytest.raises(ValueError, match=rf"{METRICS_FILE}, line 1: not a JSON record .* the file is damaged"):
+        train_and_evaluate(config, workdir)
+    with pytest.raises(ValueError, match=rf"{METRICS_FILE}, line 1: not a JSON record"):
+        run_dir.read_records(workdir)
+    assert (workdir / CHECKPOINT_DIR).is_dir()  # nothing deleted
+
+
+def test_a_write_that_fails_half_way_leaves_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "config.json"
+    path.write_text('{"learning_rate": 0.1}\n')
+
+    def disk_full(descriptor: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left on device"):
+        run_dir.write_atomically(path, json.dumps({"learning_rate": 0.2}) + "\n")
+    assert path.read_text() == '{"learning_rate": 0.1}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]  # no temporary file left behind
