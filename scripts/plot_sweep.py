@@ -44,21 +44,21 @@ def axes(spec: sweep.Sweep) -> tuple[list[str], str | None]:
     """The keys the sweep varies, in their order, but for the numeric one drawn as colour and x (the learning
     rate if it varies); and that one, if any."""
     keys = list(dict.fromkeys(key for point in spec.points for key in point))
-    values = {key: {repr(_value(spec, point, key)) for point in spec.points} for key in keys}
-    varying = [key for key in keys if len(values[key]) > 1]
+    values = point_values(spec, keys)
+    varying = [key for key in keys if len({repr(value) for value in values[key]}) > 1]
     numeric = [
         key
         for key in varying
-        if key not in OVERLAID
-        and all(isinstance(_value(spec, p, key), (int, float)) and not isinstance(_value(spec, p, key), bool)
-                for p in spec.points)
-    ]  # fmt: skip
+        if key not in OVERLAID and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values[key])
+    ]
     colour = "learning_rate" if "learning_rate" in numeric else (numeric[0] if numeric else None)
     return [key for key in varying if key != colour], colour
 
 
-def _value(spec: sweep.Sweep, point: dict, key: str):
-    return point[key] if key in point else flatten(config_json(spec.base)).get(key)
+def point_values(spec: sweep.Sweep, keys: list[str]) -> dict[str, list]:
+    """Each key's value at every point: the point's override, else the base config's."""
+    base = flatten(config_json(spec.base))
+    return {key: [point[key] if key in point else base.get(key) for point in spec.points] for key in keys}
 
 
 def main(argv: list[str]) -> int:
@@ -72,10 +72,10 @@ def main(argv: list[str]) -> int:
     keys, colour = axes(spec)
     grid = tuple(([key for key in keys if key not in OVERLAID] + ["sweep", "points"])[:2])
     rows = sweep.summarize(spec, workdir)  # read from the run directories; no summary file is written
-    for index, (row, point) in enumerate(zip(rows, spec.points)):
-        for key in [*keys, colour]:
-            if key is not None:
-                row.setdefault(key, _value(spec, point, key))
+    values = point_values(spec, [key for key in [*keys, colour] if key is not None])
+    for index, row in enumerate(rows):
+        for key, at_points in values.items():
+            row.setdefault(key, at_points[index])
         row.setdefault("sweep", ALL)
         row.setdefault("points", ALL)
         row["point"] = index

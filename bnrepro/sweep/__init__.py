@@ -17,7 +17,7 @@ CPU host a small net trains fastest on one core, and independent processes on se
 At the end `WORKDIR/summary.csv` and `WORKDIR/summary.md` hold one row per point (`summarize`).
 
 A point whose run directory holds a run made with another config than the point's now (the sweep file was
-edited: `changed_keys`; `RESUMABLE_CHANGES` such as num_steps aside) is refused, named with the keys that
+edited: `changed_points`; `RESUMABLE_CHANGES` such as num_steps aside) is refused, named with the keys that
 differ, and counted as failed; with `restart_changed` it is retrained in a fresh directory, the old one kept
 as `WORKDIR/<point>.old-<time>`. The command exits non-zero if any point failed.
 """
@@ -44,7 +44,7 @@ from absl import logging
 from bnrepro import config_schema, cpu, figures
 from bnrepro.sweep.group import compatible, train_group
 from bnrepro.training import loop
-from bnrepro.training.run_dir import CHECKPOINT_DIR, CONFIG_FILE, config_changes
+from bnrepro.training.run_dir import CHECKPOINT_DIR, recorded_config_changes
 
 STATUS_FILE = "sweep_status.json"
 SUMMARY_CSV, SUMMARY_MD = "summary.csv", "summary.md"
@@ -218,18 +218,6 @@ def pending_points(sweep: Sweep, workdir: Path) -> list[int]:
     return pending
 
 
-def changed_keys(config: ml_collections.ConfigDict, run_dir: Path) -> list[tuple[str, Any, Any]]:
-    """(key, recorded value, value now) for each key in which the run recorded in `run_dir/config.json` differs
-    from `config` in what is computed (keys of `RESUMABLE_CHANGES` may differ), read in today's terms as the
-    config guard reads it; none if the directory records no run."""
-    path = run_dir / CONFIG_FILE
-    if not path.exists():
-        return []
-    saved = json.loads(path.read_text())
-    changes = config_changes(saved, config, config_schema.RENAMED_KEYS, config_schema.IMPLICIT_IN_OLD_RUNS)
-    return [(key, recorded, now) for key, (recorded, now) in changes.items()]
-
-
 def changed_points(sweep: Sweep, workdir: Path) -> dict[int, str]:
     """The points whose run directory holds a run made with another config than the point's now, each with a
     one-line description of the keys that differ."""
@@ -239,9 +227,11 @@ def changed_points(sweep: Sweep, workdir: Path) -> dict[int, str]:
             config = point_config(sweep.base, overrides)
         except ValueError:
             continue  # a bad point fails in its worker, with its error recorded
-        differences = changed_keys(config, workdir / point_name(overrides))
+        differences = recorded_config_changes(  # read as the config guard reads it
+            config, workdir / point_name(overrides), config_schema.RENAMED_KEYS, config_schema.IMPLICIT_IN_OLD_RUNS
+        )
         if differences:
-            changed[index] = ", ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in differences)
+            changed[index] = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in differences.items())
     return changed
 
 

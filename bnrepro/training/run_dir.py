@@ -159,15 +159,22 @@ def config_changes(
     }
 
 
+def recorded_config_changes(
+    config: Any, workdir: Path, renamed: Mapping[str, str] | None = None, implicit: Mapping[str, Any] | None = None
+) -> dict[str, tuple[Any, Any]]:
+    """`config_changes` between the run recorded in `WORKDIR/config.json` and `config`; none without that file."""
+    path = workdir / CONFIG_FILE
+    if not path.exists():
+        return {}
+    return config_changes(json.loads(path.read_text()), config, renamed, implicit)
+
+
 def check_resumed_config(
     config: Any, workdir: Path, renamed: Mapping[str, str] | None = None, implicit: Mapping[str, Any] | None = None
 ) -> None:
-    """Refuses to resume the run in `workdir` under a config that changes what is computed (`config_changes` with
-    its `config.json`; no file: nothing to compare). A key that even today's terms do not know stops it."""
-    path = workdir / CONFIG_FILE
-    if not path.exists():
-        return
-    changes = config_changes(json.loads(path.read_text()), config, renamed, implicit)
+    """Refuses to resume the run in `workdir` under a config that changes what is computed
+    (`recorded_config_changes`). A key that even today's terms do not know stops it."""
+    changes = recorded_config_changes(config, workdir, renamed, implicit)
     if not changes:
         return
     changed = list(changes)
