@@ -8,7 +8,6 @@ by `jax.distributed.initialize`; elsewhere add `--coordinator_address=HOST:PORT 
 
 from __future__ import annotations
 
-import logging as pylogging
 import os
 import re
 import sys
@@ -19,7 +18,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from bnrepro import config_schema, hooks
-from bnrepro.cli import user_errors_in_one_line, workdir_path
+from bnrepro.cli import quiet_orbax, user_errors_in_one_line, workdir_path
 from bnrepro.cpu import use_cpu_cores
 from bnrepro.training import loop
 
@@ -59,13 +58,9 @@ def parse_flags(argv: list[str]) -> list[str]:
         raise ValueError(
             f"{override}: unknown config key {key!r}" + (f"; did you mean {hint.group(1)!r}?" if hint else ".")
         ) from None
-
-
-class _QuietOrbax(pylogging.Filter):
-    """Drops orbax's INFO records (a dozen per checkpoint) so the console shows the training progress."""
-
-    def filter(self, record: pylogging.LogRecord) -> bool:
-        return record.levelno >= pylogging.WARNING or "orbax" not in record.pathname
+    except OSError as e:  # a config file that cannot be loaded, met while applying an override
+        given = [a.partition("=")[2] or b for a, b in zip(argv, argv[1:] + [""]) if a.partition("=")[0] == "--config"]
+        raise _unloadable_config(e, given[-1] if given else "") from e
 
 
 def load_config() -> ml_collections.ConfigDict:
@@ -75,17 +70,22 @@ def load_config() -> ml_collections.ConfigDict:
         config.keys()  # a file that failed to load is an object that raises on first use
         return config
     except OSError as e:  # how config_flags reports a config file it cannot load (on first use of the flag)
-        if "config" not in str(e) or "load" not in str(e):
-            raise
-        spec = flags.FLAGS["config"].config_filename
-        raise FileNotFoundError(f"--config={spec}: cannot load {spec.partition(':')[0]!r} from {os.getcwd()}.") from e
+        raise _unloadable_config(e, flags.FLAGS["config"].config_filename) from e
+
+
+def _unloadable_config(error: OSError, spec: str) -> OSError:
+    """config_flags' error for a config file it cannot load, as a FileNotFoundError naming the file; any other
+    OSError as it is."""
+    if "Failed loading config file" not in str(error):
+        return error
+    return FileNotFoundError(f"--config={spec}: cannot load {spec.partition(':')[0]!r} from {os.getcwd()}.")
 
 
 @user_errors_in_one_line
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    logging.get_absl_handler().addFilter(_QuietOrbax())
+    quiet_orbax()
     config = load_config()
     config_schema.validate(config)
     workdir = workdir_path(_WORKDIR.value)

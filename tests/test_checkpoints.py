@@ -5,6 +5,8 @@ still resume."""
 import json
 import logging
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +16,8 @@ import pytest
 from training_run import small_config, train_and_evaluate
 
 from bnrepro.training import checkpoints, run_dir
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _largest_file(step_dir: Path) -> Path:
@@ -128,3 +132,36 @@ def test_a_checkpoint_without_digest_newer_than_one_with_it_is_corrupt(small_fak
     _flip_bytes(_largest_file(workdir / run_dir.CHECKPOINT_DIR / "60"))
     _assert_same_params(train_and_evaluate(config, workdir), reference)
     assert (workdir / checkpoints.CORRUPT_DIR / "60").is_dir()
+
+
+def test_num_steps_refused_after_a_fallback_moves_nothing(small_fake_mnist: Path, tmp_path: Path) -> None:
+    train_and_evaluate(small_config(data_dir=str(small_fake_mnist)), tmp_path)
+    _flip_bytes(_largest_file(tmp_path / run_dir.CHECKPOINT_DIR / "60"))
+    with pytest.raises(ValueError, match=r"config\.num_steps=30 is below step 40 of the checkpoint"):
+        train_and_evaluate(small_config(data_dir=str(small_fake_mnist), num_steps=30), tmp_path)
+    assert sorted(p.name for p in (tmp_path / run_dir.CHECKPOINT_DIR).iterdir()) == ["40", "60"]
+    assert not (tmp_path / checkpoints.CORRUPT_DIR).exists()
+
+
+def test_only_the_latest_corrupt_checkpoints_are_kept(small_fake_mnist: Path, tmp_path: Path) -> None:
+    config = small_config(data_dir=str(small_fake_mnist))
+    train_and_evaluate(config, tmp_path)
+    for _ in range(checkpoints.KEEP_CORRUPT + 1):  # a disk that corrupts checkpoint 60 again and again
+        _flip_bytes(_largest_file(tmp_path / run_dir.CHECKPOINT_DIR / "60"))
+        assert int(train_and_evaluate(config, tmp_path).step) == 60
+    assert sorted(p.name for p in (tmp_path / checkpoints.CORRUPT_DIR).iterdir()) == ["60.1", "60.2"]
+
+
+def test_the_command_line_falls_back_quietly(tmp_path: Path) -> None:
+    """A damaged latest checkpoint under `bnrepro.main`: one warning line, none of orbax's leftover tracebacks."""
+    command = [
+        sys.executable, "-m", "bnrepro.main", "--config=configs/mnist_mlp.py:bn", f"--workdir={tmp_path}",
+        "--config.num_steps=1000", "--config.eval_every=500", "--config.checkpoint_every=500",
+    ]  # fmt: skip
+    subprocess.run(command, cwd=REPO, capture_output=True, check=True, timeout=300)
+    _truncate(_largest_file(tmp_path / run_dir.CHECKPOINT_DIR / "1000"))
+    resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert re.search(r"checkpoint 1000 in .* is corrupt: .* Resuming from checkpoint 500", resumed.stderr)
+    for noise in ("Traceback", "Exception ignored", "Event loop is closed"):
+        assert noise not in resumed.stderr, resumed.stderr[-3000:]

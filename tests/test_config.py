@@ -195,9 +195,16 @@ def test_an_empty_workdir_is_refused(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_missing_config_file_is_named(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "config_args",
+    [["--config=configs/nosuch.py:bn"], ["--config=configs/nosuch.py:bn", "--config.num_steps=3"],
+     ["--config", "configs/nosuch.py:bn", "--config.num_steps=3"]],
+    ids=["alone", "with-override", "space-separated"],
+)  # fmt: skip
+def test_a_missing_config_file_is_named(tmp_path: Path, config_args: list[str]) -> None:
+    """Named in one line whether the file is first used by an override (while flags are parsed) or by main."""
     result = subprocess.run(
-        [sys.executable, "-m", "bnrepro.main", "--config=configs/nosuch.py:bn", f"--workdir={tmp_path / 'run'}"],
+        [sys.executable, "-m", "bnrepro.main", *config_args, f"--workdir={tmp_path / 'run'}"],
         cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]

@@ -115,3 +115,38 @@ def test_a_write_that_fails_half_way_leaves_the_old_file(tmp_path: Path, monkeyp
         run_dir.write_atomically(path, json.dumps({"learning_rate": 0.2}) + "\n")
     assert path.read_text() == '{"learning_rate": 0.1}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["config.json"]  # no temporary file left behind
+
+
+def _mount_small_disk(path: Path, size: str) -> None:
+    path.mkdir(exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, check=False
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_a_full_disk_is_two_clear_lines_and_the_run_resumes_once_space_is_freed(tmp_path: Path) -> None:
+    disk = tmp_path / "disk"
+    _mount_small_disk(disk, "600k")  # room for the run's files and one checkpoint, not two
+    try:
+        command = [
+            sys.executable, "-m", "bnrepro.main", "--config=configs/mnist_mlp.py:bn", f"--workdir={disk / 'run'}",
+            "--config.num_steps=3000", "--config.eval_every=500", "--config.checkpoint_every=500",
+        ]  # fmt: skip
+        full = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+        assert full.returncode == 1, full.stderr[-3000:]
+        last = full.stderr.strip().splitlines()[-2:]
+        assert last[0].startswith("error: no space left on device while writing "), full.stderr[-3000:]
+        assert last[1].startswith("Free some space and rerun the same command")
+        for noise in ("Traceback", "Event loop is closed", "Exception ignored", "\nE1", "\nW1"):
+            assert noise not in full.stderr, full.stderr[-3000:]
+
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)  # space freed
+        resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert "Resumed from the checkpoint" in resumed.stderr
+        assert [r["step"] for r in run_dir.read_records(disk / "run")] == list(range(500, 3001, 500))
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import csv
 import ctypes
 import importlib.util
+import io
 import itertools
 import json
 import os
@@ -44,7 +45,7 @@ from absl import logging
 from bnrepro import config_schema, cpu, figures
 from bnrepro.sweep.group import compatible, train_group
 from bnrepro.training import loop
-from bnrepro.training.run_dir import CHECKPOINT_DIR, recorded_config_changes
+from bnrepro.training.run_dir import CHECKPOINT_DIR, recorded_config_changes, write_atomically
 
 STATUS_FILE = "sweep_status.json"
 SUMMARY_CSV, SUMMARY_MD = "summary.csv", "summary.md"
@@ -336,18 +337,28 @@ def summarize(sweep: Sweep, workdir: Path, refused: Mapping[str, str] | None = N
 
 
 def write_summary(sweep: Sweep, workdir: Path, refused: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
-    """`summary.csv` and `summary.md` in `workdir` (`summarize`); returns the rows."""
+    """`summary.csv` and `summary.md` in `workdir` (`summarize`), each written atomically; returns the rows."""
     rows = summarize(sweep, workdir, refused)
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    with (workdir / SUMMARY_CSV).open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    (workdir / SUMMARY_MD).write_text(markdown_table(rows, columns, sweep.threshold) + "\n")
+    columns = summary_columns(rows)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomically(workdir / SUMMARY_CSV, table.getvalue())
+    write_atomically(workdir / SUMMARY_MD, markdown_table(rows, sweep.threshold) + "\n")
     return rows
 
 
-def markdown_table(rows: list[dict[str, Any]], columns: list[str], threshold: float) -> str:
+def summary_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """The summary's columns: every key of any row, in the order they first appear."""
+    return list(dict.fromkeys(key for row in rows for key in row))
+
+
+def markdown_table(rows: list[dict[str, Any]], threshold: float) -> str:
+    """The summary rows as a Markdown table (`summary.md`): accuracies in %, the error column only if a point
+    failed."""
+    columns = summary_columns(rows)
+
     def cell(key: str, value: Any) -> str:
         if value is None:
             return "—"

@@ -11,7 +11,7 @@ import time
 from absl import app, flags
 
 from bnrepro import sweep
-from bnrepro.cli import user_errors_in_one_line, workdir_path
+from bnrepro.cli import quiet_orbax, user_errors_in_one_line, workdir_path
 from bnrepro.training import run_dir
 
 _SWEEP = flags.DEFINE_string("sweep", None, "Sweep file, PATH.py or PATH.py:ARG (passed to its get_sweep).")
@@ -31,6 +31,7 @@ _POINTS = flags.DEFINE_list("points", None, "Internal: train only these points, 
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    quiet_orbax()
     workdir = workdir_path(_WORKDIR.value)
     if _POINTS.value is not None:  # a worker process (each point's run directory is locked by the loop)
         sweep.die_with_parent()

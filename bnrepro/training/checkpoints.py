@@ -13,8 +13,8 @@ data, so flipped data bytes restore as wrong values). On restore the state is ha
 
 A checkpoint that fails -- orbax cannot read it (a truncated, emptied or missing file), or its values do not hash to
 its `state_sha256` -- is corrupt: the previous kept one is tried, with a warning naming both, and the corrupt one is
-moved to `WORKDIR/corrupt_checkpoints/<step>` (kept for inspection, out of orbax's way: the run then saves that step
-again). If none is good, a `ValueError` says "checkpoint N in WORKDIR is corrupt: ...". The config guard compares
+moved to `WORKDIR/corrupt_checkpoints/<step>` (kept for inspection, the latest two of them, out of orbax's way: the
+run then saves that step again). If none is good, a `ValueError` says "checkpoint N in WORKDIR is corrupt: ...". The config guard compares
 the current config with the checkpoint's own config, so it works without `WORKDIR/config.json`.
 
 Checkpoints made before this (no "bnrepro" metadata) are legacy: trusted as they are, with an info log, the guard
@@ -26,6 +26,7 @@ digest (`state_sha256` null) and trusted likewise.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -44,6 +45,7 @@ from bnrepro.training.state import TrainState
 METADATA_KEY = "bnrepro"
 FORMAT = 1
 CORRUPT_DIR = "corrupt_checkpoints"
+KEEP_CORRUPT = 2  # corrupt checkpoints kept for inspection; a disk that keeps corrupting them does not fill up
 
 
 class _Corrupt(Exception):
@@ -51,9 +53,12 @@ class _Corrupt(Exception):
 
 
 def manager(workdir: Path) -> ocp.CheckpointManager:
-    """The checkpoint manager of the run in `workdir` (its folder is created if needed)."""
+    """The checkpoint manager of the run in `workdir` (its folder is created if needed). Its one item's handler is
+    named, so that reading a step's metadata does not warn that the item "could not be restored"."""
     return ocp.CheckpointManager(
-        (workdir / run_dir.CHECKPOINT_DIR).absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
+        (workdir / run_dir.CHECKPOINT_DIR).absolute(),
+        item_handlers=ocp.StandardCheckpointHandler(),
+        options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
     )
 
 
@@ -98,6 +103,11 @@ def restore_latest(
         except _Corrupt as e:
             failures.append((step, str(e)))
             continue
+        if config.num_steps < step:  # refused before anything in the workdir is moved
+            raise ValueError(
+                f"config.num_steps={config.num_steps} is below step {step} of the checkpoint in {workdir}: a run "
+                f"cannot be shortened after it trained past the end. Pass num_steps >= {step}, or use a new --workdir."
+            )
         for bad, reason in failures:
             logging.warning(
                 "checkpoint %d in %s is corrupt: %s. Resuming from checkpoint %d instead; the corrupt one is moved to "
@@ -105,11 +115,6 @@ def restore_latest(
                 bad, workdir, reason, step, workdir / CORRUPT_DIR,
             )  # fmt: skip
             _move_aside(checkpoints, workdir, bad)
-        if config.num_steps < step:
-            raise ValueError(
-                f"config.num_steps={config.num_steps} is below step {step} of the checkpoint in {workdir}: a run "
-                f"cannot be shortened after it trained past the end. Pass num_steps >= {step}, or use a new --workdir."
-            )
         logging.info("Resumed from the checkpoint at step %d.", int(restored.step))
         return restored
     step, reason = failures[0]
@@ -194,7 +199,8 @@ def _check_stored_config(config: ml_collections.ConfigDict, saved: Any, workdir:
 
 def _move_aside(checkpoints: ocp.CheckpointManager, workdir: Path, step: int) -> None:
     """Moves corrupt checkpoint `step` to `WORKDIR/corrupt_checkpoints/<step>[.n]`, out of orbax's listing (the run
-    saves that step again), and makes the manager forget it. Process 0 moves it."""
+    saves that step again), keeping the `KEEP_CORRUPT` latest moved there, and makes the manager forget it. Process
+    0 moves it."""
     if jax.process_index() == 0:
         source = workdir / run_dir.CHECKPOINT_DIR / str(step)
         target = workdir / CORRUPT_DIR / str(step)
@@ -204,6 +210,11 @@ def _move_aside(checkpoints: ocp.CheckpointManager, workdir: Path, step: int) ->
             target = workdir / CORRUPT_DIR / f"{step}.{n}"
         target.parent.mkdir(exist_ok=True)
         shutil.move(source, target)
+        os.utime(target)  # the time it was moved aside, by which the oldest go
+        kept = sorted(target.parent.iterdir(), key=lambda path: path.stat().st_mtime, reverse=True)
+        for old in kept[KEEP_CORRUPT:]:
+            logging.info("Deleting %s: only the %d latest corrupt checkpoints are kept.", old, KEEP_CORRUPT)
+            shutil.rmtree(old)
     checkpoints.reload()
 
 
