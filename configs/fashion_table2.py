@@ -69,7 +69,7 @@ def get_config(arg: str = "bn_x5") -> ml_collections.ConfigDict:
     config.model.bn = models.bn_config()  # every BN layer's options (bnrepro.layers.BatchNorm): its defaults
 
     config.dataset = "fashion_mnist"
-    config.data_source = "offline"  # the IDX files of Debian's dataset-fashion-mnist
+    config.data_source = "offline"  # the IDX files of Debian's dataset-fashion-mnist, fetched into the data cache
     config.data_dir = ""
     config.validation_size = 0
 

@@ -1,4 +1,5 @@
-"""Test-session set-up: 8 simulated CPU devices for the multi-device tests; the shared fake-MNIST fixture.
+"""Test-session set-up: 8 simulated CPU devices for the multi-device tests; the shared fake-MNIST fixture; the
+real Fashion-MNIST, fetched once into the data cache.
 
 XLA reads the flag once, when JAX starts, so it is set here, before any test module imports JAX.
 Single-device code is unaffected: it runs on device 0.
@@ -16,6 +17,7 @@ import pytest
 from fake_mnist import write_fake_mnist
 
 import bnrepro.data
+from bnrepro.data import idx
 
 
 @pytest.fixture
@@ -23,3 +25,11 @@ def small_fake_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """1,200 + 300 fake examples, accepted by `load_dataset` in this process."""
     monkeypatch.setattr(bnrepro.data, "EXPECTED_COUNTS", {"train": 1_200, "test": 300})
     return write_fake_mnist(tmp_path / "mnist", {"train": 1_000, "valid": 200, "test": 300})
+
+
+@pytest.fixture(scope="session")
+def real_fashion_mnist() -> Path:
+    """The folder of the real Fashion-MNIST IDX files in the data cache (the one the real-MNIST test reads),
+    fetched there from the Debian package on first use; ``load_dataset("fashion_mnist")`` then finds them (or an
+    installed copy, or $BNREPRO_FASHION_MNIST_DIR's, which it reads first)."""
+    return idx.fetch_fashion_mnist()

