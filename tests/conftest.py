@@ -1,5 +1,5 @@
-"""Test-session set-up: 8 simulated CPU devices for the multi-device tests; the shared fake-MNIST fixture; the
-real Fashion-MNIST, fetched once into the data cache.
+"""Test-session set-up: 8 simulated CPU devices for the multi-device tests; every Ray process on loopback; the
+shared fake-MNIST fixture; the real Fashion-MNIST, fetched once into the data cache.
 
 XLA reads the flag once, when JAX starts, so it is set here, before any test module imports JAX.
 Single-device code is unaffected: it runs on device 0.
@@ -10,6 +10,10 @@ import os
 _DEVICES_FLAG = "--xla_force_host_platform_device_count"
 if _DEVICES_FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_DEVICES_FLAG}=8".strip()
+# Ray on 127.0.0.1 only, quiet (../shared/stack-notes.md); every Ray process the tests start inherits these. Heads
+# the tests start themselves also take --node-ip-address=127.0.0.1; `bnrepro.sweep.engine` sets them for the
+# local instances it starts.
+os.environ.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0")
 
 from pathlib import Path
 

@@ -1,16 +1,18 @@
-"""Sweeps: expansion and naming, the default sweep files, and a sweep run end to end in worker processes on a
+"""Sweeps: expansion and naming, the default sweep files, and a sweep run end to end in Ray tasks on a
 fake MNIST: one point finishing, one diverging, one raising; a re-run skipping what is done and finishing what
 is not; the summary's numbers against each run's own metrics.jsonl."""
 
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import ray
 from fake_mnist import write_fake_mnist
 
 from bnrepro import config_schema, sweep
@@ -88,7 +90,7 @@ def test_default_sweeps():
 
 @pytest.fixture(scope="module")
 def finished_sweep(tmp_path_factory) -> tuple[Path, str]:
-    """The three-point sweep, run once in two pinned worker processes."""
+    """The three-point sweep, run once on a local Ray instance, two groups at once, each pinned to a core."""
     root = tmp_path_factory.mktemp("sweep")
     data_dir = write_fake_mnist(root / "mnist", {"train": 50_000, "valid": 10_000, "test": 10_000})
     spec = root / "sweep.py"
@@ -96,6 +98,7 @@ def finished_sweep(tmp_path_factory) -> tuple[Path, str]:
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(REPO)  # the sweep file imports configs/ as `python -m` run from the repo root does
         sweep.run_sweep(str(spec), root / "runs", jobs=2)
+    ray.shutdown()  # the instance this process started: other tests start their own
     return root / "runs", str(spec)
 
 
@@ -166,38 +169,83 @@ def test_groups_join_points_that_differ_in_seed_and_learning_rate_only(tmp_path)
     assert [0] in sweep.groups_of(full, range(9), tmp_path, max_size=8)
 
 
-def test_killing_the_sweep_kills_its_workers_and_a_rerun_finishes(tmp_path):
-    """SIGKILL of `python -m bnrepro.sweep` takes its workers with it (nothing trains on unwatched, nothing writes
-    into the run directories after it); the next run resumes from their checkpoints."""
+def _start_long_sweep(tmp_path: Path) -> tuple[list[str], Path, subprocess.Popen, int]:
+    """The long one-point sweep started in a subprocess; returns its command, workdir, process, and the PID of
+    the Ray worker training the point (the holder of the point's run directory lock) once it has checkpointed."""
     data_dir = write_fake_mnist(tmp_path / "mnist", {"train": 50_000, "valid": 10_000, "test": 10_000})
     spec = tmp_path / "long.py"
     spec.write_text(LONG_SWEEP_FILE.format(data_dir=str(data_dir)))
     workdir = tmp_path / "runs"
     command = [sys.executable, "-m", "bnrepro.sweep", f"--sweep={spec}", f"--workdir={workdir}"]
-    sweeper = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sweeper = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     checkpoints = workdir / "seed=0" / CHECKPOINT_DIR
     deadline = time.monotonic() + 240
     while not any(p.name.isdigit() for p in checkpoints.glob("*")):
         assert sweeper.poll() is None and time.monotonic() < deadline, "no checkpoint before the sweep ended"
         time.sleep(0.2)
-    sweeper.kill()
-    sweeper.wait()
-    time.sleep(3)
-    workers = [p for p in Path("/proc").glob("[0-9]*") if str(workdir).encode() in _cmdline(p)]
-    assert not workers, "a worker outlived the sweep"
-    assert sweep.read_status(workdir / "seed=0") is None  # it did not finish on its own
+    holder = (workdir / "seed=0" / run_dir.LOCK_FILE).read_text()  # "process PID on HOST (since ...)"
+    return command, workdir, sweeper, int(holder.split()[1])
+
+
+def _gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while Path(f"/proc/{pid}").exists() and b"zombie" not in _status(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def _status(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/status").read_bytes().lower()
+    except OSError:  # gone meanwhile
+        return b""
+
+
+def _rerun_finishes(command: list[str], workdir: Path) -> None:
     rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
     assert sweep.read_status(workdir / "seed=0")["status"] == "finished"
     records = [json.loads(line) for line in (workdir / "seed=0" / METRICS_FILE).read_text().splitlines()]
+    assert [r["step"] for r in records] == [10_000, 20_000, 30_000]  # every evaluation once
+
+
+def test_killing_the_sweep_stops_its_tasks_and_a_rerun_finishes(tmp_path):
+    """SIGKILL of `python -m bnrepro.sweep`: Ray stops the tasks it owned (nothing trains on unwatched, nothing
+    writes into the run directories after it); the next run resumes from their checkpoints."""
+    command, workdir, sweeper, worker = _start_long_sweep(tmp_path)
+    sweeper.kill()
+    sweeper.communicate()
+    assert _gone_within(worker, 30), f"the worker {worker} outlived the sweep"
+    assert sweep.read_status(workdir / "seed=0") is None  # it did not finish on its own
+    _rerun_finishes(command, workdir)
+
+
+def test_ctrl_c_stops_the_sweep_cleanly_and_a_rerun_finishes(tmp_path):
+    command, workdir, sweeper, worker = _start_long_sweep(tmp_path)
+    sweeper.send_signal(signal.SIGINT)
+    output, _ = sweeper.communicate(timeout=120)
+    assert sweeper.returncode == 130, output[-3000:]
+    assert "Interrupted: the groups are stopped; rerun the same command to resume them" in output
+    assert "Traceback" not in output, output[-3000:]
+    assert _gone_within(worker, 30), f"the worker {worker} outlived the sweep"
+    _rerun_finishes(command, workdir)
+
+
+def test_a_killed_worker_is_retried_and_its_point_finishes(tmp_path):
+    """SIGKILL of the Ray worker training a group: Ray retries the task (`--max_retries`), which resumes from the
+    group's checkpoints; every evaluation is recorded once."""
+    _, workdir, sweeper, worker = _start_long_sweep(tmp_path)
+    os.kill(worker, signal.SIGKILL)
+    output, _ = sweeper.communicate(timeout=600)
+    assert sweeper.returncode == 0, output[-3000:]
+    status = sweep.read_status(workdir / "seed=0")
+    assert status["status"] == "finished" and status["pid"] != worker
+    records = [json.loads(line) for line in (workdir / "seed=0" / METRICS_FILE).read_text().splitlines()]
     assert [r["step"] for r in records] == [10_000, 20_000, 30_000]
-
-
-def _cmdline(process: Path) -> bytes:
-    try:
-        return (process / "cmdline").read_bytes()
-    except OSError:  # gone meanwhile
-        return b""
+    log = (workdir / "seed=0" / "train.log").read_text()
+    assert log.count("--- ") == 2 and "Resumed from the checkpoint" in log  # the retry appended to the log
 
 
 EDITABLE_SWEEP_FILE = """

@@ -1,9 +1,10 @@
 """The sweep CLI: `python -m bnrepro.sweep --sweep=configs/sweeps/NAME.py[:ARG] --workdir=DIR [--jobs=N]
-[--group_size=N]`.
+[--group_size=N] [--address=auto|HOST:PORT] [--cpus_per_group=C] [--gpus_per_group=G] [--tpus_per_group=T]`.
 
-Trains the sweep's unfinished points (see `bnrepro.sweep`) and prints the summary table; exits with 1 if a
-point failed (`--restart_changed` retrains the points whose config the sweep file changed). With `--points=I,J,..`
-it is one worker process, training those points of the sweep as one group (how the sweep runs its points).
+Trains the sweep's unfinished points (see `bnrepro.sweep`), each group a Ray task (`bnrepro.sweep.engine`): on a
+local Ray instance started for the sweep, or, with `--address`, on a running Ray cluster. Prints each point's end
+and the summary table; exits with 1 if a point failed (`--restart_changed` retrains the points whose config the
+sweep file changed), with 130 on Ctrl-C (the points resume on the next run).
 """
 
 import time
@@ -12,11 +13,12 @@ from absl import app, flags
 
 from bnrepro import sweep
 from bnrepro.cli import quiet_orbax, user_errors_in_one_line, workdir_path
+from bnrepro.sweep import engine
 from bnrepro.training import run_dir
 
 _SWEEP = flags.DEFINE_string("sweep", None, "Sweep file, PATH.py or PATH.py:ARG (passed to its get_sweep).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory holding one run directory per point and the summary.")
-_JOBS = flags.DEFINE_integer("jobs", 0, "Points trained at once, each pinned to a core (0: one per core).")
+_JOBS = flags.DEFINE_integer("jobs", 0, "Local instance: groups trained at once (0: one per CPU core).")
 _GROUP_SIZE = flags.DEFINE_integer("group_size", sweep.DEFAULT_GROUP_SIZE, "Most points in one vmapped group.")
 _RESTART_CHANGED = flags.DEFINE_bool(
     "restart_changed",
@@ -24,7 +26,14 @@ _RESTART_CHANGED = flags.DEFINE_bool(
     "Retrain the points whose run directory holds a run made with another config (the sweep file was edited) in a "
     "fresh directory, the old one kept as POINT.old-TIME; without it they are refused and count as failed.",
 )
-_POINTS = flags.DEFINE_list("points", None, "Internal: train only these points, as one group, in this process.")
+_ADDRESS = flags.DEFINE_string(
+    "address", None, "A running Ray cluster to join: auto (started on this node with `ray start`) or HOST:PORT. "
+    "Default: a local Ray instance for this sweep."
+)  # fmt: skip
+_CPUS = flags.DEFINE_float("cpus_per_group", 1, "CPU cores per group (on a CPU host each group is pinned to its own).")
+_GPUS = flags.DEFINE_float("gpus_per_group", 0, "GPUs per group (fractions share a GPU); 0: groups run on the CPU.")
+_TPUS = flags.DEFINE_float("tpus_per_group", 0, "TPU chips per group (Ray's TPU resource).")
+_RETRIES = flags.DEFINE_integer("max_retries", 2, "Retries of a group whose worker process died.")
 
 
 @user_errors_in_one_line
@@ -33,17 +42,20 @@ def main(argv: list[str]) -> int:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     quiet_orbax()
     workdir = workdir_path(_WORKDIR.value)
-    if _POINTS.value is not None:  # a worker process (each point's run directory is locked by the loop)
-        sweep.die_with_parent()
-        sweep.run_points(sweep.load_sweep(_SWEEP.value), [int(i) for i in _POINTS.value], workdir)
-        return 0
+    resources = engine.Resources(_CPUS.value, _GPUS.value, _TPUS.value, _RETRIES.value)
     start = time.perf_counter()
+    spec = sweep.load_sweep(_SWEEP.value)
     with run_dir.locked(workdir):  # one driver per sweep directory: a second one is refused at once
-        rows = sweep.run_sweep(_SWEEP.value, workdir, _JOBS.value, _GROUP_SIZE.value, _RESTART_CHANGED.value)
+        try:
+            rows = sweep.run_sweep(
+                spec, workdir, _JOBS.value, _GROUP_SIZE.value, _RESTART_CHANGED.value, resources, _ADDRESS.value
+            )
+        except KeyboardInterrupt:
+            print(f"\nInterrupted: the groups are stopped; rerun the same command to resume them in {workdir}.")
+            return 130
     print(f"\nSweep {_SWEEP.value}: {len(rows)} points, {time.perf_counter() - start:.0f} s.")
     print((workdir / sweep.SUMMARY_MD).read_text())
-    names = [sweep.point_name(point) for point in sweep.load_sweep(_SWEEP.value).points]
-    failed = [name for name, row in zip(names, rows) if row["status"] == "failed"]
+    failed = [spec.run_name(i) for i, row in enumerate(rows) if row["status"] == "failed"]
     if failed:
         print(f"{len(failed)} of {len(rows)} points failed: {', '.join(failed)} (see {workdir / sweep.SUMMARY_MD}).")
         return 1

@@ -1,0 +1,236 @@
+"""Where a sweep's groups train: one Ray task per group, on a local Ray instance or on a cluster.
+
+`connect(address)` starts a local instance (no set-up, no dashboard, quiet: every Ray process on 127.0.0.1) or,
+with `address` ("auto" or "HOST:PORT"), joins a running cluster. `run_groups` then submits each group of points
+(`bnrepro.sweep.groups_of`) as a task that trains it with `points.run_points`, in a fresh worker process
+(`max_calls=1`: JAX starts there with the task's devices and hands them back when the task ends), with the
+resources of `Resources`:
+
+* a CPU host: `cpus_per_group` cores; the task pins its process to that many cores of its node that no other
+  group of ours holds (node-local `flock`s), as a small net trains fastest on cores of its own;
+* a GPU host: `gpus_per_group` (fractions share a device): Ray gives each task its own `CUDA_VISIBLE_DEVICES`,
+  so an 8-GPU box trains 8 groups at once, each on its own device;
+* a TPU host: `tpus_per_group` chips, Ray's `TPU` resource (a TPU VM's Ray node declares its chips as `TPU`);
+  JAX in the task sees the host's chips.
+A group that asks for no accelerator runs JAX on the CPU, even on a host that has one.
+
+Every node must see the sweep's workdir at the same path (a filesystem all nodes share): the driver writes a
+token into it, and a task that cannot read that token fails with a message that says so.
+
+Faults: Ray's ownership model stops a driver's tasks when the driver dies (SIGKILL included), and their worker
+processes with them; a rerun resumes every point from its checkpoint. A worker process that dies is retried
+(`max_retries`), resuming from the group's checkpoints, then its points are recorded as failed with the cause.
+Ctrl-C cancels the tasks and leaves the points to resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import logging as pylogging
+import os
+import socket
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from bnrepro.sweep import points
+from bnrepro.training.run_dir import write_atomically
+
+LOOPBACK = "127.0.0.1"
+TOKEN_FILE = ".sweep_token"
+LOG_FILE = "train.log"  # a group's log, in its first point's run directory
+# Settings of every Ray process of a local instance: stay on loopback (by default Ray advertises and dials the
+# machine's interface address even for a local instance), send no usage statistics.
+LOCAL_ENVIRONMENT = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Resources:
+    """What each group's task asks of Ray, and how often a task whose worker died is retried."""
+
+    cpus_per_group: float = 1
+    gpus_per_group: float = 0
+    tpus_per_group: float = 0
+    max_retries: int = 2
+
+    def __post_init__(self) -> None:
+        if self.cpus_per_group <= 0 or self.gpus_per_group < 0 or self.tpus_per_group < 0 or self.max_retries < 0:
+            raise ValueError(f"resources per group must be positive (CPUs) or zero and up (the rest): {self}.")
+
+    def task_options(self) -> dict[str, Any]:
+        """`ray.remote` options of one group's task."""
+        options: dict[str, Any] = {"num_cpus": self.cpus_per_group, "max_retries": self.max_retries}
+        if self.gpus_per_group:
+            options["num_gpus"] = self.gpus_per_group
+        if self.tpus_per_group:
+            options["resources"] = {"TPU": self.tpus_per_group}
+        return options
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupOutcome:
+    """How a group's task ended: `error` is None if it ran to the end (its points' own statuses say how each
+    point ended), else why the task failed (its points have no status of their own)."""
+
+    indices: list[int]
+    error: str | None
+
+
+def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: float | None = None) -> None:
+    """Joins the Ray cluster at `address` ("auto": the one started on this machine with `ray start`), or, with no
+    address, starts a local instance with `num_cpus` CPUs (None: every core this process may use) and
+    `num_gpus` GPUs (None: as Ray detects), on 127.0.0.1 only. Does nothing if Ray is already initialized."""
+    if ray.is_initialized():
+        return
+    quiet = {"log_to_driver": False, "logging_level": pylogging.ERROR}
+    if address:
+        ray.init(address=address, **quiet)
+        return
+    for key, value in LOCAL_ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    ray.init(num_cpus=num_cpus or cores, num_gpus=num_gpus, include_dashboard=False, _node_ip_address=LOOPBACK, **quiet)
+
+
+def run_groups(
+    sweep: points.Sweep,
+    workdir: Path,
+    groups: Sequence[list[int]],
+    resources: Resources,
+    on_end: Callable[[GroupOutcome], None] = lambda outcome: None,
+) -> list[GroupOutcome]:
+    """Trains each group of points in a Ray task (see the module docstring) and returns how each task ended, in
+    the order of `groups`, calling `on_end` as each one ends. `connect` first."""
+    workdir = workdir.absolute()
+    token = uuid.uuid4().hex
+    write_atomically(workdir / TOKEN_FILE, token + "\n")
+    task = ray.remote(max_calls=1)(_train_group)
+    refs = {
+        task.options(**resources.task_options(), name=f"bnrepro-sweep:{sweep.run_name(group[0])}").remote(
+            sweep, group, str(workdir), token, resources.cpus_per_group, bool(resources.gpus_per_group)
+        ): i
+        for i, group in enumerate(groups)
+    }
+    outcomes: dict[int, GroupOutcome] = {}
+    pending = list(refs)
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                i = refs[ref]
+                try:
+                    ray.get(ref)
+                    outcomes[i] = GroupOutcome(groups[i], None)
+                except ray.exceptions.RayError as e:
+                    outcomes[i] = GroupOutcome(groups[i], _cause(e, resources.max_retries))
+                on_end(outcomes[i])
+    finally:
+        for ref in pending:  # Ctrl-C, or an error in the driver: nothing trains on unwatched
+            ray.cancel(ref, force=True)
+    return [outcomes[i] for i in range(len(groups))]
+
+
+def _cause(error: ray.exceptions.RayError, retries: int) -> str:
+    """One line on why a group's task failed."""
+    if isinstance(error, ray.exceptions.RayTaskError):  # the task raised: its own message
+        cause = error.cause if error.cause is not None else error
+        return f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
+    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__} (after {retries} retries): {first}"
+
+
+def _train_group(
+    sweep: points.Sweep, indices: list[int], workdir: str, token: str, cpus: float, gpus: bool
+) -> dict[str, Any]:
+    """The body of a group's Ray task: checks the workdir is the sweep's, logs into the group's `train.log`, pins
+    the process to cores of its own (CPU groups), trains the points (`points.run_points`) and records in each
+    point's status where it trained."""
+    path = Path(workdir)
+    check_shared_workdir(path, token)
+    import jax  # here, not at the top: the task's settings must come before JAX starts
+
+    if not gpus and not os.environ.get("TPU_NAME") and jax.config.jax_platforms is None:
+        jax.config.update("jax_platforms", "cpu")  # no accelerator asked for: leave the host's to other groups
+    context = ray.get_runtime_context()
+    where = {
+        "node_id": context.get_node_id(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    }
+    with _logging_to(path / sweep.run_name(indices[0]) / LOG_FILE), _own_cores(int(cpus) if not gpus else 0):
+        where["cores"] = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        points.run_points(sweep, indices, path, where)
+    return where
+
+
+def check_shared_workdir(workdir: Path, token: str) -> None:
+    """Refuses to train unless `workdir` holds this sweep's token: the task's node sees the driver's workdir."""
+    try:
+        found = (workdir / TOKEN_FILE).read_text().strip()
+    except OSError as e:
+        found = f"unreadable ({e.strerror or e})"
+    if found != token:
+        raise RuntimeError(
+            f"{workdir} on {socket.gethostname()} is not this sweep's workdir (its {TOKEN_FILE} is {found!r}): "
+            "the sweep's --workdir must be on a filesystem all nodes share, at the same path."
+        )
+
+
+@contextlib.contextmanager
+def _logging_to(log: Path) -> Iterator[None]:
+    """Sends this process's stdout, stderr and absl's INFO log into `log` (appended: a retry follows the attempt
+    it retries)."""
+    from absl import logging
+
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as f:
+        f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}: process {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        logging.use_absl_handler()
+        logging.set_verbosity(logging.INFO)
+        yield
+
+
+@contextlib.contextmanager
+def _own_cores(count: int) -> Iterator[None]:
+    """Pins this process to `count` cores of its node that no other group of ours holds (a `flock` per core in
+    the node's temp folder, released when the process ends, however it ends); does nothing for 0, or if too few
+    are free (more groups than cores)."""
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    held: dict[int, int] = {}  # core: descriptor of its lock
+    if count and len(allowed) > count:
+        folder = Path(tempfile.gettempdir()) / "bnrepro-cores"
+        folder.mkdir(exist_ok=True)
+        for core in allowed:
+            descriptor = os.open(folder / f"{core}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(descriptor)
+                continue
+            held[core] = descriptor
+            if len(held) == count:
+                os.sched_setaffinity(0, held)
+                break
+        else:  # too few free: share the cores rather than wait
+            for descriptor in held.values():
+                os.close(descriptor)
+            held = {}
+    try:
+        yield
+    finally:
+        for descriptor in held.values():
+            os.close(descriptor)

@@ -1,0 +1,148 @@
+"""A sweep's points: the `Sweep` a sweep file's `get_sweep(arg)` returns, each point's config and run directory
+name, and how a group of points trains and records its end (`run_points`, run inside a worker by
+`bnrepro.sweep.engine`)."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import os
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import ml_collections
+from absl import logging
+
+from bnrepro import config_schema
+from bnrepro.sweep.group import train_group
+from bnrepro.training import loop
+from bnrepro.training.run_dir import write_atomically
+
+STATUS_FILE = "sweep_status.json"
+
+
+class Sweep(NamedTuple):
+    """A base config, the overrides of each point (dotted keys, e.g. "model.activation"), the test accuracy
+    whose first reaching step the summary reports, and optionally each point's run directory name (else
+    `point_name` of its overrides)."""
+
+    base: ml_collections.ConfigDict
+    points: list[dict[str, Any]]
+    threshold: float
+    names: tuple[str, ...] = ()
+
+    def run_name(self, index: int) -> str:
+        """The name of point `index`'s run directory in the sweep's workdir."""
+        return self.names[index] if self.names else point_name(self.points[index])
+
+
+def product(axes: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the axes' values, the last axis varying fastest."""
+    return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+
+
+def point_name(overrides: Mapping[str, Any]) -> str:
+    """The run directory name of a point: its overrides as `key=value` joined by commas, in their order."""
+    if not overrides:
+        return "base"
+    parts = [f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}" for key, value in overrides.items()]
+    return ",".join(part.replace("/", "_").replace(" ", "") for part in parts)
+
+
+def point_config(base: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """`base` with `overrides` applied; a key the base lacks is a ValueError naming it (and its new name, if it
+    was renamed)."""
+    config = base.copy_and_resolve_references()
+    for key, value in overrides.items():
+        config_schema.check_not_renamed(key)
+        *sections, name = key.split(".")
+        node = config
+        for section in sections:
+            node = node.get(section)
+            if not isinstance(node, ml_collections.ConfigDict):
+                message = f"sweep point {dict(overrides)}: config.{key}: no such section {section!r}."
+                raise ValueError(message)  # noqa: TRY004 -- a bad key in a sweep file, not a bad argument type
+        if name not in node:
+            raise ValueError(f"sweep point {dict(overrides)}: config.{key}: unknown key.")
+        with node.ignore_type():  # an int learning rate in a sweep file is still a learning rate
+            node[name] = value
+    return config
+
+
+def load_sweep(spec: str) -> Sweep:
+    """The `Sweep` of `PATH.py[:ARG]`: the file's `get_sweep(ARG)`. Sweep files import their base configs from
+    the installed `configs` package, whatever the working directory."""
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--sweep={spec}: no file {path}.")
+    module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    sweep = module.get_sweep(arg) if arg else module.get_sweep()
+    if sweep.names and len(sweep.names) != len(sweep.points):
+        raise ValueError(f"--sweep={spec}: {len(sweep.names)} names for {len(sweep.points)} points.")
+    names = [sweep.run_name(i) for i in range(len(sweep.points))]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"--sweep={spec}: points {duplicates} appear more than once.")
+    return sweep
+
+
+def read_status(run_dir: Path) -> dict[str, Any] | None:
+    """A point's `sweep_status.json`, or None if it has not ended yet."""
+    path = run_dir / STATUS_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_status(run_dir: Path, status: dict[str, Any]) -> None:
+    """Records how a point ended in `RUN_DIR/sweep_status.json` (atomically)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_atomically(run_dir / STATUS_FILE, json.dumps(status, indent=2) + "\n")
+    logging.info("%s: %s", run_dir.name, status["status"])
+
+
+def failure(e: BaseException) -> dict[str, Any]:
+    """The status of a point stopped by `e`: its message and traceback."""
+    return {
+        "status": "failed",
+        "error": f"{type(e).__name__}: {e}",
+        "traceback": "".join(traceback.format_exception(e)),
+    }
+
+
+def run_points(sweep: Sweep, indices: Sequence[int], workdir: Path, where: Mapping[str, Any] | None = None) -> None:
+    """Trains the points `indices` to the end as one `group.train_group` (one vmapped program; resuming
+    where they can) and records how each ended in its `sweep_status.json`, with `where` it trained (node,
+    devices): finished, diverged, or failed. A point whose config is invalid fails alone; an exception while
+    training fails the whole group."""
+    start, where = time.perf_counter(), where or {}
+    configs, run_dirs = [], []
+    for index in indices:
+        overrides = sweep.points[index]
+        try:
+            config = point_config(sweep.base, overrides)
+            config_schema.validate(config)
+        except Exception as e:  # noqa: BLE001 -- a bad point must not stop the others: it is recorded
+            write_status(workdir / sweep.run_name(index), {**failure(e), "num_steps": 0, "wall_seconds": 0.0, **where})
+            continue
+        configs.append(config)
+        run_dirs.append(workdir / sweep.run_name(index))
+    if not configs:
+        return
+    try:
+        results = train_group(configs, run_dirs)
+    except Exception as e:  # noqa: BLE001
+        results = [e] * len(configs)
+    wall_seconds = time.perf_counter() - start
+    for config, run_dir, result in zip(configs, run_dirs, results):
+        if isinstance(result, loop.DivergedError):
+            status = {"status": "diverged", "error": str(result)}
+        elif isinstance(result, BaseException):
+            status = failure(result)
+        else:
+            status = {"status": "finished"}
+        write_status(run_dir, {**status, "num_steps": config.num_steps, "wall_seconds": wall_seconds, **where})
