@@ -3,6 +3,7 @@ exit code 1, `--workdir`, and orbax kept quiet on the console."""
 
 from __future__ import annotations
 
+import ast
 import errno
 import functools
 import logging as pylogging
@@ -10,7 +11,7 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -106,6 +107,23 @@ def disk_full_message(error: BaseException) -> str | None:
             )
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def config_overrides(args: Sequence[str]) -> dict[str, Any]:
+    """`--config.KEY=VALUE` arguments as `{KEY: VALUE}` overrides (as `bnrepro.main` takes them): a Python literal
+    is read as one (`0.5`, `True`, `(10, 10)`), `true`/`false` as booleans, anything else as a string. Any
+    other argument is a ValueError naming it."""
+    overrides = {}
+    for arg in args:
+        key, equals, text = arg.removeprefix("--config.").partition("=")
+        if not arg.startswith("--config.") or not equals or not key:
+            raise ValueError(f"{arg}: expected --config.KEY=VALUE.")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = {"true": True, "false": False}.get(text.lower(), text)
+        overrides[key] = value
+    return overrides
 
 
 def workdir_path(value: str) -> Path:

@@ -84,7 +84,7 @@ def get_config(variant: str = "bn") -> ml_collections.ConfigDict:
     config.checkpoint_every = 10_000  # steps between checkpoints (also one at the end)
     # On a CPU-only host, run on this many of the allowed cores (0 = all): for a net this small one core is
     # fastest (~3100 vs ~2600 steps/s on two). Runs side by side each get a core of their own
-    # (`bnrepro.cpu.run_pinned`, as scripts/reproduce_figure1.sh and sweeps do).
+    # (sweeps' groups, as scripts/reproduce_figure1.sh runs them: `bnrepro.sweep.engine`).
     config.cpu_cores = 1
     config.num_devices = 1  # devices each mini-batch is split across (0 = all); a net this small needs one
 

@@ -1,56 +1,52 @@
-"""Table 2 of the paper, CPU-scale: trains the six runs of `configs/fashion_table2.py` (unless done) and prints,
-as the paper does, the steps each needs to reach the Inception analogue's best accuracy and its own best.
+"""Table 2 of the paper, CPU-scale: trains the six runs of `configs/fashion_table2.py` as one sweep
+(`configs/sweeps/table2.py`, on Ray like every sweep) unless done, and prints, as the paper does, the steps each
+needs to reach the Inception analogue's best accuracy and its own best.
 
-    python scripts/table2.py --workdir=runs/table2 [--quick] [--jobs=2] [-- --config.KEY=VALUE ...]
+    python scripts/table2.py --workdir=runs/table2 [--quick] [--jobs=2] [--address=auto] [-- --config.KEY=VALUE ...]
 
-Runs train `--jobs` at a time, each pinned to its own CPU core (`cpu.run_pinned`); their logs go to WORKDIR/VARIANT.log.
-Arguments after `--` go to every run's `bnrepro.main`. Re-running resumes unfinished runs and skips finished ones
-(`bnrepro.main` does both). It works from any working directory (the config file is found in the installed
-`configs` package). If a run fails, its name and its log's last lines are shown, no table is written, and the
-script exits with 1.
+Runs train `--jobs` groups at a time on a local Ray instance, each pinned to its own CPU core (or on the cluster
+at `--address`); each run's log is in its group's `train.log` (WORKDIR/VARIANT/train.log). Arguments after `--`
+override every run's config. Re-running resumes unfinished runs and skips finished ones. It works from any
+working directory. If a run fails, its name and error are shown, no table is written, and the script exits with 1.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 from absl import app, flags
 
 import configs
-from bnrepro import cpu, figures
+from bnrepro import figures, sweep
+from bnrepro.cli import config_overrides, quiet_orbax, user_errors_in_one_line, workdir_path
+from bnrepro.sweep import points
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/table2", "Directory holding one run directory per variant.")
 _QUICK = flags.DEFINE_bool("quick", False, "The few-hundred-step variants (a smoke test, not the result).")
-_JOBS = flags.DEFINE_integer("jobs", 0, "Runs trained at once (0: one per available CPU core).")
-CONFIG_FILE = Path(configs.__file__).resolve().parent / "fashion_table2.py"
-LOG_TAIL_LINES = 15
+_JOBS = flags.DEFINE_integer("jobs", 0, "Runs trained at once on a local Ray instance (0: one per CPU core).")
+_ADDRESS = flags.DEFINE_string("address", None, "A running Ray cluster to train on (auto or HOST:PORT).")
+SWEEP_FILE = Path(configs.__file__).resolve().parent / "sweeps" / "table2.py"
 
 
-def train_all(workdir: Path, quick: bool, jobs: int, extra_flags: list[str] = ()) -> list[str]:
-    """Trains every variant, `jobs` at a time, each process pinned to one core (`cpu.run_pinned`); prints the
-    last lines of the log of each run that failed and returns their names."""
-    commands = []
-    for variant in figures.TABLE2_RUNS:
-        argument = f"{variant},quick" if quick else variant
-        command = [sys.executable, "-m", "bnrepro.main", f"--config={CONFIG_FILE}:{argument}",
-                   f"--workdir={workdir / variant}", *extra_flags]  # fmt: skip
-        commands.append((variant, command, workdir / f"{variant}.log"))
-    codes = cpu.run_pinned(commands, jobs)
-    failed = [(variant, log) for variant, _, log in commands if codes[variant] != 0]
-    for variant, log in failed:
-        tail = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:] if log.exists() else ["(no log)"]
-        print(f"\nThe {variant} run failed (exit code {codes[variant]}); the end of {log}:", *tail, sep="\n")
-    return [variant for variant, _ in failed]
+def train_all(workdir: Path, quick: bool, jobs: int, overrides: dict, address: str | None) -> list[str]:
+    """Trains every variant as one sweep; prints each failed run's error and log, returns their names."""
+    spec = points.with_overrides(sweep.load_sweep(f"{SWEEP_FILE}:{'quick' if quick else ''}"), overrides)
+    rows = sweep.run_sweep(spec, workdir, jobs, address=address)
+    failed = [row["name"] for row in rows if row["status"] != "finished"]
+    for name in failed:
+        status = sweep.read_status(workdir / name) or {"error": "it did not run"}
+        print(f"\nThe {name} run failed: {status.get('error', '')} (log: {workdir / name / 'train.log'})")
+    return failed
 
 
+@user_errors_in_one_line
 def main(argv: list[str]) -> int:
-    extra_flags = argv[1:]  # what followed `--`
-    workdir = Path(_WORKDIR.value)
-    workdir.mkdir(parents=True, exist_ok=True)
+    quiet_orbax()
+    overrides = config_overrides(argv[1:])  # what followed `--`
+    workdir = workdir_path(_WORKDIR.value)
     start = time.perf_counter()
-    failed = train_all(workdir, _QUICK.value, _JOBS.value, extra_flags)
+    failed = train_all(workdir, _QUICK.value, _JOBS.value, overrides, _ADDRESS.value)
     if failed:
         print(
             f"\n{len(failed)} of {len(figures.TABLE2_RUNS)} Table 2 runs failed: {', '.join(failed)}; no table written."

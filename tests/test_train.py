@@ -456,8 +456,9 @@ def test_cli_resumes_after_sigkill_with_identical_parameters(
 def test_reproduce_figure1_trains_both_nets_and_fails_loudly(
     full_size_fake_mnist: Path, tmp_path: Path, cli_env: dict[str, str]
 ) -> None:
-    """The README's main command, shortened: both runs train (each pinned to a core), then the figure; a run that
-    fails is reported with its log's end, nothing is plotted and the script exits non-zero."""
+    """The README's main command, shortened: both runs train (a sweep, each on a core of its own), then the
+    figure; a run that fails is reported with its error, nothing is plotted and the script exits non-zero; a
+    misspelt key is refused before anything trains."""
     flags = ["--config.num_steps=400", "--config.eval_every=200", "--config.checkpoint_every=200",
              "--config.steps_per_dispatch=200", f"--config.data_dir={full_size_fake_mnist}"]  # fmt: skip
     env = {**cli_env, "RUNS_DIR": str(tmp_path / "runs")}
@@ -474,12 +475,20 @@ def test_reproduce_figure1_trains_both_nets_and_fails_loudly(
 
     env["RUNS_DIR"] = str(tmp_path / "failing")
     failed = subprocess.run(
-        ["bash", "scripts/reproduce_figure1.sh", *flags, "--config.learning_rte=0.1"], cwd=REPO, env=env,
+        ["bash", "scripts/reproduce_figure1.sh", *flags, "--config.learning_rate=-1"], cwd=REPO, env=env,
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert failed.returncode == 1
-    assert "The baseline run failed" in failed.stdout and "unknown config key 'learning_rte'" in failed.stdout
+    for name in ("mnist_baseline", "mnist_bn"):
+        assert f"The {name} run failed: ValueError: config.learning_rate = -1.0" in failed.stdout, failed.stdout
     assert not (tmp_path / "failing" / "figure1.png").exists() and "Figure 1 reproduced" not in failed.stdout
+
+    typo = subprocess.run(
+        ["bash", "scripts/reproduce_figure1.sh", "--config.learning_rte=0.1"], cwd=REPO, env=env,
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert typo.returncode == 2 and "Traceback" not in typo.stderr, typo.stderr[-2000:]
+    assert typo.stderr.startswith("error: ") and "config.learning_rte: unknown key" in typo.stderr
 
 
 def test_a_workdir_under_tilde_is_in_home(full_size_fake_mnist: Path, tmp_path: Path, cli_env: dict[str, str]) -> None:

@@ -97,7 +97,14 @@ def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: f
     for key, value in LOCAL_ENVIRONMENT.items():
         os.environ.setdefault(key, value)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    ray.init(num_cpus=num_cpus or cores, num_gpus=num_gpus, include_dashboard=False, _node_ip_address=LOOPBACK, **quiet)
+    ray.init(  # "local": a new instance, even where `ray start` runs one on this machine
+        address="local",
+        num_cpus=num_cpus or cores,
+        num_gpus=num_gpus,
+        include_dashboard=False,
+        _node_ip_address=LOOPBACK,
+        **quiet,
+    )
 
 
 def run_groups(

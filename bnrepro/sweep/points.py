@@ -92,6 +92,17 @@ def load_sweep(spec: str) -> Sweep:
     return sweep
 
 
+def with_overrides(sweep: Sweep, overrides: Mapping[str, Any]) -> Sweep:
+    """`sweep` with `overrides` applied to every point, over the point's own values (as `--config.KEY=VALUE`
+    overrides a single run's config); the run directories keep their names. A key the base config lacks is a
+    ValueError naming it."""
+    if not overrides:
+        return sweep
+    point_config(sweep.base, overrides)  # names a bad key before anything trains
+    names = tuple(sweep.run_name(i) for i in range(len(sweep.points)))
+    return sweep._replace(points=[{**point, **overrides} for point in sweep.points], names=names)
+
+
 def read_status(run_dir: Path) -> dict[str, Any] | None:
     """A point's `sweep_status.json`, or None if it has not ended yet."""
     path = run_dir / STATUS_FILE
