@@ -47,6 +47,11 @@ from bnrepro.training.run_dir import write_atomically
 LOOPBACK = "127.0.0.1"
 TOKEN_FILE = ".sweep_token"
 LOG_FILE = "train.log"  # a group's log, in its first point's run directory
+# The longest temp folder whose Ray socket paths (".../ray/session_<date>_<pid>/sockets/plasma_store") fit AF_UNIX's
+# 107 bytes.
+MAX_TEMP_DIR_LENGTH = 40
+# A lock per core that a group holds while it runs there: one folder per node, whatever TMPDIR a worker has.
+CORE_LOCKS = Path("/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir()) / "bnrepro-cores"
 # Settings of every Ray process of a local instance: stay on loopback (by default Ray advertises and dials the
 # machine's interface address even for a local instance), send no usage statistics.
 LOCAL_ENVIRONMENT = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -99,12 +104,20 @@ def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: f
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     ray.init(  # "local": a new instance, even where `ray start` runs one on this machine
         address="local",
+        _temp_dir=_ray_temp_dir(),
         num_cpus=num_cpus or cores,
         num_gpus=num_gpus,
         include_dashboard=False,
         _node_ip_address=LOOPBACK,
         **quiet,
     )
+
+
+def _ray_temp_dir() -> str | None:
+    """Where a local instance keeps its session files: Ray's default (the temp folder, or RAY_TMPDIR) unless its
+    socket paths would be too long for AF_UNIX (a deep TMPDIR, as under pytest), then /tmp/ray."""
+    default = os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()
+    return None if len(default) <= MAX_TEMP_DIR_LENGTH else "/tmp/ray"
 
 
 def run_groups(
@@ -214,12 +227,12 @@ def _logging_to(log: Path) -> Iterator[None]:
 @contextlib.contextmanager
 def _own_cores(count: int) -> Iterator[None]:
     """Pins this process to `count` cores of its node that no other group of ours holds (a `flock` per core in
-    the node's temp folder, released when the process ends, however it ends); does nothing for 0, or if too few
+    `CORE_LOCKS`, released when the process ends, however it ends); does nothing for 0, or if too few
     are free (more groups than cores)."""
     allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     held: dict[int, int] = {}  # core: descriptor of its lock
     if count and len(allowed) > count:
-        folder = Path(tempfile.gettempdir()) / "bnrepro-cores"
+        folder = CORE_LOCKS
         folder.mkdir(exist_ok=True)
         for core in allowed:
             descriptor = os.open(folder / f"{core}.lock", os.O_RDWR | os.O_CREAT, 0o666)
