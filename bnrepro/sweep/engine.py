@@ -99,8 +99,11 @@ def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: f
     if address:
         ray.init(address=address, **quiet)
         return
-    for key, value in LOCAL_ENVIRONMENT.items():
-        os.environ.setdefault(key, value)
+    os.environ.update(LOCAL_ENVIRONMENT)  # for the instance's processes, which read it when they start
+    # This process read RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when it imported ray; Ray (2.60, pinned) looks up the
+    # node address through this constant, so it is set here too, or 127.0.0.1 would be swapped for the
+    # machine's interface address.
+    ray._private.ray_constants.ENABLE_RAY_CLUSTER = False
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     ray.init(  # "local": a new instance, even where `ray start` runs one on this machine
         address="local",
@@ -233,9 +236,12 @@ def _own_cores(count: int) -> Iterator[None]:
     held: dict[int, int] = {}  # core: descriptor of its lock
     if count and len(allowed) > count:
         folder = CORE_LOCKS
-        folder.mkdir(exist_ok=True)
+        folder.mkdir(mode=0o777, exist_ok=True)
         for core in allowed:
-            descriptor = os.open(folder / f"{core}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+            try:  # read-only: another user's lock file still opens (flock needs no write access)
+                descriptor = os.open(folder / f"{core}.lock", os.O_RDONLY | os.O_CREAT, 0o666)
+            except OSError:
+                continue
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
