@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 import ray
 
 from bnrepro.sweep import points
@@ -69,6 +70,11 @@ class Resources:
     def __post_init__(self) -> None:
         if self.cpus_per_group <= 0 or self.gpus_per_group < 0 or self.tpus_per_group < 0 or self.max_retries < 0:
             raise ValueError(f"resources per group must be positive (CPUs) or zero and up (the rest): {self}.")
+
+    @property
+    def accelerated(self) -> bool:
+        """Whether a group asks for GPUs or TPU chips (else its JAX runs on the CPU)."""
+        return bool(self.gpus_per_group or self.tpus_per_group)
 
     def task_options(self) -> dict[str, Any]:
         """`ray.remote` options of one group's task."""
@@ -138,7 +144,7 @@ def run_groups(
     task = ray.remote(max_calls=1)(_train_group)
     refs = {
         task.options(**resources.task_options(), name=f"bnrepro-sweep:{sweep.run_name(group[0])}").remote(
-            sweep, group, str(workdir), token, resources.cpus_per_group, bool(resources.gpus_per_group)
+            sweep, group, str(workdir), token, resources.cpus_per_group, resources.accelerated
         ): i
         for i, group in enumerate(groups)
     }
@@ -171,16 +177,14 @@ def _cause(error: ray.exceptions.RayError, retries: int) -> str:
 
 
 def _train_group(
-    sweep: points.Sweep, indices: list[int], workdir: str, token: str, cpus: float, gpus: bool
+    sweep: points.Sweep, indices: list[int], workdir: str, token: str, cpus: float, accelerated: bool
 ) -> dict[str, Any]:
     """The body of a group's Ray task: checks the workdir is the sweep's, logs into the group's `train.log`, pins
     the process to cores of its own (CPU groups), trains the points (`points.run_points`) and records in each
     point's status where it trained."""
     path = Path(workdir)
     check_shared_workdir(path, token)
-    import jax  # here, not at the top: the task's settings must come before JAX starts
-
-    if not gpus and not os.environ.get("TPU_NAME") and jax.config.jax_platforms is None:
+    if not accelerated and not jax.config.jax_platforms:  # before JAX starts its backend, in this fresh worker
         jax.config.update("jax_platforms", "cpu")  # no accelerator asked for: leave the host's to other groups
     context = ray.get_runtime_context()
     where = {
@@ -189,7 +193,7 @@ def _train_group(
         "pid": os.getpid(),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
     }
-    with _logging_to(path / sweep.run_name(indices[0]) / LOG_FILE), _own_cores(int(cpus) if not gpus else 0):
+    with _logging_to(path / sweep.run_name(indices[0]) / LOG_FILE), _own_cores(0 if accelerated else int(cpus)):
         where["cores"] = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
         points.run_points(sweep, indices, path, where)
     return where
