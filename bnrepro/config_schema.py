@@ -8,6 +8,8 @@ selects; `model.bn` holds the options of every BatchNorm layer (`MODEL_BN_FIELDS
 A key renamed since runs were made (`RENAMED_KEYS`, e.g. `model.bn_momentum`) is refused with its new name.
 `input` holds the ImageNet input pipeline's settings; it is required for `dataset="imagenet2012"` and refused
 otherwise (MNIST-size datasets live on the device and have no pipeline to configure).
+`profile_steps` is "" (off) or "START:END" (`profile_range`): a range that starts at or after `num_steps` is
+refused (nothing would be traced), an END beyond `num_steps` is clipped to it (the trace ends with the run).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -72,6 +75,15 @@ def _positive_ints(v: tuple) -> str | None:
     return None if ok else "must be a tuple of positive ints"
 
 
+_STEP_RANGE = re.compile(r"(\d+):(\d+)")
+
+
+def _step_range(v: str) -> str | None:
+    match = _STEP_RANGE.fullmatch(v)
+    ok = v == "" or (match is not None and int(match[1]) < int(match[2]))
+    return None if ok else "must be START:END with 0 <= START < END (steps), or '' (off)"
+
+
 TRAINING_FIELDS: Mapping[str, Field] = {
     "model": Field(ml_collections.ConfigDict),
     "dataset": Field(str, _one_of(DATASETS)),
@@ -101,6 +113,7 @@ TRAINING_FIELDS: Mapping[str, Field] = {
     "checkpoint_every": Field(int, _at_least(1)),
     "cpu_cores": Field(int, _at_least(0)),
     "num_devices": Field(int, _at_least(0)),
+    "profile_steps": Field(str, _step_range),
 }
 
 # `config.input`, the host-fed ImageNet pipeline (`bnrepro.data.imagenet.train_dataset` / `eval_dataset`).
@@ -208,6 +221,15 @@ def model_fields(model_config: ml_collections.ConfigDict) -> dict[str, Field]:
     }
 
 
+def profile_range(config: ml_collections.ConfigDict) -> tuple[int, int] | None:
+    """The steps `config.profile_steps` traces, (START, END) with END at most `num_steps`; None when it is off.
+    (The loop traces the dispatches that take the state from step START to step END: `bnrepro.training.loop`.)"""
+    if not config.profile_steps:
+        return None
+    start, end = (int(s) for s in config.profile_steps.split(":"))
+    return start, min(end, config.num_steps)
+
+
 def _check_fields(config: ml_collections.ConfigDict, fields: Mapping[str, Field], prefix: str = "") -> None:
     unknown = sorted(set(config.keys()) - set(fields))
     if unknown:
@@ -256,5 +278,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError("config.model.bn: missing; the BatchNorm options, `bnrepro.models.bn_config()`.")
     _check_fields(config.model.bn, MODEL_BN_FIELDS, prefix="model.bn.")
 
+    profiled = profile_range(config)
+    if profiled and profiled[0] >= config.num_steps:
+        raise ValueError(
+            f"config.profile_steps = {config.profile_steps!r}: starts at or after num_steps = {config.num_steps}, "
+            "so nothing would be traced."
+        )
     if config.model.get("batch_norm", False) and config.batch_size < 2:
         raise ValueError(f"config.batch_size = {config.batch_size}: BN needs at least 2 examples per mini-batch.")

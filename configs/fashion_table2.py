@@ -98,6 +98,7 @@ def get_config(arg: str = "bn_x5") -> ml_collections.ConfigDict:
     config.checkpoint_every = 1000
     config.cpu_cores = 1
     config.num_devices = 1
+    config.profile_steps = ""  # "START:END": a jax.profiler trace of those steps into WORKDIR/plugins/profile
 
     if "quick" in options:  # a smoke test: fewer steps, evaluated on 1,000 test examples with 5 population batches
         config.num_steps, config.eval_every, config.checkpoint_every = 100, 50, 100

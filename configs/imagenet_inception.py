@@ -95,6 +95,7 @@ def get_config(arg: str | None = None, config_file: str = "configs/imagenet_ince
     config.checkpoint_every = 5000
     config.cpu_cores = 0  # all
     config.num_devices = 0  # all devices of all hosts
+    config.profile_steps = ""  # "START:END": a jax.profiler trace of those steps into WORKDIR/plugins/profile
     config.lock()
     return config
 

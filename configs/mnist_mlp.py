@@ -87,6 +87,7 @@ def get_config(variant: str = "bn") -> ml_collections.ConfigDict:
     # (sweeps' groups, as scripts/reproduce_figure1.sh runs them: `bnrepro.sweep.engine`).
     config.cpu_cores = 1
     config.num_devices = 1  # devices each mini-batch is split across (0 = all); a net this small needs one
+    config.profile_steps = ""  # "START:END": a jax.profiler trace of those steps into WORKDIR/plugins/profile
 
     config.lock()  # overriding a key that does not exist is an error
     return config

@@ -114,6 +114,7 @@ def get_config(arg: str = "bn_lstm") -> ml_collections.ConfigDict:
     config.checkpoint_every = 1_000 if rows or quick else 10_000  # steps between checkpoints (also one at the end)
     config.cpu_cores = 1  # on a CPU-only host, run on this many of the allowed cores (0 = all)
     config.num_devices = 1  # devices each mini-batch is split across (0 = all); a net this small needs one
+    config.profile_steps = ""  # "START:END": a jax.profiler trace of those steps into WORKDIR/plugins/profile
 
     config.lock()  # overriding a key that does not exist is an error
     return config

@@ -28,7 +28,7 @@ from absl import logging
 from bnrepro import config_schema, models
 from bnrepro.training import checkpoints, run_dir, steps
 from bnrepro.training.hooks import NO_HOOKS, Hooks, collect_all
-from bnrepro.training.inputs import Evaluation, create_input
+from bnrepro.training.inputs import Evaluation, TrainChunk, create_input
 from bnrepro.training.sharding import ModelLayout, OneModel
 from bnrepro.training.state import TrainState, create_train_state
 
@@ -41,8 +41,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, h
     """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final state.
 
     Writes `metrics.jsonl` and TensorBoard events (one record per evaluation, every `eval_every` steps and at the
-    end), orbax checkpoints every `checkpoint_every` steps and at the end, and `config.json`. With several
-    processes (`jax.distributed`), every process trains and checkpoints, process 0 writes the files.
+    end), orbax checkpoints every `checkpoint_every` steps and at the end, and `config.json`; with
+    `config.profile_steps`, a `jax.profiler` trace of those steps (`_Profiler`). With several processes
+    (`jax.distributed`), every process trains and checkpoints, process 0 writes the files.
 
     Raises:
       ValueError: the config is invalid, or differs from the one the workdir's checkpoints were made with.
@@ -80,6 +81,7 @@ def train_models(
         inputs.compile(layout.place_states(initial), collect_all(hooks.evaluation), hooks.measurement)
 
         runs = [files.enter_context(_Run(c, Path(w), primary, hooks)) for c, w in zip(configs, workdirs)]
+        profiler = files.enter_context(_Profiler(config, Path(workdirs[0]), primary))
         restored = [
             checkpoints.restore_latest(run.checkpoints, s, run.config, run.workdir) for run, s in zip(runs, initial)
         ]
@@ -95,6 +97,7 @@ def train_models(
         losses_since_eval, train_time, steps_timed = [], 0.0, 0
         start_step, start_time = step, time.perf_counter()
         while step < config.num_steps and not all(run.diverged for run in runs):
+            profiler.before(step)
             t = time.perf_counter()
             chunk = inputs.train(state, _next_boundary(step, config, hooks) - step)
             num_steps = chunk.losses.shape[-1]
@@ -105,6 +108,7 @@ def train_models(
             if all(run.diverged for run in runs):
                 break
             state, step = chunk.state, step + num_steps
+            profiler.after(step, chunk)
             losses_since_eval.append(chunk.losses)
 
             for index, hook in enumerate(hooks.measurement):
@@ -151,10 +155,52 @@ def _evaluation_record(step: int, losses: np.ndarray, evaluation: Evaluation, gi
 
 
 def _next_boundary(step: int, config: ml_collections.ConfigDict, given: Hooks) -> int:
-    """The first step after `step` at which the loop must act: dispatch, evaluate, measure, checkpoint or stop."""
+    """The first step after `step` at which the loop must act: dispatch, evaluate, measure, checkpoint, start or
+    stop the profiler's trace, or stop."""
     periods = [config.steps_per_dispatch, config.eval_every, config.checkpoint_every]
     periods += [hook.every for hook in given.measurement]
-    return min(min((step // every + 1) * every for every in periods), config.num_steps)
+    profiled = [s for s in config_schema.profile_range(config) or () if s > step]
+    return min(min((step // every + 1) * every for every in periods), *profiled, config.num_steps)
+
+
+class _Profiler:
+    """`config.profile_steps` = "START:END": a `jax.profiler` trace of the training steps that take the state from
+    step START to step END, written to `WORKDIR/plugins/profile/<time>/<host>.xplane.pb` (TensorBoard's profile
+    tab: `tensorboard --logdir=WORKDIR`, with `tensorboard-plugin-profile` installed).
+
+    The steps of a dispatch run fused in one program, so the trace holds whole dispatches: START and END are
+    boundaries of the loop (`_next_boundary`) and the trace starts before the first dispatch that begins at or
+    after START and stops once the dispatch that reaches END has finished (its state is ready). Extra boundaries
+    change no result (splitting a dispatch is exact), but a dispatch of a length not run before is compiled
+    first, inside the trace: a range on multiples of `steps_per_dispatch` with START > 0 avoids that. A run
+    resumed at or past END traces nothing; one resumed inside the range traces from where it resumes. Only
+    process 0 traces, and a group of models (a sweep's) is traced once, into the first model's workdir."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: Path, primary: bool):
+        self._range = config_schema.profile_range(config) if primary else None
+        self._workdir, self._tracing, self._first = workdir, False, 0
+
+    def before(self, step: int) -> None:
+        if self._range and not self._tracing and self._range[0] <= step < self._range[1]:
+            jax.profiler.start_trace(self._workdir)
+            self._tracing, self._first = True, step
+
+    def after(self, step: int, chunk: TrainChunk) -> None:
+        if self._tracing and step >= self._range[1]:
+            jax.block_until_ready(chunk.state)
+            self.stop()
+            logging.info("Profiled steps %d to %d: %s/plugins/profile.", self._first, step, self._workdir)
+
+    def stop(self) -> None:
+        if self._tracing:
+            self._tracing = False
+            jax.profiler.stop_trace()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        self.stop()  # a run that stopped inside the range (diverged, interrupted) keeps what was traced
 
 
 class _Run:

@@ -5,6 +5,7 @@
     WORKDIR/diagnostics.jsonl   a measurement hook's records (e.g. `config.diagnostics_every`), if any
     WORKDIR/DIVERGED            why the run stopped, if its training loss became NaN or infinite
     WORKDIR/checkpoints/        orbax checkpoints (`bnrepro.training.checkpoints`)
+    WORKDIR/plugins/profile/    a `jax.profiler` trace of the steps `config.profile_steps` names, if any
     WORKDIR/.lock               held (`fcntl.flock`) by the process training in the workdir (`locked`)
 
 Every file is written so that a kill or a full disk never leaves half of it: whole files go to a temporary file
@@ -38,7 +39,9 @@ DIVERGED_FILE = "DIVERGED"
 CHECKPOINT_DIR = "checkpoints"
 LOCK_FILE = ".lock"
 # Keys that may change when a run is resumed: none of them changes what is computed at a given step.
-RESUMABLE_CHANGES = ("num_steps", "eval_every", "checkpoint_every", "steps_per_dispatch", "cpu_cores", "data_dir")
+RESUMABLE_CHANGES = (
+    "num_steps", "eval_every", "checkpoint_every", "steps_per_dispatch", "cpu_cores", "data_dir", "profile_steps",
+)  # fmt: skip
 
 
 class WorkdirBusyError(RuntimeError):
