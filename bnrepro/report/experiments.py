@@ -1,0 +1,479 @@
+"""The experiments the results page shows, in the README's order: where each one's runs live under `--runs`,
+the command that makes them, what the paper (or the later paper it follows) reports, and how its figure and
+tables are drawn from the run directories (`Experiment.build`)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import matplotlib.pyplot as plt
+
+from bnrepro import figures
+from bnrepro.report.runs import Column, Run, Table, parse_markdown_table, read_run, read_variant, variant_table
+from bnrepro.training.run_dir import DIAGNOSTICS_FILE
+
+
+class Figure(NamedTuple):
+    caption: str
+    png: bytes
+
+
+class ShownConfig(NamedTuple):
+    """A variant's config.json (its first seed's), and the command that trains it."""
+
+    run: str  # the run directory, relative to --runs
+    command: str
+    config: dict[str, Any]
+    seeds: list[Any]  # config.seed of each of the variant's runs
+
+
+class Content(NamedTuple):
+    """What the page shows of an experiment that has run (in part)."""
+
+    figures: list[Figure]
+    tables: list[Table]
+    notes: list[str]
+    configs: list[ShownConfig]
+    missing: list[tuple[str, str]]  # (variant, command) of the variants not run yet
+
+
+class Experiment(NamedTuple):
+    key: str  # names its figure files next to the Markdown page
+    title: str
+    reproduces: str  # the section and figure or table of the paper (or the later paper) it reproduces
+    paper: str  # what that paper reports, for the reader to compare
+    command: str  # the command(s) that make its runs; `{runs}` is the --runs directory
+    build: Callable[[Path], Content | None]  # its content from the --runs directory; None: not run yet
+
+
+class Variant(NamedTuple):
+    label: str
+    run: str  # its run directory, relative to --runs (seeds: `runs.seed_dirs`)
+    command: str  # the command that trains it; `{runs}` is the --runs directory
+    paper: tuple[str, ...] = ()  # the paper's numbers for it, one per paper column
+
+
+def png(figure: plt.Figure) -> bytes:
+    """The figure as PNG bytes; the figure is closed."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def plot_accuracy_curves(groups: Mapping[str, Sequence[Run]], title: str) -> plt.Figure:
+    """Test accuracy over training, one colour per variant, one line per seed."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for index, (label, runs) in enumerate(groups.items()):
+        for seed, run in enumerate(runs):
+            steps = [r["step"] for r in run.evaluations]
+            accuracies = [r["test_accuracy"] for r in run.evaluations]
+            ax.plot(
+                steps,
+                accuracies,
+                color=f"C{index}",
+                lw=1.2,
+                alpha=0.9 if seed == 0 else 0.5,
+                label=label if seed == 0 else None,
+            )
+    ax.set(title=title, xlabel="training step", ylabel="test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def _shown_configs(root: Path, variants: Sequence[Variant], groups: Mapping[str, Sequence[Run]]) -> list[ShownConfig]:
+    return [
+        ShownConfig(
+            runs[0].path.relative_to(root).as_posix(),
+            variant.command.format(runs=root.as_posix()),
+            runs[0].config,
+            [run.config.get("seed") for run in runs],
+        )
+        for variant in variants
+        if (runs := groups[variant.label])
+    ]
+
+
+def variants_content(
+    root: Path,
+    variants: Sequence[Variant],
+    caption: str,
+    *,
+    paper_columns: Sequence[str] = (),
+    extra: Sequence[Column] = (),
+) -> tuple[Content, dict[str, list[Run]]] | None:
+    """The variant table, the accuracy curves, the configs and the missing variants of an experiment made of
+    `variants`, and its runs by variant; None if none has run."""
+    groups = {variant.label: read_variant(root, variant.run) for variant in variants}
+    if not any(groups.values()):
+        return None
+    table = variant_table(
+        caption, groups, root, extra=extra, paper_columns=paper_columns, paper={v.label: v.paper for v in variants}
+    )
+    ran = {label: runs for label, runs in groups.items() if any(run.evaluations for run in runs)}
+    curves = [Figure(f"{caption}: test accuracy over training", png(plot_accuracy_curves(ran, caption)))] if ran else []
+    missing = [(v.label, v.command.format(runs=root.as_posix())) for v in variants if not groups[v.label]]
+    return Content(curves, [table], [], _shown_configs(root, variants, groups), missing), groups
+
+
+# --- Figure 1 (Sec. 4.1) ----------------------------------------------------------------------------------------
+
+FIGURE1_COMMAND = "RUNS_DIR={runs} bash scripts/reproduce_figure1.sh"  # the README's main command, into --runs
+FIGURE1 = (
+    Variant(
+        "without BN",
+        "mnist_baseline",
+        "python -m bnrepro.main --config=configs/mnist_mlp.py:baseline --workdir={runs}/mnist_baseline",
+        ("≈95–97%", "drifts"),
+    ),
+    Variant(
+        "with BN",
+        "mnist_bn",
+        "python -m bnrepro.main --config=configs/mnist_mlp.py:bn --workdir={runs}/mnist_bn",
+        ("≈98–99%", "stable"),
+    ),
+)
+AHEAD_AFTER = 5_000  # Fig. 1(a): BN "trains faster": the evaluations compared, those after this step
+
+
+def _median_drift(evaluations: list[dict[str, Any]]) -> float | None:
+    return figures.median_drift(evaluations) if "p50_units" in evaluations[0] else None
+
+
+def bn_ahead(batch_norm: Sequence[Run], baseline: Sequence[Run]) -> list[str]:
+    """For each seed both nets have: at how many of the evaluations after `AHEAD_AFTER` steps (those both made)
+    the BN net's test accuracy is above the baseline's."""
+    by_seed = {run.config.get("seed", index): run for index, run in enumerate(baseline)}
+    lines = []
+    for index, run in enumerate(batch_norm):
+        seed = run.config.get("seed", index)
+        if seed not in by_seed:
+            continue
+        theirs = {r["step"]: r["test_accuracy"] for r in by_seed[seed].evaluations}
+        compared = [
+            (r["test_accuracy"], theirs[r["step"]])
+            for r in run.evaluations
+            if r["step"] > AHEAD_AFTER and r["step"] in theirs
+        ]
+        ahead = sum(ours > other for ours, other in compared)
+        lines.append(f"seed {seed}: BN ahead at {ahead} of {len(compared)} evaluations after step {AHEAD_AFTER}")
+    return lines
+
+
+def figure1(root: Path) -> Content | None:
+    """Figure 1 (a, b, c) of the first seed of each net, in place of the accuracy curves once both nets have run;
+    the table of final test accuracy and median drift over all seeds (as `scripts/plot_figure1.py` prints them),
+    beside what the figure shows; at how many evaluations BN is ahead, per seed."""
+    found = variants_content(
+        root,
+        FIGURE1,
+        "Figure 1: MNIST, 784-100-100-100-10 sigmoid MLP, 50k steps",
+        paper_columns=("paper: test accuracy at 50k (read off Fig. 1a)", "paper: input distribution (Fig. 1b, c)"),
+        extra=[("median drift", _median_drift, ".3f")],
+    )
+    if found is None:
+        return None
+    content, groups = found
+    baseline, batch_norm = groups["without BN"], groups["with BN"]
+    if not (baseline and batch_norm):
+        return content
+    notes = bn_ahead(batch_norm, baseline)
+    try:  # Fig. 1 (b, c) needs the percentiles the `plot_layer` hook records
+        records = [figures.read_evaluations(runs[0].path) for runs in (baseline, batch_norm)]
+    except ValueError as e:
+        return content._replace(notes=[*notes, f"Figure 1 not drawn: {e}"])
+    caption = (
+        f"Figure 1 (seed {baseline[0].config.get('seed', 0)}): (a) test accuracy, (b, c) the 15th, 50th and "
+        "85th percentiles of a last-hidden-layer sigmoid input over test examples, without and with BN"
+    )
+    return content._replace(figures=[Figure(caption, png(figures.plot_figure1(*records)))], notes=notes)
+
+
+# --- Table 2 (Sec. 4.2.2): CPU scale, and ImageNet -------------------------------------------------------------
+
+TABLE2_LABELS = {
+    "inception": "Inception",
+    "bn_baseline": "BN-Baseline",
+    "bn_x5": "BN-x5",
+    "bn_x30": "BN-x30",
+    "bn_x5_sigmoid": "BN-x5-Sigmoid",
+    "sigmoid": "Sigmoid (no BN)",
+}
+TABLE2_PAPER_COLUMNS = ("paper: steps to 72.2%", "paper: max accuracy")
+TABLE2_CPU = tuple(
+    Variant(
+        TABLE2_LABELS[name],
+        f"table2/{name}",
+        f"python -m bnrepro.main --config=configs/fashion_table2.py:{name} --workdir={{runs}}/table2/{name}",
+        figures.TABLE2_PAPER[name],
+    )
+    for name in figures.TABLE2_RUNS
+)
+TABLE2_IMAGENET = tuple(
+    Variant(
+        TABLE2_LABELS[name],
+        f"imagenet/{name}",
+        f"python -m bnrepro.main --config=configs/imagenet_{name}.py --workdir={{runs}}/imagenet/{name}",
+        figures.TABLE2_PAPER[name],
+    )
+    for name in figures.TABLE2_RUNS
+    if name != "sigmoid"  # the paper reports it in words only (chance); no config file
+)
+
+
+def table2_cpu(root: Path) -> Content | None:
+    """The variant table and curves; once all six runs exist, `figures.table2`: the paper's columns (steps to
+    the Inception analogue's best, max accuracy) for ours and the paper's."""
+    found = variants_content(
+        root,
+        TABLE2_CPU,
+        "Table 2 at CPU scale: x0.125 BN-Inception on Fashion-MNIST",
+        paper_columns=TABLE2_PAPER_COLUMNS,
+    )
+    if found is None:
+        return None
+    content, groups = found
+    if not all(runs and (runs[0].evaluations or runs[0].diverged) for runs in groups.values()):
+        return content  # figures.table2 reads each variant's first run
+    paper_table = parse_markdown_table(figures.table2(root / "table2"), "Table 2 as the paper gives it (seed 0 runs)")
+    return content._replace(tables=[paper_table, *content.tables])
+
+
+def table2_imagenet(root: Path) -> Content | None:
+    found = variants_content(
+        root,
+        TABLE2_IMAGENET,
+        "Table 2 on ImageNet: single-crop top-1 validation accuracy",
+        paper_columns=TABLE2_PAPER_COLUMNS,
+    )
+    return found[0] if found else None
+
+
+# --- Beyond the paper -------------------------------------------------------------------------------------------
+
+ABLATION_DIR = "sweeps/mnist"
+ABLATION_FIGURES = ("sweep_curves.png", "sweep_final.png")  # what scripts/plot_sweep.py writes into the sweep
+
+
+def ablation(root: Path) -> Content | None:
+    """The sweep's own summary (summary.md) and, if `scripts/plot_sweep.py` drew them, its two figures."""
+    sweep = root / ABLATION_DIR
+    if not (sweep / "summary.md").exists():
+        return None
+    table = parse_markdown_table((sweep / "summary.md").read_text(), f"{ABLATION_DIR}/summary.md: one row per point")
+    drawn = [
+        Figure(f"{ABLATION_DIR}/{name}", (sweep / name).read_bytes())
+        for name in ABLATION_FIGURES
+        if (sweep / name).exists()
+    ]
+    plot = f"python scripts/plot_sweep.py --sweep=configs/sweeps/mnist_activation_bn.py --workdir={sweep.as_posix()}"
+    notes = [] if drawn else [f"figures: {plot}"]
+    return Content(drawn, [table], notes, [], [])
+
+
+ICS_DIR = "sweeps/ics"
+
+
+def _ics_cell(key: str, value: Any) -> str:
+    if key == "final_accuracy":
+        return f"{value:.2%}"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def ics(root: Path) -> Content | None:
+    """Santurkar et al.'s measurements of the sweep's runs (`figures.plot_ics`, `figures.ics_summary`, as
+    `scripts/plot_ics.py` draws and prints them) for the last hidden layer, and the variant table per net."""
+    sweep = root / ICS_DIR
+    workdirs = sorted(p.parent for p in sweep.glob(f"*/{DIAGNOSTICS_FILE}"))
+    if not workdirs:
+        return None
+    runs = figures.read_ics_runs(workdirs)
+    last = next(iter(runs.values()))[0].diagnostics[-1]
+    layer = max(key.split("/", 1)[1] for key in last if key.startswith("ics_l2/"))
+    summary = figures.ics_summary(runs, layer)
+    columns = tuple(summary[0])
+    table = Table(
+        f"Gradient propagation, layer {layer}: means over the second half of training and the seeds",
+        columns,
+        [tuple(_ics_cell(c, row[c]) for c in columns) for row in summary],
+    )
+    groups: dict[str, list[Run]] = {}
+    for workdir in workdirs:
+        groups.setdefault(figures.run_label(workdir), []).append(read_run(workdir))
+    command = "python -m bnrepro.sweep --sweep=configs/sweeps/mnist_ics.py --workdir={runs}/" + ICS_DIR
+    shown = [
+        ShownConfig(
+            members[0].path.relative_to(root).as_posix(),
+            command.format(runs=root.as_posix()),
+            members[0].config,
+            [m.config.get("seed") for m in members],
+        )
+        for members in groups.values()
+    ]
+    figure = Figure(
+        f"Santurkar et al. (2018) Figures 3-5 for the MLP, layer {layer}: one line per net (mean over its seeds)",
+        png(figures.plot_ics(runs, layer)),
+    )
+    return Content([figure], [table, variant_table("Test accuracy per net", groups, root)], [], shown, [])
+
+
+ADABN_FILE = "adabn.md"  # what scripts/adabn.py writes into the run it adapts
+
+
+def adabn(root: Path) -> Content | None:
+    """scripts/adabn.py's table for the Figure 1 BN net (and each of its seeds adapted)."""
+    adapted = [run for run in read_variant(root, "mnist_bn") if (run.path / ADABN_FILE).exists()]
+    if not adapted:
+        return None
+    tables = [
+        parse_markdown_table(
+            (run.path / ADABN_FILE).read_text(),
+            f"{run.path.relative_to(root).as_posix()} (seed {run.config.get('seed', '?')}): test "
+            "accuracy with the source statistics and with AdaBN's",
+        )
+        for run in adapted
+    ]
+    return Content([], tables, [], [], [])
+
+
+SMALL_BATCH = (
+    Variant(
+        "BN",
+        "small_batch/bn",
+        "python -m bnrepro.main --config=configs/mnist_small_batch.py:bn --workdir={runs}/small_batch/bn",
+    ),
+    Variant(
+        "Batch Renorm",
+        "small_batch/renorm",
+        "python -m bnrepro.main --config=configs/mnist_small_batch.py:renorm --workdir={runs}/small_batch/renorm",
+    ),
+)
+
+
+def small_batch(root: Path) -> Content | None:
+    found = variants_content(root, SMALL_BATCH, "Batch Renormalization vs BN, mini-batches of 4")
+    return found[0] if found else None
+
+
+def _lstm(net: str, options: tuple[str, ...], paper: str) -> Variant:
+    """A net of `configs/seq_mnist.py`, `net` with `options` (of "permuted", "rows"), into `seq/NET[_OPTION...]`."""
+    name = "_".join((net, *options))
+    label = f"{'BN-LSTM' if net == 'bn_lstm' else 'LSTM'}, {'permuted ' if 'permuted' in options else ''}"
+    label += "rows" if "rows" in options else "pixels"
+    command = f"python -m bnrepro.main --config=configs/seq_mnist.py:{','.join((net, *options))} --workdir={{runs}}/seq/{name}"
+    return Variant(label, f"seq/{name}", command, (paper,))
+
+
+SEQUENTIAL = (
+    _lstm("lstm", ("rows",), "—"),
+    _lstm("bn_lstm", ("rows",), "—"),
+    _lstm("lstm", ("permuted", "rows"), "—"),
+    _lstm("bn_lstm", ("permuted", "rows"), "—"),
+    _lstm("lstm", (), "98.9%"),
+    _lstm("bn_lstm", (), "99.0%"),
+    _lstm("lstm", ("permuted",), "90.2%"),
+    _lstm("bn_lstm", ("permuted",), "95.4%"),
+)
+
+
+def sequential(root: Path) -> Content | None:
+    found = variants_content(
+        root,
+        SEQUENTIAL,
+        "LSTM vs BN-LSTM on sequential MNIST",
+        paper_columns=("paper: test accuracy (pixel by pixel)",),
+    )
+    return found[0] if found else None
+
+
+def _commands(variants: Sequence[Variant]) -> str:
+    return "\n".join(variant.command for variant in variants)
+
+
+EXPERIMENTS = (
+    Experiment(
+        "figure1",
+        "Figure 1: MNIST with and without BN",
+        "Sec. 4.1, Figure 1",
+        "A 784-100-100-100-10 sigmoid MLP, 50,000 steps of 60 examples. (a) With BN the net reaches higher test "
+        "accuracy, faster (the text gives no number; read off the plot, BN ends near 98-99%, the baseline near "
+        "95-97%). (b, c) The 15th/50th/85th percentiles of a last-hidden-layer sigmoid input: without BN they "
+        "drift over training, with BN they are stable.",
+        FIGURE1_COMMAND,
+        figure1,
+    ),
+    Experiment(
+        "table2_cpu",
+        "Table 2 at CPU scale (Fashion-MNIST)",
+        "Sec. 4.2.2, Table 2 (scaled down)",
+        "ImageNet single-crop top-1: steps to Inception's best (72.2%) and each net's max accuracy. Inception 31.0e6 "
+        "/ 72.2%, BN-Baseline 13.3e6 / 72.7%, BN-x5 2.1e6 / 73.0%, BN-x30 2.7e6 / 74.8%, BN-x5-Sigmoid 69.8%; "
+        "sigmoid without BN stays at chance. Here a x0.125 BN-Inception on Fashion-MNIST for 3,000 steps: compare "
+        "the shape (which nets reach the baseline's best, and how soon), not the numbers.",
+        "python scripts/table2.py --workdir={runs}/table2",
+        table2_cpu,
+    ),
+    Experiment(
+        "table2_imagenet",
+        "Table 2 on ImageNet",
+        "Sec. 4.2.2, Table 2",
+        "The paper's five runs (numbers beside each); needs ImageNet and accelerators.",
+        _commands(TABLE2_IMAGENET),
+        table2_imagenet,
+    ),
+    Experiment(
+        "ablation",
+        "Ablation sweep: activation x BN x learning rate x seed",
+        "Sec. 4.2.1 (higher learning rates)",
+        "BN allows higher learning rates and makes saturating nonlinearities trainable (Sec. 3.3, 4.2.1); the paper "
+        "has no MNIST grid.",
+        "python -m bnrepro.sweep --sweep=configs/sweeps/mnist_activation_bn.py --workdir={runs}/sweeps/mnist\n"
+        "python scripts/plot_sweep.py --sweep=configs/sweeps/mnist_activation_bn.py --workdir={runs}/sweeps/mnist",
+        ablation,
+    ),
+    Experiment(
+        "ics",
+        "Gradient propagation and internal covariate shift",
+        "Santurkar et al. (2018), on the Figure 1 MLP",
+        "Santurkar et al.: BN does not reduce internal covariate shift measured as ||G - G'||; noisy BN (random "
+        "shifts and scales after BN) has more of it and trains about as well; BN makes the loss landscape smoother "
+        "(loss variation, gradient predictiveness, effective beta-smoothness). The paper (Sec. 3.3) conjectures BN "
+        "keeps the layer Jacobian's singular values near 1. Their numbers are for other nets.",
+        "python -m bnrepro.sweep --sweep=configs/sweeps/mnist_ics.py --workdir={runs}/sweeps/ics\n"
+        "python scripts/plot_ics.py {runs}/sweeps/ics --out=ics.png",
+        ics,
+    ),
+    Experiment(
+        "adabn",
+        "AdaBN: BN statistics re-estimated on shifted test images",
+        "Li et al. (2016); the paper's Sec. 5",
+        "Sec. 5 asks whether BN helps domain adaptation; AdaBN keeps every weight and recomputes the BN statistics "
+        "on the target domain. Li et al.'s numbers are for other datasets. Needs the Figure 1 BN run.",
+        "python scripts/adabn.py --workdir={runs}/mnist_bn",
+        adabn,
+    ),
+    Experiment(
+        "small_batch",
+        "Batch Renormalization vs BN with mini-batches of 4",
+        "Ioffe (2017)",
+        "Batch Renorm (r, d from the moving averages) trains better than BN with small mini-batches; Ioffe's numbers "
+        "are for ImageNet and not reproduced here.",
+        _commands(SMALL_BATCH),
+        small_batch,
+    ),
+    Experiment(
+        "sequential",
+        "BN-LSTM vs LSTM on sequential MNIST",
+        "Cooijmans et al. (2016), Sec. 5.1",
+        "Test accuracy of the early-stopped model, pixel by pixel: MNIST LSTM 98.9%, BN-LSTM 99.0%; permuted MNIST "
+        "LSTM 90.2%, BN-LSTM 95.4%. The row-by-row variants (28 steps of 28 pixels, for a CPU) are not in the "
+        "paper; the pixel-by-pixel ones are an accelerator's work.",
+        _commands(SEQUENTIAL),
+        sequential,
+    ),
+)

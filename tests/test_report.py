@@ -1,0 +1,449 @@
+"""The results page (`python -m bnrepro.report`): every experiment listed, not run yet with its command or with its
+figure, tables and configs; the numbers those of metrics.jsonl; the same tables in HTML and Markdown; seeds as
+mean ± std; a damaged run named; the CLI's errors in one line; and, if Chromium is installed, the page as a real
+browser draws it. Run directories are written by hand (the report reads only their files) except in the test
+that trains the two Figure 1 nets for a few steps."""
+
+from __future__ import annotations
+
+import base64
+import html.parser
+import io
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+from test_structure import heavy_modules_loaded
+from training_run import small_config, train_and_evaluate
+
+from bnrepro import figures, report
+from bnrepro.report import experiments, runs
+from bnrepro.sweep import points
+
+REPO = Path(__file__).resolve().parents[1]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+# --- Run directories written by hand ------------------------------------------------------------------------------
+
+
+def write_run(path: Path, evaluations: list[dict], config: dict | None = None, status: dict | None = None) -> None:
+    """A run directory as the trainer leaves it: config.json, metrics.jsonl (and a sweep's status file)."""
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps(config or {"seed": 0, "num_steps": evaluations[-1]["step"]}))
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in evaluations))
+    if status:
+        (path / runs.SWEEP_STATUS_FILE).write_text(json.dumps(status))
+
+
+def figure1_evaluations(accuracies: list[float], spread: float) -> list[dict]:
+    """Evaluation records with Figure 1's keys, every 2000 steps; the medians move by `spread` over training."""
+    rng = np.random.default_rng(int(spread * 100))
+    return [
+        {
+            "step": 2000 * (i + 1),
+            "test_accuracy": accuracy,
+            "train_loss": 1.0 - accuracy,
+            "p15": -1.0 - spread * i,
+            "p50": spread * i,
+            "p85": 1.0 + spread * i,
+            "p50_units": (spread * i * rng.random(4)).tolist(),
+        }
+        for i, accuracy in enumerate(accuracies)
+    ]
+
+
+def write_figure1(root: Path, seeds: tuple[int, ...] = (0,)) -> dict[str, list[list[dict]]]:
+    """Both Figure 1 nets (and their seeds, `mnist_bn_seed1`, ...); their evaluations by run name."""
+    written: dict[str, list[list[dict]]] = {}
+    for name, base, spread in (("mnist_baseline", 0.90, 0.5), ("mnist_bn", 0.93, 0.1)):
+        for seed in seeds:
+            accuracies = [base + 0.01 * i + 0.002 * seed for i in range(6)]
+            evaluations = figure1_evaluations(accuracies, spread)
+            write_run(
+                root / (name if seed == 0 else f"{name}_seed{seed}"),
+                evaluations,
+                {"seed": seed, "num_steps": 12000, "model": {"batch_norm": name == "mnist_bn"}},
+                {"status": "finished", "wall_seconds": 12.5 + seed},
+            )
+            written.setdefault(name, []).append(evaluations)
+    return written
+
+
+def build(root: Path, tmp_path: Path) -> tuple[str, str, Path]:
+    """The HTML and Markdown pages of `root` (written to tmp_path/out), and the HTML file."""
+    root.mkdir(exist_ok=True)
+    html_file, markdown_file = report.write_report(root, tmp_path / "out" / "report.html", "the test's command")
+    return html_file.read_text(), markdown_file.read_text(), html_file
+
+
+# --- Reading the pages back ---------------------------------------------------------------------------------------
+
+VOID = {"meta", "img", "br", "hr", "link", "input", "wbr"}
+
+
+class _Checked(html.parser.HTMLParser):
+    """Fails on an end tag that closes no open element; collects every table's caption and rows of cell texts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open: list[str] = []
+        self.tables: list[tuple[str, list[tuple[str, ...]]]] = []
+        self._text: list[str] | None = None
+        self._row: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag not in VOID:
+            self.open.append(tag)
+        if tag == "table":
+            self.tables.append(("", []))
+        elif tag in ("td", "th", "caption"):
+            self._text = []
+        elif tag == "tr":
+            self._row = []
+
+    def handle_endtag(self, tag: str) -> None:
+        assert self.open and self.open[-1] == tag, f"</{tag}> closes {self.open[-1:]}"
+        self.open.pop()
+        if tag in ("td", "th"):
+            self._row.append("".join(self._text).strip())
+            self._text = None
+        elif tag == "caption":
+            self.tables[-1] = ("".join(self._text).strip(), self.tables[-1][1])
+            self._text = None
+        elif tag == "tr":
+            self.tables[-1][1].append(tuple(self._row))
+
+    def handle_data(self, data: str) -> None:
+        if self._text is not None:
+            self._text.append(data)
+
+
+def html_tables(document: str) -> dict[str, list[tuple[str, ...]]]:
+    """Caption -> rows (the header first) of every table of a well-formed page; fails if it is not one."""
+    assert document.startswith("<!DOCTYPE html>")
+    checked = _Checked()
+    checked.feed(document)
+    checked.close()
+    assert checked.open == [], f"unclosed: {checked.open}"
+    return dict(checked.tables)
+
+
+def markdown_tables(document: str) -> dict[str, list[tuple[str, ...]]]:
+    """Caption (the bold line above it) -> rows (the header first) of every pipe table."""
+    tables, caption, rows = {}, "", []
+    for line in [*document.splitlines(), ""]:
+        if line.startswith("|"):
+            cells = tuple(c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip()[1:-1]))
+            if not all(set(c) <= set("-") for c in cells):
+                rows.append(cells)
+            continue
+        if rows:
+            tables[caption], rows = rows, []
+        if line.startswith("**") and line.endswith("**"):
+            caption = line.strip("*")
+    return tables
+
+
+def section(document: str, key: str) -> str:
+    """The HTML of one experiment's section."""
+    return document.split(f'<section id="{key}">')[1].split("</section>")[0]
+
+
+def embedded_pngs(html_section: str) -> list[bytes]:
+    return [
+        base64.b64decode(data) for data in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html_section)
+    ]
+
+
+def row(table: list[tuple[str, ...]], first: str) -> dict[str, str]:
+    """The row of `table` whose first cell is `first`, by column header."""
+    return dict(zip(table[0], next(r for r in table[1:] if r[0] == first)))
+
+
+# --- Tests ----------------------------------------------------------------------------------------------------------
+
+
+def test_an_empty_runs_directory_lists_every_experiment_as_not_run_with_its_command(tmp_path):
+    root = tmp_path / "runs"
+    document, markdown, _ = build(root, tmp_path)
+    tables = html_tables(document)
+    overview = tables["Experiments"]
+    assert [r[0] for r in overview[1:]] == [e.title for e in experiments.EXPERIMENTS]
+    assert {r[2] for r in overview[1:]} == {"not run yet"}
+    for experiment in experiments.EXPERIMENTS:
+        command = experiment.command.format(runs=root.as_posix())
+        assert "not run yet — command:" in section(document, experiment.key)
+        assert f"<code>{command}</code>" in section(document, experiment.key)
+        assert f"## {experiment.title}\n" in markdown and f"```\n{command}\n```" in markdown
+    assert f"RUNS_DIR={root} bash scripts/reproduce_figure1.sh" in document
+    assert f"python scripts/table2.py --workdir={root}/table2" in document
+    assert "commit at report time: " in document and "runs record no commit" in document
+    assert "data:image/png" not in document and not list((tmp_path / "out").glob("*.png"))
+
+
+def test_figure1_is_embedded_and_its_table_holds_the_numbers_of_metrics_jsonl(tmp_path):
+    root = tmp_path / "runs"
+    written = write_figure1(root)
+    document, markdown, html_file = build(root, tmp_path)
+    figure1 = section(document, "figure1")
+    pngs = embedded_pngs(figure1)
+    assert len(pngs) == 1  # Figure 1 (a, b, c); its panel (a) is the accuracy curves
+    for data in pngs:
+        assert data.startswith(PNG_SIGNATURE)
+        image = matplotlib.image.imread(io.BytesIO(data), format="png")
+        assert image.shape[0] > 200 and image.shape[1] > 400 and image.std() > 0.01  # drawn, not blank
+    assert "Figure 1 (seed 0): (a) test accuracy" in figure1
+
+    table = next(rows for caption, rows in html_tables(document).items() if caption.startswith("Figure 1: MNIST"))
+    for name, label in (("mnist_baseline", "without BN"), ("mnist_bn", "with BN")):
+        evaluations = written[name][0]
+        cells = row(table, label)
+        assert cells["final test accuracy"] == f"{evaluations[-1]['test_accuracy']:.2%}"
+        best = max(evaluations, key=lambda r: r["test_accuracy"])
+        assert cells["best test accuracy (step)"] == f"{best['test_accuracy']:.2%} ({best['step']})"
+        assert cells["median drift"] == f"{figures.median_drift(evaluations):.3f}"
+        assert cells["final step"] == "12000" and cells["seeds"] == "1 seed" and cells["wall time"] == "12 s"
+        assert cells["run directory"] == name
+    assert row(table, "with BN")["paper: test accuracy at 50k (read off Fig. 1a)"] == "≈98–99%"
+    assert "seed 0: BN ahead at 4 of 4 evaluations after step 5000" in figure1  # steps 6000 to 12000
+    assert "config.json of <code>mnist_bn</code> (seed 0), made by <code>python -m bnrepro.main" in figure1
+    assert "<details>" in figure1 and '"batch_norm": true' in figure1
+    assert row(html_tables(document)["Experiments"], "Figure 1: MNIST with and without BN")["status"] == "run"
+
+    # The Markdown page: the same figures as PNG files beside it, linked relatively.
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
+    assert links == ["report_figure1_1.png"]
+    assert [(html_file.parent / link).read_bytes() for link in links] == pngs
+
+
+def test_the_markdown_page_has_the_same_tables_row_for_row(tmp_path):
+    root = tmp_path / "runs"
+    write_figure1(root, seeds=(0, 1, 2))
+    write_run(
+        root / "small_batch" / "renorm", [{"step": 100, "test_accuracy": 0.5}, {"step": 200, "test_accuracy": 0.75}]
+    )
+    document, markdown, _ = build(root, tmp_path)
+    in_html, in_markdown = html_tables(document), markdown_tables(markdown)
+    assert in_html == in_markdown
+    assert len(in_html) == 3  # the overview, Figure 1's and Batch Renorm's
+
+
+def test_seeds_are_summarized_as_mean_and_std(tmp_path):
+    root = tmp_path / "runs"
+    written = write_figure1(root, seeds=(0, 1, 2))
+    document, _, _ = build(root, tmp_path)
+    table = next(rows for caption, rows in html_tables(document).items() if caption.startswith("Figure 1: MNIST"))
+    cells = row(table, "with BN")
+    finals = [evaluations[-1]["test_accuracy"] for evaluations in written["mnist_bn"]]
+    assert cells["seeds"] == "3 seeds"
+    assert cells["final test accuracy"] == f"{np.mean(finals):.2%} ± {np.std(finals, ddof=1):.2%}"
+    drifts = [figures.median_drift(evaluations) for evaluations in written["mnist_bn"]]
+    assert cells["median drift"] == f"{np.mean(drifts):.3f} ± {np.std(drifts, ddof=1):.3f}"
+    assert cells["wall time"] == "14 ± 1 s"
+    for seed in (0, 1, 2):
+        assert f"seed {seed}: BN ahead at 4 of 4 evaluations" in document
+    assert "config.json of <code>mnist_bn</code> (seeds 0, 1, 2)" in document
+
+
+def test_seed_directories_are_the_run_and_its_seed_suffixed_siblings(tmp_path):
+    for name in ("mnist_bn", "mnist_bn_seed2", "mnist_bn,seed=1", "mnist_bn_seed10", "mnist_bn_other", "mnist_bnx"):
+        (tmp_path / name).mkdir()
+    assert [p.name for p in runs.seed_dirs(tmp_path, "mnist_bn")] == [
+        "mnist_bn",
+        "mnist_bn,seed=1",
+        "mnist_bn_seed2",
+        "mnist_bn_seed10",
+    ]
+    assert runs.seed_dirs(tmp_path, "small_batch/bn") == []
+
+
+def test_beyond_the_paper_rows_show_their_runs_and_the_rest_their_commands(tmp_path):
+    """Table 2 complete (with the paper's table), Batch Renorm and one BN-LSTM net run, an AdaBN table, a diverged
+    run; everything else not run yet."""
+    root = tmp_path / "runs"
+    for index, name in enumerate(figures.TABLE2_RUNS):
+        accuracies = [0.1] * 3 if name == "sigmoid" else [0.5 + 0.05 * index, 0.6 + 0.05 * index, 0.7 + 0.03 * index]
+        write_run(
+            root / "table2" / name, [{"step": 250 * (i + 1), "test_accuracy": a} for i, a in enumerate(accuracies)]
+        )
+    write_run(root / "small_batch" / "bn", [{"step": 100, "test_accuracy": 0.4}], {"seed": 0, "num_steps": 400})
+    (root / "small_batch" / "bn" / "DIVERGED").write_text("diverged at step 150")
+    write_run(
+        root / "small_batch" / "renorm", [{"step": 100, "test_accuracy": 0.5}, {"step": 200, "test_accuracy": 0.75}]
+    )
+    write_run(root / "seq" / "bn_lstm_rows", [{"step": 250, "test_accuracy": 0.877}], {"seed": 0, "num_steps": 3000})
+    write_run(root / "mnist_bn", figure1_evaluations([0.9, 0.95], 0.1))
+    (root / "mnist_bn" / experiments.ADABN_FILE).write_text(
+        "| test images | source statistics | AdaBN | change |\n|---|---|---|---|\n| none | 98.00% | 97.90% | -0.10 |\n"
+    )
+    document, markdown, _ = build(root, tmp_path)
+    tables = html_tables(document)
+
+    table2 = tables["Table 2 as the paper gives it (seed 0 runs)"]
+    assert table2 == markdown_tables(figures.table2(root / "table2"))[""]
+    variants = tables["Table 2 at CPU scale: x0.125 BN-Inception on Fashion-MNIST"]
+    assert row(variants, "BN-x5")["paper: steps to 72.2%"] == "2.1e6" and row(variants, "BN-x5")["seeds"] == "1 seed"
+    assert len(embedded_pngs(section(document, "table2_cpu"))) == 1
+
+    small = tables["Batch Renormalization vs BN, mini-batches of 4"]
+    assert row(small, "Batch Renorm")["final test accuracy"] == "75.00%"
+    assert row(small, "BN")["seeds"] == "1 seed (diverged)" and row(small, "BN")["final test accuracy"] == "—"
+
+    sequential = tables["LSTM vs BN-LSTM on sequential MNIST"]
+    assert row(sequential, "BN-LSTM, rows")["seeds"] == "1 seed (unfinished (step 250 of 3000))"
+    assert row(sequential, "LSTM, pixels")["seeds"] == "not run yet"
+    assert row(sequential, "BN-LSTM, permuted pixels")["paper: test accuracy (pixel by pixel)"] == "95.4%"
+    assert (
+        "LSTM, rows: not run yet — command:</span> <code>python -m bnrepro.main "
+        f"--config=configs/seq_mnist.py:lstm,rows --workdir={root}/seq/lstm_rows</code>"
+    ) in document
+
+    adabn = next(rows for caption, rows in tables.items() if caption.startswith("mnist_bn (seed 0)"))
+    assert row(adabn, "none") == {
+        "test images": "none",
+        "source statistics": "98.00%",
+        "AdaBN": "97.90%",
+        "change": "-0.10",
+    }
+    statuses = {r[0]: r[2] for r in tables["Experiments"][1:]}
+    assert statuses["Table 2 at CPU scale (Fashion-MNIST)"] == "run"
+    assert statuses["Gradient propagation and internal covariate shift"] == "not run yet"
+    assert statuses["BN-LSTM vs LSTM on sequential MNIST"].startswith("partly run (not run yet: LSTM, rows, ")
+    assert "not run yet — command:" in section(document, "ics") and tables == markdown_tables(markdown)
+
+
+def ics_run(path: Path, activation: str, batch_norm: bool, noisy: bool, seed: int) -> None:
+    """A run of configs/mnist_ics.py as the diagnostics hook leaves it: diagnostics.jsonl beside the metrics."""
+    layers = ("DenseBN_0", "DenseBN_1")
+    bn = {"noise_shift": 0.5 if noisy else 0.0, "noise_scale": 1.0}
+    config = {"seed": seed, "num_steps": 400, "model": {"activation": activation, "batch_norm": batch_norm, "bn": bn}}
+    write_run(path, [{"step": s, "test_accuracy": 0.8 + s / 4000 + seed / 100} for s in (200, 400)], config)
+    records = []
+    for step in (100, 200, 300, 400):
+        record = {
+            "step": step,
+            "landscape/loss_variation": 0.1 * step,
+            "landscape/gradient_predictiveness": 0.2,
+            "landscape/beta_smoothness": 3.0,
+        }
+        for layer in layers:
+            record.update(
+                {
+                    f"ics_l2/{layer}": 0.05 + seed,
+                    f"ics_cosine/{layer}": 0.9,
+                    f"grad_norm/{layer}": 0.1,
+                    f"jacobian_sv_mean/{layer}": 0.5,
+                    f"jacobian_sv/{layer}": [1.0, 0.5, 0.1],
+                }
+            )
+        records.append(record)
+    (path / "diagnostics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_the_ics_sweep_shows_santurkar_et_al_figure_and_tables(tmp_path):
+    root = tmp_path / "runs"
+    for activation in ("sigmoid", "relu"):
+        for batch_norm, noisy in ((False, False), (True, False), (True, True)):
+            for seed in (0, 1):
+                ics_run(
+                    root / "sweeps" / "ics" / f"{activation},{batch_norm},{noisy},seed={seed}",
+                    activation,
+                    batch_norm,
+                    noisy,
+                    seed,
+                )
+    document, _, _ = build(root, tmp_path)
+    ics = section(document, "ics")
+    assert len(embedded_pngs(ics)) == 1 and "layer DenseBN_1" in ics
+    tables = html_tables(document)
+    summary = tables["Gradient propagation, layer DenseBN_1: means over the second half of training and the seeds"]
+    assert row(summary, "relu, noisy BN")["seeds"] == "2" and row(summary, "relu, noisy BN")["ics_l2"] == "0.55"
+    per_net = tables["Test accuracy per net"]
+    assert row(per_net, "sigmoid, BN")["final test accuracy"] == f"{0.905:.2%} ± {np.std([0.9, 0.91], ddof=1):.2%}"
+    assert ics.count("<details>") == 6  # one config per net
+
+
+def test_a_damaged_run_is_named_and_the_other_experiments_are_shown(tmp_path):
+    root = tmp_path / "runs"
+    write_figure1(root)
+    (root / "small_batch" / "bn").mkdir(parents=True)
+    (root / "small_batch" / "bn" / "metrics.jsonl").write_text('{"step": 1, "test_accuracy": 0.5}\nnot json\n')
+    document, _, _ = build(root, tmp_path)
+    assert "Its runs could not be read: " in section(document, "small_batch")
+    assert "metrics.jsonl, line 2: not a JSON record" in section(document, "small_batch")
+    assert len(embedded_pngs(section(document, "figure1"))) == 1
+
+
+def test_the_sweep_status_file_is_the_sweeps():
+    assert runs.SWEEP_STATUS_FILE == points.STATUS_FILE
+
+
+def test_the_report_loads_no_jax():
+    assert heavy_modules_loaded("import bnrepro.report") == []
+
+
+def test_the_cli_writes_both_pages_and_refuses_a_missing_runs_directory(tmp_path):
+    (tmp_path / "runs").mkdir()
+    command = [sys.executable, "-m", "bnrepro.report", f"--runs={tmp_path / 'runs'}", f"--out={tmp_path / 'r.html'}"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "r.html").exists() and (tmp_path / "r.md").exists()
+    assert f"open {(tmp_path / 'r.html').as_uri()}" in done.stdout
+
+    command[3] = f"--runs={tmp_path / 'missing'}"
+    missing = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert missing.returncode == 2
+    expected = f"error: --runs={tmp_path / 'missing'}: no such directory (it holds the run and sweep directories)."
+    assert missing.stderr.strip().splitlines() == [expected]
+
+
+def test_real_figure1_runs_fill_the_page(small_fake_mnist, tmp_path):
+    """The two Figure 1 nets trained for 60 steps by the real loop: the page reads what the trainer writes."""
+    root = tmp_path / "runs"
+    for variant, name in (("baseline", "mnist_baseline"), ("bn", "mnist_bn")):
+        train_and_evaluate(small_config(variant, data_dir=str(small_fake_mnist)), root / name)
+    document, _, _ = build(root, tmp_path)
+    table = next(rows for caption, rows in html_tables(document).items() if caption.startswith("Figure 1: MNIST"))
+    for name, label in (("mnist_baseline", "without BN"), ("mnist_bn", "with BN")):
+        last = figures.read_evaluations(root / name)[-1]
+        assert row(table, label)["final test accuracy"] == f"{last['test_accuracy']:.2%}"
+        assert row(table, label)["final step"] == "60" and row(table, label)["seeds"] == "1 seed"
+    assert len(embedded_pngs(section(document, "figure1"))) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="needs Debian's chromium on PATH (apt-get install chromium)"
+)
+def test_a_headless_browser_draws_the_page(tmp_path):
+    root = tmp_path / "runs"
+    write_figure1(root)
+    _, _, html_file = build(root, tmp_path)
+    screenshot = tmp_path / "screenshot.png"
+    subprocess.run(
+        [
+            "chromium",
+            "--headless",
+            "--disable-gpu",
+            "--no-sandbox",
+            f"--screenshot={screenshot}",
+            "--window-size=1280,2400",
+            html_file.as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    data = screenshot.read_bytes()
+    assert data.startswith(PNG_SIGNATURE)
+    image = matplotlib.image.imread(io.BytesIO(data), format="png")
+    assert image.shape[:2] == (2400, 1280)
+    colours = np.unique(image.reshape(-1, image.shape[-1])[::97], axis=0)
+    assert len(colours) > 50  # text, tables and the embedded figure: not one colour
