@@ -18,27 +18,19 @@ from pathlib import Path
 
 import configs
 from bnrepro import sweep
-from bnrepro.cli import config_overrides, quiet_orbax
+from bnrepro.cli import config_overrides, quiet_orbax, user_errors_in_one_line
 from bnrepro.sweep import points
 
 SWEEP_FILE = Path(configs.__file__).resolve().parent / "sweeps" / "figure1.py"
 
 
+@user_errors_in_one_line
 def main(extra_flags: list[str]) -> int:
     start = time.perf_counter()
     runs = Path(os.environ.get("RUNS_DIR", "runs"))
-    try:
-        figure1 = points.with_overrides(sweep.load_sweep(str(SWEEP_FILE)), config_overrides(extra_flags))
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    figure1 = points.with_overrides(sweep.load_sweep(str(SWEEP_FILE)), config_overrides(extra_flags))
     quiet_orbax()
-    rows = sweep.run_sweep(figure1, runs)
-    failed = [row["name"] for row in rows if row["status"] != "finished"]
-    for name in failed:
-        status = sweep.read_status(runs / name) or {"error": "it did not run"}
-        print(f"\nThe {name} run failed: {status.get('error', '')} (log: {runs / name / 'train.log'})")
-    if failed:
+    if sweep.report_unfinished(figure1, runs, sweep.run_sweep(figure1, runs)):
         return 1
     plot = [sys.executable, "scripts/plot_figure1.py", f"--baseline={runs / 'mnist_baseline'}",
             f"--bn={runs / 'mnist_bn'}", f"--out={runs / 'figure1.png'}"]  # fmt: skip

@@ -32,12 +32,7 @@ SWEEP_FILE = Path(configs.__file__).resolve().parent / "sweeps" / "table2.py"
 def train_all(workdir: Path, quick: bool, jobs: int, overrides: dict, address: str | None) -> list[str]:
     """Trains every variant as one sweep; prints each failed run's error and log, returns their names."""
     spec = points.with_overrides(sweep.load_sweep(f"{SWEEP_FILE}:{'quick' if quick else ''}"), overrides)
-    rows = sweep.run_sweep(spec, workdir, jobs, address=address)
-    failed = [row["name"] for row in rows if row["status"] != "finished"]
-    for name in failed:
-        status = sweep.read_status(workdir / name) or {"error": "it did not run"}
-        print(f"\nThe {name} run failed: {status.get('error', '')} (log: {workdir / name / 'train.log'})")
-    return failed
+    return sweep.report_unfinished(spec, workdir, sweep.run_sweep(spec, workdir, jobs, address=address))
 
 
 @user_errors_in_one_line

@@ -16,11 +16,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from bnrepro.training.run_dir import CONFIG_FILE, DIVERGED_FILE, METRICS_FILE, read_records
+from bnrepro.training.run_dir import CONFIG_FILE, DIVERGED_FILE, METRICS_FILE, SWEEP_STATUS_FILE, read_records
 
-# `bnrepro.sweep.points.STATUS_FILE`, named here because that module imports the trainer: how a sweep's point
-# ended (finished, diverged, failed) and its wall time.
-SWEEP_STATUS_FILE = "sweep_status.json"
 NOT_RUN = "not run yet"
 
 

@@ -20,9 +20,9 @@ from absl import logging
 from bnrepro import config_schema
 from bnrepro.sweep.group import train_group
 from bnrepro.training import loop
-from bnrepro.training.run_dir import write_atomically
+from bnrepro.training.run_dir import SWEEP_STATUS_FILE, write_atomically
 
-STATUS_FILE = "sweep_status.json"
+STATUS_FILE = SWEEP_STATUS_FILE
 
 
 class Sweep(NamedTuple):
