@@ -3,8 +3,10 @@ fake MNIST: one point finishing, one diverging, one raising; a re-run skipping w
 is not; the summary's numbers against each run's own metrics.jsonl."""
 
 import csv
+import functools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -45,7 +47,7 @@ from configs import mnist_mlp
 def get_sweep():
     base = mnist_mlp.get_config("bn")
     base.data_dir = {data_dir!r}
-    base.num_steps, base.eval_every, base.checkpoint_every, base.steps_per_dispatch = 30_000, 10_000, 1_000, 1_000
+    base.num_steps, base.eval_every, base.checkpoint_every, base.steps_per_dispatch = 20_000, 5_000, 1_000, 1_000
     return Sweep(base, [{{"seed": 0}}], threshold=0.5)
 """
 
@@ -169,22 +171,29 @@ def test_groups_join_points_that_differ_in_seed_and_learning_rate_only(tmp_path)
     assert [0] in sweep.groups_of(full, range(9), tmp_path, max_size=8)
 
 
-def _start_long_sweep(tmp_path: Path) -> tuple[list[str], Path, subprocess.Popen, int]:
-    """The long one-point sweep started in a subprocess; returns its command, workdir, process, and the PID of
-    the Ray worker training the point (the holder of the point's run directory lock) once it has checkpointed."""
+def _start_long_sweep(tmp_path: Path) -> tuple[list[str], Path]:
+    """The long one-point sweep's file and command; returns the command and its workdir."""
     data_dir = write_fake_mnist(tmp_path / "mnist", {"train": 50_000, "valid": 10_000, "test": 10_000})
     spec = tmp_path / "long.py"
     spec.write_text(LONG_SWEEP_FILE.format(data_dir=str(data_dir)))
     workdir = tmp_path / "runs"
-    command = [sys.executable, "-m", "bnrepro.sweep", f"--sweep={spec}", f"--workdir={workdir}"]
-    sweeper = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    checkpoints = workdir / "seed=0" / CHECKPOINT_DIR
+    return [sys.executable, "-m", "bnrepro.sweep", f"--sweep={spec}", f"--workdir={workdir}"], workdir
+
+
+def _training(workdir: Path, sweeper: subprocess.Popen, other_than: int, after: int) -> tuple[int, int]:
+    """Waits until a worker other than PID `other_than` holds the point's run directory lock (its file says
+    "process PID on HOST (since ...)") and a checkpoint past step `after` exists; returns (PID, latest step)."""
     deadline = time.monotonic() + 240
-    while not any(p.name.isdigit() for p in checkpoints.glob("*")):
-        assert sweeper.poll() is None and time.monotonic() < deadline, "no checkpoint before the sweep ended"
-        time.sleep(0.2)
-    holder = (workdir / "seed=0" / run_dir.LOCK_FILE).read_text()  # "process PID on HOST (since ...)"
-    return command, workdir, sweeper, int(holder.split()[1])
+    while True:
+        if sweeper.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"the sweep ended or stalled before the fault:\n{sweeper.communicate()[0][-3000:]}")
+        steps = [int(p.name) for p in (workdir / "seed=0" / CHECKPOINT_DIR).glob("*") if p.name.isdigit()]
+        lock = workdir / "seed=0" / run_dir.LOCK_FILE
+        found = re.match(r"process (\d+) ", lock.read_text()) if lock.exists() else None  # empty while rewritten
+        holder = int(found[1]) if found else other_than
+        if holder != other_than and max(steps, default=0) > after:
+            return holder, max(steps)
+        time.sleep(0.1)
 
 
 def _gone_within(pid: int, seconds: float) -> bool:
@@ -203,49 +212,45 @@ def _status(pid: int) -> bytes:
         return b""
 
 
-def _rerun_finishes(command: list[str], workdir: Path) -> None:
-    rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
-    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
-    assert sweep.read_status(workdir / "seed=0")["status"] == "finished"
-    records = [json.loads(line) for line in (workdir / "seed=0" / METRICS_FILE).read_text().splitlines()]
-    assert [r["step"] for r in records] == [10_000, 20_000, 30_000]  # every evaluation once
+def test_a_killed_worker_ctrl_c_and_a_killed_sweep_lose_nothing_and_a_rerun_finishes(tmp_path):
+    """One long point through three faults, each while it trains; every evaluation is recorded once at the end.
+    1. SIGKILL of the Ray worker training the group: Ray retries the task (`--max_retries`) in a new worker,
+       which resumes from the group's checkpoint;
+    2. Ctrl-C of `python -m bnrepro.sweep`: the tasks are cancelled, one line, exit 130, no traceback;
+    3. SIGKILL of the same command run again: Ray stops the tasks it owned (nothing trains on unwatched, nothing
+       writes into the run directory after it);
+    then the same command once more finishes the point."""
+    command, workdir = _start_long_sweep(tmp_path)
+    popen = functools.partial(
+        subprocess.Popen, command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    sweeper = popen()
+    first, step = _training(workdir, sweeper, other_than=0, after=0)
+    os.kill(first, signal.SIGKILL)
+    retried, step = _training(workdir, sweeper, other_than=first, after=step)  # resumed in another worker
 
-
-def test_killing_the_sweep_stops_its_tasks_and_a_rerun_finishes(tmp_path):
-    """SIGKILL of `python -m bnrepro.sweep`: Ray stops the tasks it owned (nothing trains on unwatched, nothing
-    writes into the run directories after it); the next run resumes from their checkpoints."""
-    command, workdir, sweeper, worker = _start_long_sweep(tmp_path)
-    sweeper.kill()
-    sweeper.communicate()
-    assert _gone_within(worker, 30), f"the worker {worker} outlived the sweep"
-    assert sweep.read_status(workdir / "seed=0") is None  # it did not finish on its own
-    _rerun_finishes(command, workdir)
-
-
-def test_ctrl_c_stops_the_sweep_cleanly_and_a_rerun_finishes(tmp_path):
-    command, workdir, sweeper, worker = _start_long_sweep(tmp_path)
     sweeper.send_signal(signal.SIGINT)
     output, _ = sweeper.communicate(timeout=120)
     assert sweeper.returncode == 130, output[-3000:]
     assert "Interrupted: the groups are stopped; rerun the same command to resume them" in output
     assert "Traceback" not in output, output[-3000:]
-    assert _gone_within(worker, 30), f"the worker {worker} outlived the sweep"
-    _rerun_finishes(command, workdir)
+    assert _gone_within(retried, 30), f"the worker {retried} outlived the sweep"
 
+    sweeper = popen()
+    third, _ = _training(workdir, sweeper, other_than=retried, after=step)
+    sweeper.kill()
+    sweeper.communicate()
+    assert _gone_within(third, 30), f"the worker {third} outlived the sweep"
+    assert sweep.read_status(workdir / "seed=0") is None  # it did not finish on its own
 
-def test_a_killed_worker_is_retried_and_its_point_finishes(tmp_path):
-    """SIGKILL of the Ray worker training a group: Ray retries the task (`--max_retries`), which resumes from the
-    group's checkpoints; every evaluation is recorded once."""
-    _, workdir, sweeper, worker = _start_long_sweep(tmp_path)
-    os.kill(worker, signal.SIGKILL)
-    output, _ = sweeper.communicate(timeout=600)
-    assert sweeper.returncode == 0, output[-3000:]
+    rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
     status = sweep.read_status(workdir / "seed=0")
-    assert status["status"] == "finished" and status["pid"] != worker
+    assert status["status"] == "finished" and status["pid"] not in (first, retried, third)
     records = [json.loads(line) for line in (workdir / "seed=0" / METRICS_FILE).read_text().splitlines()]
-    assert [r["step"] for r in records] == [10_000, 20_000, 30_000]
+    assert [r["step"] for r in records] == [5_000, 10_000, 15_000, 20_000]  # every evaluation once
     log = (workdir / "seed=0" / "train.log").read_text()
-    assert log.count("--- ") == 2 and "Resumed from the checkpoint" in log  # the retry appended to the log
+    assert log.count("--- ") == 4 and log.count("Resumed from the checkpoint") == 3  # each attempt appended
 
 
 EDITABLE_SWEEP_FILE = """
