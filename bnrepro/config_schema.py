@@ -8,6 +8,7 @@ selects; `model.bn` holds the options of every BatchNorm layer (`MODEL_BN_FIELDS
 A key renamed since runs were made (`RENAMED_KEYS`, e.g. `model.bn_momentum`) is refused with its new name.
 `input` holds the ImageNet input pipeline's settings; it is required for `dataset="imagenet2012"` and refused
 otherwise (MNIST-size datasets live on the device and have no pipeline to configure).
+`dtype` is the compute dtype (`layers.COMPUTE_DTYPES`), which `models.create_model` gives the model.
 `profile_steps` is "" (off) or "START:END" (`profile_range`): a range that starts at or after `num_steps` is
 refused (nothing would be traced), an END beyond `num_steps` is clipped to it (the trace ends with the run).
 """
@@ -114,6 +115,7 @@ TRAINING_FIELDS: Mapping[str, Field] = {
     "cpu_cores": Field(int, _at_least(0)),
     "num_devices": Field(int, _at_least(0)),
     "profile_steps": Field(str, _step_range),
+    "dtype": Field(str, _one_of(layers.COMPUTE_DTYPES)),
 }
 
 # `config.input`, the host-fed ImageNet pipeline (`bnrepro.data.imagenet.train_dataset` / `eval_dataset`).
@@ -160,9 +162,11 @@ RENAMED_KEYS: Mapping[str, str] = {
     "model.bn_gamma_init": "model.gamma_init",
 }
 # What a run made before `model.bn` existed used for the options its config did not name: BatchNorm's defaults,
-# which every model then passed on (eps 1e-5 in all three). Such a run resumes under today's config.
+# which every model then passed on (eps 1e-5 in all three); and before `dtype` existed, every run computed in
+# float32. Such a run resumes under today's config.
 IMPLICIT_IN_OLD_RUNS: Mapping[str, Any] = {
-    f"model.bn.{option}": value for option, value in json.loads(models.bn_config().to_json_best_effort()).items()
+    **{f"model.bn.{option}": value for option, value in json.loads(models.bn_config().to_json_best_effort()).items()},
+    "dtype": "float32",
 }
 
 
@@ -207,12 +211,13 @@ MODEL_BN_FIELDS: Mapping[str, Field] = attribute_fields(layers.BatchNorm, models
 
 def model_fields(model_config: ml_collections.ConfigDict) -> dict[str, Field]:
     """The allowed `model.*` keys for the class `model_config.name` names, typed by the class defaults, and
-    `model.bn` (the BatchNorm options from which `models.create_model` builds the class's `norm`)."""
+    `model.bn` (the BatchNorm options from which `models.create_model` builds the class's `norm`); not `dtype`,
+    which `create_model` sets from `config.dtype`."""
     cls = models.model_class(model_config.get("name"))
     names = [
         f.name
         for f in dataclasses.fields(cls)
-        if f.name not in ("parent", "name", "norm") and f.default is not dataclasses.MISSING
+        if f.name not in ("parent", "name", "norm", "dtype") and f.default is not dataclasses.MISSING
     ]
     return {
         "name": Field(str),

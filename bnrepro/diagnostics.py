@@ -195,7 +195,7 @@ def layer_jacobian_singular_values(
         jacobians = jax.vmap(jax.jacfwd(one_example))(inputs)
         num_out = jacobians[0].size // inputs[0].size
         matrices = jacobians.reshape(len(inputs), num_out, inputs[0].size)
-        result[layer] = jnp.linalg.svd(matrices, compute_uv=False)
+        result[layer] = jnp.linalg.svd(matrices.astype(jnp.float32), compute_uv=False)  # LAPACK has no bfloat16
     return result
 
 

@@ -6,6 +6,9 @@
                    it); with `batch_norm=False` the baseline z = g(Wu + b).
 * `population_statistics` -- Algorithm 2, steps 8-9, for a whole model: K training
                    mini-batches in, a `batch_stats` tree of population moments out.
+
+Mixed precision (`COMPUTE_DTYPES`): with `dtype="bfloat16"` a layer's matmul or convolution and its output are
+bfloat16, while its parameters, and BN's statistics (`bnrepro.batchnorm` computes them in float32), stay float32.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ from bnrepro.batchnorm import Moments
 # The collection in which `BatchNorm` reports each training call's mini-batch moments (and the
 # count m they were taken over) when the caller makes it mutable; `population_statistics` reads it.
 MOMENTS_COLLECTION = "bn_moments"
+
+# The dtypes a model may compute its activations, matmuls and convolutions in (`config.dtype`).
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "sigmoid": nn.sigmoid,
@@ -187,6 +193,7 @@ class DenseBN(nn.Module):
       batch_norm: insert BN before g.
       norm: the BN layer to use, e.g. `functools.partial(BatchNorm, momentum=0.9)`.
       kernel_init: initializer of W.
+      dtype: of the matmul and the output (`COMPUTE_DTYPES`); W, b and BN's parameters and statistics stay float32.
     """
 
     features: int
@@ -194,11 +201,12 @@ class DenseBN(nn.Module):
     batch_norm: bool = True
     norm: Callable[..., nn.Module] = BatchNorm
     kernel_init: Callable[..., jax.Array] = nn.linear.default_kernel_init
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, u: jax.Array, train: bool) -> jax.Array:
         g = activation_fn(self.activation)
-        x = nn.Dense(self.features, use_bias=not self.batch_norm, kernel_init=self.kernel_init)(u)
+        x = nn.Dense(self.features, use_bias=not self.batch_norm, kernel_init=self.kernel_init, dtype=self.dtype)(u)
         if self.batch_norm:
             x = self.norm()(x, train=train)
         self.sow("intermediates", "preactivation", x)
@@ -212,6 +220,7 @@ class ConvBN(nn.Module):
     Attributes:
       features, kernel_size, strides, padding: of the convolution (NHWC).
       activation, batch_norm, norm, kernel_init: as in `DenseBN`.
+      dtype: of the convolution and the output, as in `DenseBN`.
     """
 
     features: int
@@ -222,6 +231,7 @@ class ConvBN(nn.Module):
     batch_norm: bool = True
     norm: Callable[..., nn.Module] = BatchNorm
     kernel_init: Callable[..., jax.Array] = nn.linear.default_kernel_init
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, u: jax.Array, train: bool) -> jax.Array:
@@ -233,6 +243,7 @@ class ConvBN(nn.Module):
             padding=self.padding,
             use_bias=not self.batch_norm,
             kernel_init=self.kernel_init,
+            dtype=self.dtype,
         )(u)
         if self.batch_norm:
             x = self.norm()(x, train=train)

@@ -56,6 +56,7 @@ def get_config(arg: str = "bn_x5") -> ml_collections.ConfigDict:
     batch_norm = variant.startswith("bn_")
     accelerated = variant in ("bn_x5", "bn_x30", "bn_x5_sigmoid")
     config = ml_collections.ConfigDict()
+    config.dtype = "float32"  # activations, matmuls, convs: float32 or bfloat16 (weights, BN statistics, loss: float32)
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "bn_inception"  # bnrepro.models.MODELS

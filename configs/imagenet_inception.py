@@ -45,6 +45,7 @@ def get_config(arg: str | None = None, config_file: str = "configs/imagenet_ince
         raise ValueError(f"{config_file}: bad argument {arg!r}; expected a number of replicas, e.g. 8.")
     replicas = int(arg) if arg else 8
     config = ml_collections.ConfigDict()
+    config.dtype = "float32"  # activations, matmuls, convs: float32 or bfloat16 (weights, BN statistics, loss: float32)
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "bn_inception"  # the Figure 5 network (bnrepro.models.inception)

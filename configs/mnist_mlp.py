@@ -34,6 +34,7 @@ def get_config(variant: str = "bn") -> ml_collections.ConfigDict:
     if variant not in VARIANTS:
         raise ValueError(f"configs/mnist_mlp.py: unknown variant {variant!r}; expected one of {VARIANTS}.")
     config = ml_collections.ConfigDict()
+    config.dtype = "float32"  # activations, matmuls, convs: float32 or bfloat16 (weights, BN statistics, loss: float32)
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "mlp"  # bnrepro.models.MODELS

@@ -64,6 +64,7 @@ def get_config(arg: str = "bn_lstm") -> ml_collections.ConfigDict:
         )
     permuted, rows, quick = (option in options for option in OPTIONS)
     config = ml_collections.ConfigDict()
+    config.dtype = "float32"  # activations, matmuls, convs: float32 or bfloat16 (weights, BN statistics, loss: float32)
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "lstm"  # bnrepro.models.MODELS: models.lstm.LSTMClassifier

@@ -49,7 +49,7 @@ def main(argv: list[str]) -> None:
     saved = checkpoints.restore(checkpoints.latest_step(), args=ocp.args.StandardRestore())
     if not saved["batch_stats"]:
         raise ValueError(f"{workdir}: the model has no BN layer, so there are no statistics to adapt.")
-    model = models.create_model(config.model)
+    model = models.create_model(config.model, config.dtype)
     splits = data.load_dataset(config.dataset, config.data_source, data_dir=config.data_dir or None)
     source = preprocess(jnp.asarray(splits.train.images[: config.population_batches * config.batch_size]))
     variables = layers.adapt_to_domain(model, {"params": saved["params"], "batch_stats": saved["batch_stats"]},

@@ -94,7 +94,7 @@ class Runner:
     `OnDeviceInput.train`, which starts a new epoch at each epoch's end), and blocks."""
 
     def __init__(self, config: ml_collections.ConfigDict, splits: data.Splits, flax_bn: bool = False):
-        model = models.create_model(config.model)
+        model = models.create_model(config.model, config.dtype)
         if flax_bn:  # the model unchanged, Flax's layer as its BN layer
             bn = config.model.bn
             model = model.clone(norm=functools.partial(FlaxBatchNorm, momentum=bn.momentum, eps=bn.eps))

@@ -74,9 +74,9 @@ def bound_batch_norm(**options: Any) -> Callable[..., nn.Module]:
     return functools.partial(layers.BatchNorm, **options)
 
 
-def create_model(model_config: ml_collections.ConfigDict) -> nn.Module:
-    """The network `model_config.name` names, its BN layers `layers.BatchNorm` with the options of
-    `model_config.bn`, bound here once and passed as the model's `norm`; the other keys (but `name`, a Flax
-    Module attribute) are the model's attributes."""
+def create_model(model_config: ml_collections.ConfigDict, dtype: str = "float32") -> nn.Module:
+    """The network `model_config.name` names, computing in `dtype` (a run's `config.dtype`), its BN layers
+    `layers.BatchNorm` with the options of `model_config.bn`, bound here once and passed as the model's `norm`;
+    the other keys (but `name`, a Flax Module attribute) are the model's attributes."""
     attributes = {key: value for key, value in model_config.items() if key not in ("name", "bn")}
-    return model_class(model_config.name)(norm=bound_batch_norm(**model_config.bn), **attributes)
+    return model_class(model_config.name)(norm=bound_batch_norm(**model_config.bn), dtype=dtype, **attributes)

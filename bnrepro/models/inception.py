@@ -116,7 +116,7 @@ class SeparableConvBN(nn.Module):
       features: output channels of the pointwise convolution.
       kernel_size, strides: of the depthwise convolution.
       depth_multiplier: depthwise maps per input channel.
-      activation, batch_norm, norm, kernel_init: as in `bnrepro.layers.ConvBN`.
+      activation, batch_norm, norm, kernel_init, dtype: as in `bnrepro.layers.ConvBN`.
     """
 
     features: int
@@ -127,6 +127,7 @@ class SeparableConvBN(nn.Module):
     batch_norm: bool = True
     norm: Callable[..., nn.Module] = BatchNorm
     kernel_init: Callable[..., jax.Array] = nn.linear.default_kernel_init
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, u: jax.Array, train: bool) -> jax.Array:
@@ -139,10 +140,16 @@ class SeparableConvBN(nn.Module):
             feature_group_count=in_channels,
             use_bias=False,
             kernel_init=self.kernel_init,
+            dtype=self.dtype,
             name="depthwise",
         )(u)
         x = nn.Conv(
-            self.features, (1, 1), use_bias=not self.batch_norm, kernel_init=self.kernel_init, name="pointwise"
+            self.features,
+            (1, 1),
+            use_bias=not self.batch_norm,
+            kernel_init=self.kernel_init,
+            dtype=self.dtype,
+            name="pointwise",
         )(x)
         if self.batch_norm:
             x = self.norm()(x, train=train)
@@ -248,6 +255,9 @@ class BNInception(nn.Module):
         Inception uses decay 0.9997 and eps 0.001.
       kernel_init: initializer of every weight: by default He's fan-in truncated normal, TF-slim's
         `variance_scaling_initializer()` for Inception (the paper does not say).
+      dtype: the compute dtype of every convolution, activation and the classifier's matmul, one of
+        `bnrepro.layers.COMPUTE_DTYPES` (`config.dtype`); weights, BN's statistics and the returned logits are
+        float32.
     """
 
     num_classes: int = 1000
@@ -264,6 +274,7 @@ class BNInception(nn.Module):
     small_input: bool = False
     norm: Callable[..., nn.Module] = BatchNorm
     kernel_init: Callable[..., Any] = nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
+    dtype: str = "float32"
 
     def width(self, channels: int) -> int:
         """Output channels of a convolution the table gives `channels` (the width multiplier's rule)."""
@@ -277,7 +288,7 @@ class BNInception(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool) -> jax.Array:
-        x = images.astype(jnp.float32)
+        x = images.astype(self.dtype)
         if x.ndim == 3:  # grayscale (N, H, W), as the trainer serves MNIST/Fashion-MNIST: one channel
             x = x[..., None]
         conv = functools.partial(
@@ -286,6 +297,7 @@ class BNInception(nn.Module):
             batch_norm=self.batch_norm,
             norm=self.norm,
             kernel_init=self.kernel_init,
+            dtype=self.dtype,
         )
         stem_strides = (1, 1) if self.small_input else (2, 2)
 
@@ -300,6 +312,7 @@ class BNInception(nn.Module):
                 batch_norm=self.batch_norm,
                 norm=self.norm,
                 kernel_init=self.kernel_init,
+                dtype=self.dtype,
                 name="conv1_7x7",
             )(x, train=train)
         else:
@@ -334,5 +347,5 @@ class BNInception(nn.Module):
         x = x.reshape((x.shape[0], -1))
         if self.dropout_rate > 0:
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        logits = nn.Dense(self.num_classes, kernel_init=self.kernel_init, name="classifier")(x)
-        return self._stage("logits", logits)
+        logits = nn.Dense(self.num_classes, kernel_init=self.kernel_init, dtype=self.dtype, name="classifier")(x)
+        return self._stage("logits", logits.astype(jnp.float32))

@@ -90,6 +90,7 @@ class LSTMCell(nn.Module):
       norm: the BN layer, e.g. `functools.partial(BatchNorm, momentum=0.99)`.
       gamma_init: the initial gamma of every BN layer (0.1, their Sec. 4).
       forget_bias: the initial bias of the forget gate.
+      dtype: of the matmuls, the gates and the carry (c, h); parameters and BN's statistics stay float32.
     """
 
     hidden_size: int
@@ -98,18 +99,20 @@ class LSTMCell(nn.Module):
     norm: Callable[..., nn.Module] = BatchNorm
     gamma_init: float = 0.1
     forget_bias: float = 1.0
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, carry: tuple[jax.Array, jax.Array], x: jax.Array) -> tuple[tuple[jax.Array, jax.Array], None]:
         c, h = carry
         features = GATES * self.hidden_size
-        recurrent = nn.Dense(features, use_bias=False, kernel_init=recurrent_kernel_init, name="hidden")(h)
-        inputs = nn.Dense(features, use_bias=False, kernel_init=nn.initializers.orthogonal(), name="input")(x)
+        dense = functools.partial(nn.Dense, features, use_bias=False, dtype=self.dtype)
+        recurrent = dense(kernel_init=recurrent_kernel_init, name="hidden")(h)
+        inputs = dense(kernel_init=nn.initializers.orthogonal(), name="input")(x)
         gamma = nn.initializers.constant(self.gamma_init)
         if self.batch_norm:
             recurrent = self.norm(use_bias=False, scale_init=gamma, name="bn_hidden")(recurrent, train=self.train)
             inputs = self.norm(use_bias=False, scale_init=gamma, name="bn_input")(inputs, train=self.train)
-        bias = self.param("bias", gate_bias_init(self.forget_bias), (features,), jnp.float32)
+        bias = self.param("bias", gate_bias_init(self.forget_bias), (features,), jnp.float32).astype(self.dtype)
         i, f, g, o = jnp.split(recurrent + inputs + bias, GATES, axis=-1)
         c = nn.sigmoid(f) * c + nn.sigmoid(i) * jnp.tanh(g)
         cell = self.norm(scale_init=gamma, name="bn_cell")(c, train=self.train) if self.batch_norm else c
@@ -158,6 +161,8 @@ class LSTMClassifier(nn.Module):
         steps' activations on in-order MNIST, whose normalization makes the gradient explode (and, measured on
         rows, leaves population statistics that fit no mini-batch: `configs/seq_mnist.py`). h_0 = 0 at
         inference. 0 = off.
+      dtype: the compute dtype, one of `bnrepro.layers.COMPUTE_DTYPES` (`config.dtype`): matmuls, gates and the
+        carry; parameters, BN's statistics and the returned logits are float32.
     """
 
     hidden_size: int = 100
@@ -169,10 +174,11 @@ class LSTMClassifier(nn.Module):
     gamma_init: float = 0.1
     forget_bias: float = 1.0
     h0_noise: float = 0.0
+    dtype: str = "float32"
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool) -> jax.Array:
-        xs = image_sequence(images.astype(jnp.float32), self.sequence, self.permuted)
+        xs = image_sequence(images.astype(self.dtype), self.sequence, self.permuted)
         batch, steps = xs.shape[:2]
         stored = self._stored_steps()
         if train and stored is not None and steps != stored:
@@ -193,14 +199,15 @@ class LSTMClassifier(nn.Module):
             norm=self.norm,
             gamma_init=self.gamma_init,
             forget_bias=self.forget_bias,
+            dtype=self.dtype,
             name="lstm",
         )
-        c0 = jnp.zeros((batch, self.hidden_size), jnp.float32)
+        c0 = jnp.zeros((batch, self.hidden_size), self.dtype)
         h0 = c0
         if train and self.h0_noise > 0.0:
-            h0 = self.h0_noise * jax.random.normal(self.make_rng("dropout"), c0.shape)
+            h0 = self.h0_noise * jax.random.normal(self.make_rng("dropout"), c0.shape, self.dtype)
         (_, h), _ = cell((c0, h0), xs)
-        return nn.Dense(self.num_classes, name="classifier")(h)
+        return nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(h).astype(jnp.float32)
 
     def _stored_steps(self) -> int | None:
         """T, the time steps the stored statistics cover (None before they exist, or without BN)."""

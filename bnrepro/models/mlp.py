@@ -16,6 +16,8 @@ class MLP(nn.Module):
     then a linear 10-way layer whose logits feed softmax cross-entropy.
 
     Weights are drawn from N(0, init_std^2): the paper says only "small random Gaussian values".
+    With `dtype="bfloat16"` the matmuls and activations are bfloat16; the weights, BN's statistics and the
+    logits (so the loss) are float32.
 
     Attributes:
       hidden: widths of the hidden layers.
@@ -25,6 +27,7 @@ class MLP(nn.Module):
       init_std: standard deviation of every weight's Gaussian initialization.
       norm: the BN layer of every hidden layer, `layers.BatchNorm` with its options bound
         (`bnrepro.models.create_model` binds `config.model.bn`).
+      dtype: the compute dtype, one of `layers.COMPUTE_DTYPES` (`config.dtype`).
     """
 
     hidden: Sequence[int] = (100, 100, 100)
@@ -33,13 +36,19 @@ class MLP(nn.Module):
     batch_norm: bool = True
     init_std: float = 0.1
     norm: Callable[..., nn.Module] = BatchNorm
+    dtype: str = "float32"
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool) -> jax.Array:
-        u = images.reshape((images.shape[0], -1)).astype(jnp.float32)
+        u = images.reshape((images.shape[0], -1)).astype(self.dtype)
         kernel_init = nn.initializers.normal(self.init_std)
         for width in self.hidden:
             u = DenseBN(
-                width, activation=self.activation, batch_norm=self.batch_norm, norm=self.norm, kernel_init=kernel_init
+                width,
+                activation=self.activation,
+                batch_norm=self.batch_norm,
+                norm=self.norm,
+                kernel_init=kernel_init,
+                dtype=self.dtype,
             )(u, train=train)
-        return nn.Dense(self.num_classes, kernel_init=kernel_init)(u)
+        return nn.Dense(self.num_classes, kernel_init=kernel_init, dtype=self.dtype)(u).astype(jnp.float32)
