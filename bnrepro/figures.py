@@ -1,8 +1,9 @@
 """Figures from run directories.
 
-Figure 1 of the paper from two runs' `metrics.jsonl` (Sec. 4.1): (a) test accuracy of the MNIST net with and
-without BN over training; (b, c) the {15, 50, 85}th percentiles over test examples of one last-hidden-layer
-sigmoid input over training, (b) without BN and (c) with BN. Table 2 at CPU scale, a sweep's curves and final
+Figure 1 of the paper (Sec. 4.1) from the `metrics.jsonl` of the MNIST net's runs with and without BN, each
+over seeds: (a) test accuracy over training, the mean over the seeds and its min-max band; (b, c) the {15, 50,
+85}th percentiles over test examples of one last-hidden-layer sigmoid input over training, (b) without BN and
+(c) with BN, of the first seed; and the table of final accuracy and drift (mean ± std over the seeds). Table 2 at CPU scale, a sweep's curves and final
 accuracies, and Santurkar et al. (2018)'s gradient-propagation measurements (`plot_ics`, `ics_summary`).
 """
 
@@ -10,7 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -43,22 +45,128 @@ def median_drift(evaluations: list[dict]) -> float:
     return float(np.mean(medians.max(0) - medians.min(0)))
 
 
-def plot_figure1(baseline: list[dict], batch_norm: list[dict]) -> plt.Figure:
-    """Figure 1 (a, b, c) from the evaluation records of the baseline and the BN net."""
+# A Figure 1 net over seeds: each seed's evaluation records (`read_evaluations`), by seed.
+Seeds = Mapping[int, list[dict]]
+AHEAD_AFTER = 5_000  # Fig. 1(a), BN "trains faster": the evaluations compared are those after this step
+ZOOM_FROM = 10_000  # Fig. 1(a)'s inset: the steps from here on, enlarged
+
+
+def seed_dirs(root: Path, name: str) -> list[Path]:
+    """The run directory `root/name` (if it exists) and its seeds' siblings, `name` followed by `seed`, an
+    optional `=` and a number, joined by `_`, `-`, `,` or `.` (`mnist_bn_seed1`, `mnist_bn,seed=2`), by seed."""
+    first = root / name
+    pattern = re.compile(rf"{re.escape(first.name)}[_,.-]seed=?(\d+)")
+    seeds = [p for p in first.parent.glob(f"{first.name}*") if p.is_dir() and pattern.fullmatch(p.name)]
+    seeds.sort(key=lambda p: int(pattern.fullmatch(p.name)[1]))
+    return ([first] if first.is_dir() else []) + seeds
+
+
+def read_seeds(workdirs: Sequence[str | os.PathLike]) -> dict[int, list[dict]]:
+    """The evaluation records of a net's run directories, one per seed (`seed_dirs` finds
+    them), by the seed their config.json records, in seed order. Two directories of one seed are a ValueError
+    naming both."""
+    seeds, found = {}, {}
+    for workdir in workdirs:
+        config = Path(workdir, CONFIG_FILE)
+        seed = json.loads(config.read_text()).get("seed") if config.exists() else None
+        if seed is None:
+            raise ValueError(f"{config} does not exist or records no seed: is {workdir} a training run?")
+        if seed in found:
+            raise ValueError(f"{found[seed]} and {workdir} are both runs of seed {seed}: move one of them away.")
+        found[seed], seeds[seed] = workdir, read_evaluations(workdir)
+    return dict(sorted(seeds.items()))
+
+
+def seed_curves(seeds: Seeds, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """The steps at which every seed evaluated, and `key` of each seed there: (steps,), (seeds, steps)."""
+    by_step = [{r["step"]: r[key] for r in records} for records in seeds.values()]
+    steps = sorted(set.intersection(*(set(values) for values in by_step)))
+    return np.asarray(steps), np.asarray([[values[s] for s in steps] for values in by_step], dtype=float)
+
+
+def bn_ahead(baseline: Seeds, batch_norm: Seeds, after: int = AHEAD_AFTER) -> tuple[int, int]:
+    """Fig. 1(a)'s "BN trains faster" over the seeds both nets have: at how many of the evaluations after step
+    `after` (those every such run made) the BN net's test accuracy is above the baseline's of the same seed for
+    every seed, and how many evaluations were compared."""
+    paired = sorted(set(baseline) & set(batch_norm))
+    if not paired:
+        raise ValueError(f"no seed trained both with BN {sorted(batch_norm)} and without {sorted(baseline)}.")
+    steps, ours = seed_curves({seed: batch_norm[seed] for seed in paired}, "test_accuracy")
+    their_steps, theirs = seed_curves({seed: baseline[seed] for seed in paired}, "test_accuracy")
+    compared = np.intersect1d(steps, their_steps)
+    compared = compared[compared > after]
+    ahead = ours[:, np.searchsorted(steps, compared)] > theirs[:, np.searchsorted(their_steps, compared)]
+    return int(np.all(ahead, axis=0).sum()), len(compared)
+
+
+def mean_std(values: Sequence[float], spec: str) -> str:
+    """One value as `format(value, spec)`; several as `mean ± std` (sample standard deviation, ddof 1); none
+    as a dash."""
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return format(values[0], spec)
+    return f"{format(float(np.mean(values)), spec)} ± {format(float(np.std(values, ddof=1)), spec)}"
+
+
+def figure1_table(baseline: Seeds, batch_norm: Seeds) -> str:
+    """Figure 1 in numbers, in Markdown: for each net its seeds, final step, and final test accuracy and
+    `median_drift` as mean ± std over the seeds; then at how many evaluations after step `AHEAD_AFTER` BN is
+    ahead for every seed (`bn_ahead`)."""
+    lines = ["| net | seeds | final step | test accuracy | median drift |", "|---|---|---|---|---|"]
+    for name, seeds in (("without BN", baseline), ("with BN", batch_norm)):
+        finals = [records[-1] for records in seeds.values()]
+        lines.append(
+            f"| {name} | {len(seeds)} | {', '.join(str(s) for s in sorted({r['step'] for r in finals}))} | "
+            f"{mean_std([r['test_accuracy'] for r in finals], '.2%')} | "
+            f"{mean_std([median_drift(records) for records in seeds.values()], '.3f')} |"
+        )
+    ahead, compared = bn_ahead(baseline, batch_norm)
+    paired = sorted(set(baseline) & set(batch_norm))
+    lines.append(
+        f"\nBN ahead at {ahead} of {compared} evaluations after step {AHEAD_AFTER} for every seed "
+        f"(seeds {', '.join(map(str, paired))}, each BN net against the baseline of its seed)."
+    )
+    return "\n".join(lines)
+
+
+def plot_figure1(baseline: Seeds, batch_norm: Seeds) -> plt.Figure:
+    """Figure 1 from the evaluation records of the baseline and the BN net over seeds: (a) test accuracy, the
+    mean over the seeds and its min-max band; (b, c) the first seed's 15th/50th/85th percentiles of one
+    last-hidden-layer sigmoid input (a unit's percentiles are not averaged across seeds: each seed's unit is
+    another unit), its `median_drift` in the title."""
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for records, label, style in ((baseline, "Without BN", "--"), (batch_norm, "With BN", "-")):
-        axes[0].plot([r["step"] for r in records], [r["test_accuracy"] for r in records], style, label=label)
+    zoom = axes[0].inset_axes((0.4, 0.33, 0.57, 0.4))  # the seeds' spread is a few tenths of a point: enlarged
+    handles, zoomed = [], []
+    for seeds, label, style, colour in ((baseline, "Without BN", "--", "C0"), (batch_norm, "With BN", "-", "C1")):
+        steps, accuracy = seed_curves(seeds, "test_accuracy")
+        for ax in (axes[0], zoom):
+            band = ax.fill_between(steps, accuracy.min(0), accuracy.max(0), color=colour, alpha=0.3, lw=0)
+            (line,) = ax.plot(steps, accuracy.mean(0), style, color=colour, lw=1.2)
+        count = f"{len(seeds)} seeds" if len(seeds) > 1 else f"seed {next(iter(seeds))}"
+        handles.append(((band, line), f"{label}: mean, min-max of {count}"))
+        zoomed.append((steps[steps >= ZOOM_FROM], accuracy[:, steps >= ZOOM_FROM]))
+    last = max(s.max(initial=0) for s, _ in zoomed)
+    low, high = min(a.min(initial=1.0) for _, a in zoomed), max(a.max(initial=0.0) for _, a in zoomed)
+    if last > ZOOM_FROM and low < high:  # else nothing to enlarge
+        margin = 0.1 * (high - low)
+        zoom.set(xlim=(ZOOM_FROM, last), ylim=(low - margin, high + margin))
+        axes[0].indicate_inset_zoom(zoom, edgecolor="0.5")
+    zoom.tick_params(labelsize=7)
+    zoom.xaxis.set_major_locator(plt.MaxNLocator(3))
+    zoom.grid(alpha=0.3)
     axes[0].set(title="(a) test accuracy", xlabel="training step", ylabel="accuracy", ylim=(0.7, 1.0))
-    axes[0].legend(loc="lower right")
+    axes[0].legend(*zip(*handles), loc="lower right", fontsize=8)
     axes[0].grid(alpha=0.3)
 
-    limit = max(abs(r[k]) for records in (baseline, batch_norm) for r in records for k in ("p15", "p85"))
-    for ax, records, title in ((axes[1], baseline, "(b) without BN"), (axes[2], batch_norm, "(c) with BN")):
+    first = [next(iter(seeds.items())) for seeds in (baseline, batch_norm)]  # (seed, records) of each net
+    limit = max(abs(r[k]) for _, records in first for r in records for k in ("p15", "p85"))
+    for ax, (seed, records), title in zip(axes[1:], first, ("(b) without BN", "(c) with BN")):
         steps = [r["step"] for r in records]
         for key in ("p85", "p50", "p15"):
             ax.plot(steps, [r[key] for r in records], color="k", lw=1.0 if key == "p50" else 0.7)
         ax.set(
-            title=f"{title}: drift {median_drift(records):.2f}",
+            title=f"{title}, seed {seed}: drift {median_drift(records):.2f}",
             xlabel="training step",
             ylabel="sigmoid input (15/50/85th pct.)",
             ylim=(-1.05 * limit, 1.05 * limit),
@@ -80,30 +188,42 @@ TABLE2_PAPER = {  # Table 2: steps to 72.2% (Inception's best), max accuracy
 
 
 def table2(workdir: str | os.PathLike) -> str:
-    """Table 2 in markdown from `workdir/RUN` run directories (configs/fashion_table2.py): for each run the
-    steps it needs to reach the `inception` run's best accuracy, and its own best, beside the paper's."""
+    """Table 2 in markdown from the `workdir/RUN` run directories (configs/fashion_table2.py) and their seeds'
+    siblings (`seed_dirs`): for each run the steps it needs to reach the `inception` run's best accuracy (with
+    seeds, the mean over its seeds of their best), and its own best, beside the paper's. With seeds, each cell is
+    the mean ± std over the seeds, steps over those that reached the target (`k/n` says how many)."""
     workdir = Path(workdir)
-    runs = {}
+    runs = {}  # variant: each seed's evaluation records, [] for a diverged seed
     for variant in TABLE2_RUNS:
-        diverged = workdir / variant / DIVERGED_FILE
-        runs[variant] = [] if diverged.exists() else read_evaluations(workdir / variant, required=())
-    target = max(r["test_accuracy"] for r in runs["inception"]) if runs["inception"] else float("nan")
+        runs[variant] = [
+            [] if (path / DIVERGED_FILE).exists() else read_evaluations(path, required=())
+            for path in seed_dirs(workdir, variant)
+        ]
+    inception_bests = [max(r["test_accuracy"] for r in records) for records in runs["inception"] if records]
+    target = float(np.mean(inception_bests)) if inception_bests else float("nan")
+    best_header = "max accuracy (at step)" if all(len(seeds) <= 1 for seeds in runs.values()) else "max accuracy"
     lines = [
-        f"| run | steps to {target:.1%} | max accuracy (at step) | paper: steps to 72.2% | paper: max |",
-        "|---|---|---|---|---|",
+        f"| run | seeds | steps to {target:.1%} | {best_header} | paper: steps to 72.2% | paper: max |",
+        "|---|---|---|---|---|---|",
     ]
-    for variant, records in runs.items():
-        if not records:
-            lines.append(
-                f"| {variant} | diverged | diverged | {TABLE2_PAPER[variant][0]} | {TABLE2_PAPER[variant][1]} |"
-            )
+    for variant, seeds in runs.items():
+        paper = f"{TABLE2_PAPER[variant][0]} | {TABLE2_PAPER[variant][1]}"
+        trained = [records for records in seeds if records]
+        if not trained:
+            missing = "diverged" if seeds else "not run"
+            lines.append(f"| {variant} | {len(seeds)} | {missing} | {missing} | {paper} |")
             continue
-        reached = next((r["step"] for r in records if r["test_accuracy"] >= target), None)
-        best = max(records, key=lambda r: r["test_accuracy"])
-        lines.append(
-            f"| {variant} | {reached if reached is not None else '—'} | {best['test_accuracy']:.1%} "
-            f"({best['step']}) | {TABLE2_PAPER[variant][0]} | {TABLE2_PAPER[variant][1]} |"
-        )
+        reached = [next((r["step"] for r in records if r["test_accuracy"] >= target), None) for records in trained]
+        steps = [step for step in reached if step is not None]
+        bests = [max(records, key=lambda r: r["test_accuracy"]) for records in trained]
+        if len(seeds) == 1:
+            steps_cell = str(steps[0]) if steps else "—"
+            best_cell = f"{bests[0]['test_accuracy']:.1%} ({bests[0]['step']})"
+        else:
+            diverged = f", {len(seeds) - len(trained)} diverged" if len(trained) < len(seeds) else ""
+            steps_cell = f"{mean_std(steps, '.0f')} ({len(steps)}/{len(seeds)} reached{diverged})"
+            best_cell = mean_std([b["test_accuracy"] for b in bests], ".1%")
+        lines.append(f"| {variant} | {len(seeds)} | {steps_cell} | {best_cell} | {paper} |")
     return "\n".join(lines)
 
 

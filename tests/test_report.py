@@ -199,7 +199,10 @@ def test_figure1_is_embedded_and_its_table_holds_the_numbers_of_metrics_jsonl(tm
         assert data.startswith(PNG_SIGNATURE)
         image = matplotlib.image.imread(io.BytesIO(data), format="png")
         assert image.shape[0] > 200 and image.shape[1] > 400 and image.std() > 0.01  # drawn, not blank
-    assert "Figure 1 (seed 0): (a) test accuracy" in figure1
+    assert (
+        "Figure 1: (a) test accuracy, the mean over the seeds (1 seed and 1 seed, without and with BN) and its "
+        "min-max band; (b, c) the 15th, 50th and 85th percentiles"
+    ) in figure1 and "of the first seed (0)" in figure1
 
     table = next(rows for caption, rows in html_tables(document).items() if caption.startswith("Figure 1: MNIST"))
     for name, label in (("mnist_baseline", "without BN"), ("mnist_bn", "with BN")):
@@ -212,7 +215,8 @@ def test_figure1_is_embedded_and_its_table_holds_the_numbers_of_metrics_jsonl(tm
         assert cells["final step"] == "12000" and cells["seeds"] == "1 seed" and cells["wall time"] == "12 s"
         assert cells["run directory"] == name
     assert row(table, "with BN")["paper: test accuracy at 50k (read off Fig. 1a)"] == "≈98–99%"
-    assert "seed 0: BN ahead at 4 of 4 evaluations after step 5000" in figure1  # steps 6000 to 12000
+    assert "BN ahead at 4 of 4 evaluations after step 5000 for every seed (seed 0)" in figure1  # steps 6000-12000
+    assert "seed 0: BN ahead at 4 of 4 evaluations after step 5000" in figure1
     assert "config.json of <code>mnist_bn</code> (seed 0), made by <code>python -m bnrepro.main" in figure1
     assert "<details>" in figure1 and '"batch_norm": true' in figure1
     assert row(html_tables(document)["Experiments"], "Figure 1: MNIST with and without BN")["status"] == "run"
@@ -238,6 +242,9 @@ def test_the_markdown_page_has_the_same_tables_row_for_row(tmp_path):
 def test_seeds_are_summarized_as_mean_and_std(tmp_path):
     root = tmp_path / "runs"
     written = write_figure1(root, seeds=(0, 1, 2))
+    behind = written["mnist_bn"][2]  # seed 2's BN net falls behind its baseline at step 8000 (the 4th evaluation)
+    behind[3]["test_accuracy"] = written["mnist_baseline"][2][3]["test_accuracy"] - 0.01
+    (root / "mnist_bn_seed2" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in behind))
     document, _, _ = build(root, tmp_path)
     table = next(rows for caption, rows in html_tables(document).items() if caption.startswith("Figure 1: MNIST"))
     cells = row(table, "with BN")
@@ -247,21 +254,23 @@ def test_seeds_are_summarized_as_mean_and_std(tmp_path):
     drifts = [figures.median_drift(evaluations) for evaluations in written["mnist_bn"]]
     assert cells["median drift"] == f"{np.mean(drifts):.3f} ± {np.std(drifts, ddof=1):.3f}"
     assert cells["wall time"] == "14 ± 1 s"
-    for seed in (0, 1, 2):
-        assert f"seed {seed}: BN ahead at 4 of 4 evaluations" in document
+    assert "BN ahead at 3 of 4 evaluations after step 5000 for every seed (seeds 0, 1, 2)" in document
+    for seed, ahead in ((0, 4), (1, 4), (2, 3)):
+        assert f"seed {seed}: BN ahead at {ahead} of 4 evaluations after step 5000" in document
+    assert "mean over the seeds (3 seeds and 3 seeds, without and with BN)" in document
     assert "config.json of <code>mnist_bn</code> (seeds 0, 1, 2)" in document
 
 
 def test_seed_directories_are_the_run_and_its_seed_suffixed_siblings(tmp_path):
     for name in ("mnist_bn", "mnist_bn_seed2", "mnist_bn,seed=1", "mnist_bn_seed10", "mnist_bn_other", "mnist_bnx"):
         (tmp_path / name).mkdir()
-    assert [p.name for p in runs.seed_dirs(tmp_path, "mnist_bn")] == [
+    assert [p.name for p in figures.seed_dirs(tmp_path, "mnist_bn")] == [
         "mnist_bn",
         "mnist_bn,seed=1",
         "mnist_bn_seed2",
         "mnist_bn_seed10",
     ]
-    assert runs.seed_dirs(tmp_path, "small_batch/bn") == []
+    assert figures.seed_dirs(tmp_path, "small_batch/bn") == []
 
 
 def test_beyond_the_paper_rows_show_their_runs_and_the_rest_their_commands(tmp_path):
@@ -286,7 +295,7 @@ def test_beyond_the_paper_rows_show_their_runs_and_the_rest_their_commands(tmp_p
     document, markdown, _ = build(root, tmp_path)
     tables = html_tables(document)
 
-    table2 = tables["Table 2 as the paper gives it (seed 0 runs)"]
+    table2 = tables[experiments.TABLE2_CAPTION]
     assert table2 == markdown_tables(figures.table2(root / "table2"))[""]
     variants = tables["Table 2 at CPU scale: x0.125 BN-Inception on Fashion-MNIST"]
     assert row(variants, "BN-x5")["paper: steps to 72.2%"] == "2.1e6" and row(variants, "BN-x5")["seeds"] == "1 seed"

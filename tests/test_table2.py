@@ -62,13 +62,38 @@ def test_table_counts_steps_to_the_inception_runs_best_accuracy(tmp_path):
     (tmp_path / "sigmoid").mkdir()
     (tmp_path / "sigmoid" / DIVERGED_FILE).write_text("diverged at step 3\n")
     rows = {line.split(" | ")[0].strip("| "): line for line in figures.table2(tmp_path).splitlines()[2:]}
-    assert "steps to 70.0%" in figures.table2(tmp_path).splitlines()[0]
-    assert rows["inception"].startswith("| inception | 300 | 70.0% (300)")
-    assert rows["bn_baseline"].startswith("| bn_baseline | 200 | 75.0% (300)")
-    assert rows["bn_x5"].startswith("| bn_x5 | 100 | 80.0% (200)")
-    assert rows["bn_x30"].startswith("| bn_x30 | 300 | 71.0% (300)")
-    assert rows["bn_x5_sigmoid"].startswith("| bn_x5_sigmoid | — | 60.0% (300)")
-    assert rows["sigmoid"].startswith("| sigmoid | diverged")
+    assert "steps to 70.0% | max accuracy (at step)" in figures.table2(tmp_path).splitlines()[0]
+    assert rows["inception"].startswith("| inception | 1 | 300 | 70.0% (300)")
+    assert rows["bn_baseline"].startswith("| bn_baseline | 1 | 200 | 75.0% (300)")
+    assert rows["bn_x5"].startswith("| bn_x5 | 1 | 100 | 80.0% (200)")
+    assert rows["bn_x30"].startswith("| bn_x30 | 1 | 300 | 71.0% (300)")
+    assert rows["bn_x5_sigmoid"].startswith("| bn_x5_sigmoid | 1 | — | 60.0% (300)")
+    assert rows["sigmoid"].startswith("| sigmoid | 1 | diverged")
+
+
+def test_with_seeds_the_table_gives_mean_and_std_over_them(tmp_path):
+    """Three seeds (seed S > 0 in `VARIANT_seedS`): the target is the mean of the Inception seeds' bests; steps
+    are averaged over the seeds that reach it; the cells are mean ± sample std, computed here with NumPy."""
+    curves = {  # variant: each seed's accuracy at steps 100, 200, 300
+        "inception": [[0.5, 0.6, 0.7], [0.5, 0.6, 0.8], [0.6, 0.75, 0.75]],  # bests 0.7, 0.8, 0.75: target 75%
+        "bn_x5": [[0.76, 0.8, 0.8], [0.7, 0.78, 0.8], [0.7, 0.7, 0.7]],  # reach it at 100, 200, never
+    }
+    for variant in figures.TABLE2_RUNS:
+        for seed, accuracies in enumerate(curves.get(variant, [[0.1, 0.1, 0.1]] * 3)):
+            path = tmp_path / (f"{variant}_seed{seed}" if seed else variant)
+            path.mkdir()
+            lines = [json.dumps({"step": 100 * (i + 1), "test_accuracy": a}) for i, a in enumerate(accuracies)]
+            (path / METRICS_FILE).write_text("\n".join(lines) + "\n")
+    (tmp_path / "sigmoid_seed2" / DIVERGED_FILE).write_text("diverged at step 3\n")
+    header, _, *lines = figures.table2(tmp_path).splitlines()
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in lines}
+    assert "| run | seeds | steps to 75.0% | max accuracy |" in header
+    inception_steps, x5_steps = [300, 200], [100, 200]  # Inception's seed 0 peaks at 70%, below the mean
+    assert rows["inception"][1:4] == ["3", f"{np.mean(inception_steps):.0f} ± {np.std(inception_steps, ddof=1):.0f} (2/3 reached)",
+                                      f"{np.mean([0.7, 0.8, 0.75]):.1%} ± {np.std([0.7, 0.8, 0.75], ddof=1):.1%}"]  # fmt: skip
+    assert rows["bn_x5"][1:4] == ["3", f"{np.mean(x5_steps):.0f} ± {np.std(x5_steps, ddof=1):.0f} (2/3 reached)",
+                                  f"{np.mean([0.8, 0.8, 0.7]):.1%} ± {np.std([0.8, 0.8, 0.7], ddof=1):.1%}"]  # fmt: skip
+    assert rows["sigmoid"][2] == "— (0/3 reached, 1 diverged)"
 
 
 def test_a_single_step_dispatch_equals_a_fused_one():
@@ -119,7 +144,7 @@ def test_quick_table_end_to_end(real_fashion_mnist: Path, tmp_path: Path) -> Non
     assert list(rows) == list(table2_config.VARIANTS)
     for variant, cells in rows.items():
         best = max(accuracies[variant])
-        assert cells[2] == f"{best:.1%} ({steps[accuracies[variant].index(best)]})", variant
+        assert cells[1] == "1" and cells[3] == f"{best:.1%} ({steps[accuracies[variant].index(best)]})", variant
 
 
 def test_a_failed_run_stops_the_script_with_its_name_and_error_from_any_directory(tmp_path: Path) -> None:

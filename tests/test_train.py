@@ -456,10 +456,11 @@ def test_cli_resumes_after_sigkill_with_identical_parameters(
 def test_reproduce_figure1_trains_both_nets_and_fails_loudly(
     full_size_fake_mnist: Path, tmp_path: Path, cli_env: dict[str, str]
 ) -> None:
-    """The README's main command, shortened: both runs train (a sweep, each on a core of its own), then the
-    figure; a run that fails is reported with its error, nothing is plotted and the script exits non-zero; a
-    misspelt key is refused before anything trains."""
-    flags = ["--config.num_steps=400", "--config.eval_every=200", "--config.checkpoint_every=200",
+    """The README's main command, shortened (2 seeds, `--seeds=2`): both nets' seeds train (a sweep, each net's seeds one vmapped group
+    on a core of its own) into seed 0's run directory and its `_seedN` siblings, then the figure and the table
+    over the seeds; a run that fails is reported with its error, nothing is plotted and the script exits
+    non-zero; a misspelt key is refused before anything trains."""
+    flags = ["--seeds=2", "--config.num_steps=400", "--config.eval_every=200", "--config.checkpoint_every=200",
              "--config.steps_per_dispatch=200", f"--config.data_dir={full_size_fake_mnist}"]  # fmt: skip
     env = {**cli_env, "RUNS_DIR": str(tmp_path / "runs")}
     done = subprocess.run(
@@ -469,9 +470,11 @@ def test_reproduce_figure1_trains_both_nets_and_fails_loudly(
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert (tmp_path / "runs" / "figure1.png").stat().st_size > 10_000 and "Figure 1 reproduced" in done.stdout
     for variant in ("baseline", "bn"):
-        assert [r["step"] for r in map(json.loads, (tmp_path / "runs" / f"mnist_{variant}" / METRICS_FILE).open())] == [
-            200, 400,
-        ]  # fmt: skip
+        for seed in range(2):
+            run = tmp_path / "runs" / (f"mnist_{variant}" if seed == 0 else f"mnist_{variant}_seed{seed}")
+            assert json.loads((run / "config.json").read_text())["seed"] == seed
+            assert [r["step"] for r in map(json.loads, (run / METRICS_FILE).open())] == [200, 400]
+    assert "| with BN | 2 | 400 |" in done.stdout and "after step 5000 for every seed (seeds 0, 1, each" in done.stdout
 
     env["RUNS_DIR"] = str(tmp_path / "failing")
     failed = subprocess.run(

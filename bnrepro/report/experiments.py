@@ -51,7 +51,7 @@ class Experiment(NamedTuple):
 
 class Variant(NamedTuple):
     label: str
-    run: str  # its run directory, relative to --runs (seeds: `runs.seed_dirs`)
+    run: str  # its run directory, relative to --runs (seeds: `figures.seed_dirs`)
     command: str  # the command that trains it; `{runs}` is the --runs directory
     paper: tuple[str, ...] = ()  # the paper's numbers for it, one per paper column
 
@@ -138,37 +138,38 @@ FIGURE1 = (
         ("≈98–99%", "stable"),
     ),
 )
-AHEAD_AFTER = 5_000  # Fig. 1(a): BN "trains faster": the evaluations compared, those after this step
 
 
 def _median_drift(evaluations: list[dict[str, Any]]) -> float | None:
     return figures.median_drift(evaluations) if "p50_units" in evaluations[0] else None
 
 
+def _by_seed(runs: Sequence[Run]) -> dict[int, list[dict[str, Any]]]:
+    return {run.config.get("seed", index): run.evaluations for index, run in enumerate(runs)}
+
+
 def bn_ahead(batch_norm: Sequence[Run], baseline: Sequence[Run]) -> list[str]:
-    """For each seed both nets have: at how many of the evaluations after `AHEAD_AFTER` steps (those both made)
-    the BN net's test accuracy is above the baseline's."""
-    by_seed = {run.config.get("seed", index): run for index, run in enumerate(baseline)}
-    lines = []
-    for index, run in enumerate(batch_norm):
-        seed = run.config.get("seed", index)
-        if seed not in by_seed:
-            continue
-        theirs = {r["step"]: r["test_accuracy"] for r in by_seed[seed].evaluations}
-        compared = [
-            (r["test_accuracy"], theirs[r["step"]])
-            for r in run.evaluations
-            if r["step"] > AHEAD_AFTER and r["step"] in theirs
-        ]
-        ahead = sum(ours > other for ours, other in compared)
-        lines.append(f"seed {seed}: BN ahead at {ahead} of {len(compared)} evaluations after step {AHEAD_AFTER}")
+    """At how many of the evaluations after `figures.AHEAD_AFTER` steps the BN net's test accuracy is above the
+    baseline's of the same seed (`figures.bn_ahead`): for every seed at once, then for each seed both nets have."""
+    ours, theirs = _by_seed(batch_norm), _by_seed(baseline)
+    paired = sorted(set(ours) & set(theirs))
+    if not paired:
+        return []
+    after = figures.AHEAD_AFTER
+    ahead, compared = figures.bn_ahead(theirs, ours)
+    which = f"seed{'s' if len(paired) > 1 else ''} {', '.join(map(str, paired))}"
+    lines = [f"BN ahead at {ahead} of {compared} evaluations after step {after} for every seed ({which})"]
+    for seed in paired:
+        ahead, compared = figures.bn_ahead({seed: theirs[seed]}, {seed: ours[seed]})
+        lines.append(f"seed {seed}: BN ahead at {ahead} of {compared} evaluations after step {after}")
     return lines
 
 
 def figure1(root: Path) -> Content | None:
-    """Figure 1 (a, b, c) of the first seed of each net, in place of the accuracy curves once both nets have run;
-    the table of final test accuracy and median drift over all seeds (as `scripts/plot_figure1.py` prints them),
-    beside what the figure shows; at how many evaluations BN is ahead, per seed."""
+    """Figure 1 (a, b, c) over all seeds of each net (`figures.plot_figure1`: (a) the mean and min-max band of
+    the test accuracy, (b, c) the first seed's percentiles), in place of the accuracy curves once both nets have
+    run; the table of final test accuracy and median drift (mean ± std over the seeds, as
+    `scripts/plot_figure1.py` prints them), beside what the figure shows; at how many evaluations BN is ahead."""
     found = variants_content(
         root,
         FIGURE1,
@@ -179,19 +180,22 @@ def figure1(root: Path) -> Content | None:
     if found is None:
         return None
     content, groups = found
-    baseline, batch_norm = groups["without BN"], groups["with BN"]
+    baseline, batch_norm = ([run for run in groups[net] if run.evaluations] for net in ("without BN", "with BN"))
     if not (baseline and batch_norm):
         return content
     notes = bn_ahead(batch_norm, baseline)
     try:  # Fig. 1 (b, c) needs the percentiles the `plot_layer` hook records
-        records = [figures.read_evaluations(runs[0].path) for runs in (baseline, batch_norm)]
+        seeds = [figures.read_seeds([run.path for run in runs]) for runs in (baseline, batch_norm)]
     except ValueError as e:
         return content._replace(notes=[*notes, f"Figure 1 not drawn: {e}"])
+    counts = " and ".join(f"{len(s)} seed{'s' if len(s) != 1 else ''}" for s in seeds)
+    first = sorted({next(iter(s)) for s in seeds})
     caption = (
-        f"Figure 1 (seed {baseline[0].config.get('seed', 0)}): (a) test accuracy, (b, c) the 15th, 50th and "
-        "85th percentiles of a last-hidden-layer sigmoid input over test examples, without and with BN"
+        f"Figure 1: (a) test accuracy, the mean over the seeds ({counts}, without and with BN) and its min-max "
+        "band; (b, c) the 15th, 50th and 85th percentiles of a last-hidden-layer sigmoid input over test examples, "
+        f"without and with BN, of the first seed ({' and '.join(map(str, first))})"
     )
-    return content._replace(figures=[Figure(caption, png(figures.plot_figure1(*records)))], notes=notes)
+    return content._replace(figures=[Figure(caption, png(figures.plot_figure1(*seeds)))], notes=notes)
 
 
 # --- Table 2 (Sec. 4.2.2): CPU scale, and ImageNet -------------------------------------------------------------
@@ -226,6 +230,9 @@ TABLE2_IMAGENET = tuple(
 )
 
 
+TABLE2_CAPTION = "Table 2 as the paper gives it (mean ± std over the seeds where there are several)"
+
+
 def table2_cpu(root: Path) -> Content | None:
     """The variant table and curves; once all six runs exist, `figures.table2`: the paper's columns (steps to
     the Inception analogue's best, max accuracy) for ours and the paper's."""
@@ -239,8 +246,8 @@ def table2_cpu(root: Path) -> Content | None:
         return None
     content, groups = found
     if not all(runs and (runs[0].evaluations or runs[0].diverged) for runs in groups.values()):
-        return content  # figures.table2 reads each variant's first run
-    paper_table = parse_markdown_table(figures.table2(root / "table2"), "Table 2 as the paper gives it (seed 0 runs)")
+        return content
+    paper_table = parse_markdown_table(figures.table2(root / "table2"), TABLE2_CAPTION)
     return content._replace(tables=[paper_table, *content.tables])
 
 

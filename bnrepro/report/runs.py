@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from bnrepro.figures import mean_std, seed_dirs
 from bnrepro.training.run_dir import CONFIG_FILE, DIVERGED_FILE, METRICS_FILE, SWEEP_STATUS_FILE, read_records
 
 NOT_RUN = "not run yet"
@@ -67,29 +68,9 @@ def read_run(path: Path) -> Run:
     return Run(path, evaluations, config, status, sweep_status.get("wall_seconds"))
 
 
-def seed_dirs(root: Path, name: str) -> list[Path]:
-    """The run directory `root/name` (if it exists) and its seeds' siblings, `name` followed by `seed`, an
-    optional `=` and a number, joined by `_`, `-`, `,` or `.` (`mnist_bn_seed1`, `mnist_bn,seed=2`), by seed."""
-    first = root / name
-    pattern = re.compile(rf"{re.escape(first.name)}[_,.-]seed=?(\d+)")
-    seeds = [p for p in first.parent.glob(f"{first.name}*") if p.is_dir() and pattern.fullmatch(p.name)]
-    seeds.sort(key=lambda p: int(pattern.fullmatch(p.name)[1]))
-    return ([first] if first.is_dir() else []) + seeds
-
-
 def read_variant(root: Path, name: str) -> list[Run]:
     """The runs of one variant: `root/name` and its seeds (`seed_dirs`); none if it has not run."""
     return [read_run(path) for path in seed_dirs(root, name)]
-
-
-def mean_std(values: Sequence[float], spec: str) -> str:
-    """One value as `format(value, spec)`; several as `mean ± std` (sample standard deviation, ddof 1); none
-    as a dash."""
-    if not values:
-        return "—"
-    if len(values) == 1:
-        return format(values[0], spec)
-    return f"{format(float(np.mean(values)), spec)} ± {format(float(np.std(values, ddof=1)), spec)}"
 
 
 def seeds_cell(runs: Sequence[Run]) -> str:
