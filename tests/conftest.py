@@ -14,6 +14,9 @@ if _DEVICES_FLAG not in os.environ.get("XLA_FLAGS", ""):
 # the tests start themselves also take --node-ip-address=127.0.0.1; `bnrepro.sweep.engine` sets them for the
 # local instances it starts.
 os.environ.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0")
+# On a GPU, each process (this one, Ray's workers, the scripts tests start) takes memory as it needs it, rather
+# than 75% of the GPU at start (the accelerator check, scripts/accelerator_check.py).
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 from pathlib import Path
 

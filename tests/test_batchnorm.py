@@ -25,6 +25,7 @@ def _params(features, seed=1):
 # --- Algorithm 1 against NumPy ------------------------------------------------------------
 
 
+@pytest.mark.accelerator
 @pytest.mark.parametrize("backward", BACKWARDS)
 @pytest.mark.parametrize("shape, axes", [((32, 7), (0,)), ((4, 5, 6, 3), (0, 1, 2))])
 def test_forward_matches_numpy_algorithm1(shape, axes, backward):
@@ -73,6 +74,7 @@ def test_nchw_layout_normalizes_axis_1():
 # --- Algorithm 2 ----------------------------------------------------------------------------
 
 
+@pytest.mark.accelerator
 def test_population_moments_and_inference_match_numpy_algorithm2():
     m, k, d = 16, 5, 4
     batches = [_random((m, d), seed=s, scale=2.0, offset=1.0) for s in range(k)]
@@ -141,6 +143,7 @@ def _loss_fn(backward, axes, virtual_batch_size=None):
 @pytest.mark.parametrize(
     "shape, axes, vbs", [((12, 5), (0,), None), ((4, 3, 3, 2), (0, 1, 2), None), ((12, 5), (0,), 4)]
 )
+@pytest.mark.accelerator
 def test_paper_backward_equals_autodiff(shape, axes, vbs):
     args = (jnp.asarray(_random(shape, scale=2.0, offset=1.0), jnp.float32), *map(jnp.asarray, _params(shape[-1])))
     args = tuple(a.astype(jnp.float32) for a in args)
@@ -150,6 +153,7 @@ def test_paper_backward_equals_autodiff(shape, axes, vbs):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.accelerator
 @pytest.mark.parametrize("backward", BACKWARDS)
 def test_gradients_match_finite_differences_in_float64(backward):
     with jax.enable_x64(True):
@@ -226,6 +230,7 @@ def test_large_offset_float32_variance_is_accurate_where_the_naive_formula_fails
     assert np.max(np.abs(naive - true_var) / true_var) > 0.1  # the case is a real trap
 
 
+@pytest.mark.accelerator
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_half_precision_input_with_large_offset(dtype):
     x = jnp.asarray(_random((64, 3, 3, 8), seed=8, scale=30.0, offset=2e3), dtype)

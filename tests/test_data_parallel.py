@@ -1,6 +1,7 @@
-"""Data parallelism on 8 simulated CPU devices (conftest.py): the mini-batch split across devices trains
-exactly as one device holding it, with global BN statistics, or with per-device statistics (the paper's
-per-replica mini-batches) through `model.bn.virtual_batch_size`."""
+"""Data parallelism over all local devices (here 8 simulated CPU devices, conftest.py; the GPUs or TPU chips in
+the accelerator check): the mini-batch split across devices trains exactly as one device holding it, with global
+BN statistics, or with per-device statistics (the paper's per-replica mini-batches) through
+`model.bn.virtual_batch_size`."""
 
 import functools
 
@@ -16,8 +17,10 @@ from bnrepro.training.sharding import data_parallel_sharding
 from bnrepro.training.state import create_train_state
 from bnrepro.training.steps import train_steps
 
-NUM_DEVICES, BATCH = 8, 64
-pytestmark = pytest.mark.skipif(jax.device_count() < NUM_DEVICES, reason="needs 8 (simulated) devices")
+NUM_DEVICES, BATCH = jax.device_count(), 64
+pytestmark = pytest.mark.skipif(
+    NUM_DEVICES < 2 or BATCH % NUM_DEVICES, reason="needs 2 or more devices, a divisor of 64"
+)
 
 
 def _train(batch_sharding, virtual_batch_size=None, num_steps=3):
@@ -45,6 +48,7 @@ def _assert_same_params(a, b):
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-5, atol=2e-6), a.batch_stats, b.batch_stats)
 
 
+@pytest.mark.accelerator
 def test_global_bn_across_devices_equals_one_device_with_the_whole_batch():
     sharding = data_parallel_sharding(0, BATCH)
     assert sharding.mesh.size == NUM_DEVICES

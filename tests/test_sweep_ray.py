@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import jax
 import pytest
 import ray
 from fake_mnist import write_fake_mnist
@@ -177,20 +178,27 @@ def test_groups_spread_over_a_clusters_nodes_on_loopback_only(
     assert_loopback_only(session, nodes)
 
 
-def test_each_group_gets_a_declared_gpu_of_its_own(
+@pytest.mark.accelerator
+def test_each_group_gets_a_gpu_of_its_own_and_all_the_cores(
     fake_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """On an instance declaring 2 GPUs (this box has none: JAX trains on the CPU), two groups asking for one
-    GPU each run with CUDA_VISIBLE_DEVICES "0" and "1", one each, and finish."""
-    monkeypatch.setenv("JAX_PLATFORMS", "cpu")  # inherited by the instance's workers
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, _node_ip_address=LOOPBACK, log_to_driver=False)
-    spec, workdir = tiny_sweep(fake_mnist, range(2)), tmp_path / "runs"
+    """Groups asking for one GPU each run with CUDA_VISIBLE_DEVICES "0", "1", ..., one each, JAX on the GPU, and
+    unpinned (pinning to cores is for CPU groups), and finish. On a machine without GPUs (this one) the instance
+    declares 2 and JAX trains on the CPU."""
+    gpus = jax.device_count() if jax.default_backend() == "gpu" else 0
+    if not gpus:
+        monkeypatch.setenv("JAX_PLATFORMS", "cpu")  # inherited by the instance's workers
+    count = min(gpus, 2) or 2
+    ray.init(num_cpus=2, num_gpus=count, include_dashboard=False, _node_ip_address=LOOPBACK, log_to_driver=False)
+    spec, workdir = tiny_sweep(fake_mnist, range(count)), tmp_path / "runs"
     rows = sweep.run_sweep(spec, workdir, group_size=1, resources=engine.Resources(gpus_per_group=1))
-    assert ray.cluster_resources()["GPU"] == 2  # run_sweep used this instance rather than starting its own
+    assert ray.cluster_resources()["GPU"] == count  # run_sweep used this instance rather than starting its own
     found = statuses(spec, workdir)
-    assert [s["status"] for s in found] == ["finished", "finished"], found
-    assert sorted(s["cuda_visible_devices"] for s in found) == ["0", "1"]
-    assert [r["status"] for r in rows] == ["finished", "finished"]
+    assert [s["status"] for s in found] == ["finished"] * count, found
+    assert sorted(s["cuda_visible_devices"] for s in found) == [str(i) for i in range(count)]
+    assert {s["backend"] for s in found} == {"gpu" if gpus else "cpu"}
+    assert all(s["cores"] == sorted(os.sched_getaffinity(0)) for s in found), found  # not pinned
+    assert [r["status"] for r in rows] == ["finished"] * count
 
 
 def test_a_local_sweep_keeps_every_ray_process_on_loopback(fake_mnist: Path, tmp_path: Path) -> None:

@@ -181,7 +181,7 @@ def _train_group(
 ) -> dict[str, Any]:
     """The body of a group's Ray task: checks the workdir is the sweep's, logs into the group's `train.log`, pins
     the process to cores of its own (CPU groups), trains the points (`points.run_points`) and records in each
-    point's status where it trained."""
+    point's status where it trained (node, process, devices, backend, cores)."""
     path = Path(workdir)
     check_shared_workdir(path, token)
     if not accelerated and not jax.config.jax_platforms:  # before JAX starts its backend, in this fresh worker
@@ -192,6 +192,7 @@ def _train_group(
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "backend": jax.default_backend(),  # where JAX trains the group: gpu, tpu or cpu
     }
     with _logging_to(path / sweep.run_name(indices[0]) / LOG_FILE), _own_cores(0 if accelerated else int(cpus)):
         where["cores"] = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
