@@ -128,6 +128,7 @@ INPUT_FIELDS: Mapping[str, Field] = {
     "eval_batch_size": Field(int, _at_least(1)),
     "read_threads": Field(int, _at_least(0)),
     "prefetch_buffer_size": Field(int, _at_least(0)),
+    "worker_count": Field(int, _at_least(0)),
 }
 
 # Checks of model attributes by name, shared by every model that has them; their types come from the class.

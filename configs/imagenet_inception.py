@@ -70,6 +70,7 @@ def get_config(arg: str | None = None, config_file: str = "configs/imagenet_ince
     config.input.eval_batch_size = 32 * replicas
     config.input.read_threads = 16  # grain reader threads per host (JPEG decoding releases the GIL)
     config.input.prefetch_buffer_size = 500  # examples
+    config.input.worker_count = 16  # grain worker processes per host, each reading whole batches (0: this process)
 
     config.batch_size = EXAMPLES_PER_REPLICA * replicas
     steps_per_epoch = TRAIN_EXAMPLES // config.batch_size

@@ -12,13 +12,13 @@ MULTIHOST_RUN = {"num_steps": 4, "eval_every": 2, "checkpoint_every": 2, "batch_
 
 
 def small_config(**overrides) -> ml_collections.ConfigDict:
-    """BN-x5's settings with a 16x16 input, an MLP, batches of 8 and sequential readers."""
+    """BN-x5's settings with a 16x16 input, an MLP, batches of 8 and sequential readers in this process."""
     config = imagenet_configs["bn_x5"].get_config("1")
     config.model = ml_collections.ConfigDict(
         {"name": "mlp", "hidden": (32, 32), "num_classes": 1000, "activation": "relu", "batch_norm": True,
          "bn": models.bn_config()}
     )  # fmt: skip
-    config.input.update(image_size=SIZE, eval_batch_size=16, read_threads=0, prefetch_buffer_size=0)
+    config.input.update(image_size=SIZE, eval_batch_size=16, read_threads=0, prefetch_buffer_size=0, worker_count=0)
     config.update(
         batch_size=8, learning_rate=0.1, num_steps=8, eval_every=4, checkpoint_every=4, steps_per_dispatch=2,
         population_batches=2, num_devices=1, cpu_cores=0,

@@ -4,7 +4,9 @@ Pipelines run on `tfds.testing.mock_data` (random uint8 images of random small s
 imagenet2012 written here as real ArrayRecord files of JPEGs, so that tfds's own NumPy decoding path is exercised.
 """
 
+import contextlib
 import io
+import multiprocessing
 import os
 from pathlib import Path
 
@@ -370,6 +372,27 @@ def test_prepared_arrayrecord_dataset_decodes_jpegs_without_tensorflow(prepared)
     assert batch["image"].shape == (3, SIZE, SIZE, 3) and set(batch["label"].tolist()) <= set(labels["train"])
     batches = list(imagenet.eval_iterator(batch_size=2, data_dir=data_dir, **common))
     assert np.concatenate([b["label"] for b in batches])[:5].tolist() == labels["validation"]
+
+
+def test_worker_processes_read_the_same_batches_and_resume_from_a_saved_state(prepared):
+    """Two grain worker processes (`mp_prefetch`) reading the real ArrayRecord files, each assembling whole batches:
+    the in-process pipeline's batches, in order; a new iterator set to a state saved mid-stream goes on from there
+    (as after a restart); closed, the iterators have stopped their workers. (The evaluation pipeline reads through
+    the same `read_batches`.)"""
+    source = imagenet.open_split("train", prepared[0])
+    kwargs = dict(batch_size=2, seed=3, image_size=SIZE, read_options=SEQUENTIAL, **ONE_PROCESS)
+    expected = take(iter(imagenet.train_dataset(source, **kwargs)), 5)  # 6 examples: batches 3 and 4 are epoch 2
+    with contextlib.closing(iter(imagenet.train_dataset(source, worker_count=2, **kwargs))) as batches:
+        read = take(batches, 3)
+        state = batches.get_state()
+        read += take(batches, 2)
+    with contextlib.closing(iter(imagenet.train_dataset(source, worker_count=2, **kwargs))) as resumed:
+        resumed.set_state(state)
+        read += take(resumed, 2)
+    for a, b in zip(expected + expected[3:], read, strict=True):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+    assert not multiprocessing.active_children()
 
 
 def test_missing_dataset_says_where_to_put_the_manual_download(tmp_path):

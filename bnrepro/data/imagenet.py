@@ -20,7 +20,9 @@ Sec. 4.2 trains on ImageNet with the Inception input pipeline; this module rebui
 
 Both are deterministic given the seed (augmentation randomness is keyed by the example's position in the
 global stream, not by thread timing) and return grain ``IterDataset``s whose iterators checkpoint with
-``get_state()`` / ``set_state()``. :func:`train_iterator`, :func:`eval_iterator` and :func:`num_examples` are
+``get_state()`` / ``set_state()``. They read in this process (reader threads, which share the GIL) or, with
+``worker_count``, in grain worker processes that each assemble whole batches: the batches are the same either
+way (:func:`read_batches`). :func:`train_iterator`, :func:`eval_iterator` and :func:`num_examples` are
 the trainer's interface.
 """
 
@@ -37,6 +39,7 @@ import grain
 import numpy as np
 import PIL.Image
 import tensorflow_datasets as tfds
+from absl import flags
 
 from bnrepro.data.core import DataError
 
@@ -448,6 +451,37 @@ def _check_seed(seed: int) -> None:
         raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}.")
 
 
+def read_batches(
+    examples: grain.MapDataset,
+    batch_size: int,
+    read_options: grain.ReadOptions | None = None,
+    worker_count: int = 0,
+) -> grain.IterDataset:
+    """Batches of ``batch_size`` consecutive ``examples`` (the incomplete last one dropped), read ahead.
+
+    With ``worker_count`` 0 this process reads the examples with ``read_options``' threads (grain's defaults if
+    None), which share the GIL: about one core's worth of decoding and augmentation. Otherwise batch ``k`` is
+    assembled whole by grain worker process ``k % worker_count`` (``mp_prefetch``), each reading with
+    ``read_options``' threads and a buffer of as many examples, in whole batches, and the batches come back in
+    order: the same batches as in this process. Either way the iterator checkpoints with ``get_state()`` /
+    ``set_state()``; close it (``iterator.close()``) to stop the workers when it is not read to its end.
+    """
+    read_options = read_options or grain.ReadOptions()
+    if worker_count == 0:
+        return examples.to_iter_dataset(read_options).batch(batch_size, drop_remainder=True)
+    if not flags.FLAGS.is_parsed():  # grain reads its absl flags to start workers: outside absl.app.run (tests,
+        flags.FLAGS.mark_as_parsed()  # notebooks, scripts) they keep their defaults
+    per_worker = grain.ReadOptions(
+        num_threads=read_options.num_threads,
+        prefetch_buffer_size=-(-read_options.prefetch_buffer_size // batch_size),
+    )
+    return (
+        examples.batch(batch_size, drop_remainder=True)
+        .to_iter_dataset(per_worker)
+        .mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    )
+
+
 def train_dataset(
     source: Sequence[Mapping[str, Any]],
     *,
@@ -465,6 +499,7 @@ def train_dataset(
     process_index: int | None = None,
     process_count: int | None = None,
     read_options: grain.ReadOptions | None = None,
+    worker_count: int = 0,
 ) -> grain.IterDataset:
     """The training pipeline: batches ``{'image': dtype (B, S, S, 3), 'label': int32 (B,)}`` for this process.
 
@@ -490,7 +525,9 @@ def train_dataset(
         of the seed and its position only, so skipping equals drawing them (no iterator state to checkpoint).
       process_index, process_count: this process's place; None for ``jax.process_index()/process_count()``.
       read_options: grain's reader threads and prefetch buffer (grain's defaults if None: 16 threads; PIL
-        releases the GIL while decoding and resizing).
+        releases the GIL while decoding and resizing), in this process or in each worker.
+      worker_count: grain worker processes reading the batches; 0 reads them in this process (see
+        :func:`read_batches`). The batches do not depend on it.
 
     Returns:
       A grain ``IterDataset``; ``iter()`` on it gives an iterator with ``get_state()`` / ``set_state()``.
@@ -516,10 +553,8 @@ def train_dataset(
         .map(functools.partial(operator.getitem, source))
         .random_map(preprocess, seed=seed)
     )
-    return (
-        stream[process_index::process_count][start_batch * batch_size :]
-        .to_iter_dataset(read_options or grain.ReadOptions())
-        .batch(batch_size, drop_remainder=True)
+    return read_batches(
+        stream[process_index::process_count][start_batch * batch_size :], batch_size, read_options, worker_count
     )
 
 
@@ -553,6 +588,7 @@ def eval_dataset(
     process_index: int | None = None,
     process_count: int | None = None,
     read_options: grain.ReadOptions | None = None,
+    worker_count: int = 0,
 ) -> grain.IterDataset:
     """The evaluation pipeline: every example once, as ``{'image', 'label', 'mask': bool (B,)}`` batches.
 
@@ -566,11 +602,7 @@ def eval_dataset(
     padded = -(-per_process // batch_size) * batch_size
     preprocess = EvalPreprocess(image_size=image_size, crop_fraction=crop_fraction, mean=mean, std=std, dtype=dtype)
     positions = grain.MapDataset.range(process_index, process_index + padded * process_count, process_count)
-    return (
-        positions.map(_EvalExample(source, preprocess))
-        .to_iter_dataset(read_options or grain.ReadOptions())
-        .batch(batch_size, drop_remainder=True)
-    )
+    return read_batches(positions.map(_EvalExample(source, preprocess)), batch_size, read_options, worker_count)
 
 
 def train_iterator(

@@ -2,8 +2,12 @@
 
 * `OnDeviceInput` (MNIST, Fashion-MNIST): the training set lives on the device (`device_data`); mini-batches are
   gathered inside the compiled program, up to `steps_per_dispatch` steps at a time, never past an epoch's end.
-* `HostFedInput` (ImageNet): a grain pipeline on each host reads its share of every mini-batch from disk; the
-  mini-batch of step T is batch T of a stream that is a function of the seed, so resuming at step T is exact.
+* `HostFedInput` (ImageNet): a grain pipeline on each host reads its share of every mini-batch from disk (in
+  `input.worker_count` worker processes); the mini-batch of step T is batch T of a stream that is a function of
+  the seed, so resuming at step T is exact. The next step's mini-batch goes to the devices while a step runs.
+
+Every training program donates the state it is given (`donate_argnums`): it returns the next state, and the
+devices hold one copy of it. A state handed to `train` is therefore spent: only the returned one may be used.
 
 Both evaluate with the same `steps.eval_step`, with BN's statistics either the moving averages or Algorithm 2's
 population statistics of `population_batches` training mini-batches (`steps.population_batch_stats`, or the same
@@ -12,6 +16,7 @@ population statistics of `population_batches` training mini-batches (`steps.popu
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections.abc import Mapping, Sequence
@@ -68,6 +73,9 @@ class Input(Protocol):
 
     def measure(self, state: TrainState, index: int) -> dict[str, Any]:
         """Measurement hook `index` on the mini-batch of the latest training step."""
+
+    def close(self) -> None:
+        """Releases what the input holds besides memory (a host pipeline's worker processes)."""
 
 
 def create_input(config: ml_collections.ConfigDict, model: nn.Module, layout: ModelLayout) -> Input:
@@ -179,7 +187,7 @@ class OnDeviceInput:
                 steps.train_steps, batch_size=self._config.batch_size, num_steps=num_steps,
                 batch_sharding=self._layout.batch_sharding,
             )  # fmt: skip
-            program = jax.jit(self._layout.over_models(train_steps, (0, None, 0)))
+            program = jax.jit(self._layout.over_models(train_steps, (0, None, 0)), donate_argnums=0)
             self._programs[num_steps] = program.lower(state, self.train_data, self._permutation).compile()
             compile_seconds = time.perf_counter() - t
             logging.info("Compiled the %d-step training program in %.1f s.", num_steps, compile_seconds)
@@ -195,16 +203,22 @@ class OnDeviceInput:
     def measure(self, state: TrainState, index: int) -> dict[str, Any]:
         return jax.device_get(self._measurements[index](state, self.train_data, self._permutation))
 
+    def close(self) -> None:
+        """Nothing to release: the data are arrays on the device."""
+
 
 class HostFedInput:
     """A dataset read from disk by a grain pipeline on the host (ImageNet, `bnrepro.data.imagenet`): each
-    process reads its share of every mini-batch, which is split across the devices, one step per dispatch.
+    process reads its share of every mini-batch (in `input.worker_count` grain worker processes, or in this
+    one), which is split across the devices, one step per dispatch. Each mini-batch is put on the devices one
+    step ahead, while the step before it runs.
 
     The pipeline is a function of the seed and the batch's position, so step T's mini-batch is batch T of
-    the stream: resuming at step T skips T batches, and there is no iterator state to checkpoint. Evaluation
-    runs over the whole `input.eval_split`, batch by batch; with `eval_statistics="population"` BN uses
-    Algorithm 2's statistics of `population_batches` training mini-batches, drawn from a stream of their own
-    seeded by the step (so a resumed run evaluates exactly as an uninterrupted one)."""
+    the stream: resuming at step T skips T batches, and there is no iterator state to checkpoint (the batch put
+    ahead is batch `state.step`, not yet consumed). Evaluation runs over the whole `input.eval_split`, batch by
+    batch; with `eval_statistics="population"` BN uses Algorithm 2's statistics of `population_batches` training
+    mini-batches, drawn from a stream of their own seeded by the step (so a resumed run evaluates exactly as an
+    uninterrupted one)."""
 
     def __init__(self, config: ml_collections.ConfigDict, model: nn.Module, layout: ModelLayout):
         if layout.size != 1:
@@ -227,9 +241,10 @@ class HostFedInput:
         self._read_options = grain.ReadOptions(
             num_threads=config.input.read_threads, prefetch_buffer_size=config.input.prefetch_buffer_size
         )
+        self._worker_count = config.input.worker_count
         self._program = self._eval_step = None
         self._measurements = []
-        self._batches = None
+        self._batches = self._next_batch = None
         self._moments = jax.jit(functools.partial(steps.batch_moments, model))
         self._population = jax.jit(layers.population_from_moments)
 
@@ -238,7 +253,15 @@ class HostFedInput:
         size = self._config.input.image_size
         return np.zeros((1, size, size, 3), np.float32)
 
-    def _train_batches(self, seed: int, start_batch: int, read_options: grain.ReadOptions | None = None):
+    def _train_batches(
+        self,
+        seed: int,
+        start_batch: int,
+        read_options: grain.ReadOptions | None = None,
+        worker_count: int | None = None,
+    ) -> grain.DatasetIterator:
+        """An iterator over this process's training batches from batch `start_batch` of the stream `seed` fixes;
+        the config's readers and workers unless given."""
         config = self._config
         return iter(
             imagenet.train_dataset(
@@ -246,6 +269,7 @@ class HostFedInput:
                 image_size=config.input.image_size, shuffle=config.input.shuffle,
                 distortion=config.input.distortion, start_batch=start_batch,
                 read_options=read_options or self._read_options,
+                worker_count=self._worker_count if worker_count is None else worker_count,
             )
         )  # fmt: skip
 
@@ -265,20 +289,25 @@ class HostFedInput:
         }
         if self._batch_sharding is not None:
             batch = {k: v.update(sharding=self._batch_sharding) for k, v in batch.items()}
-        self._program = jax.jit(steps.train_step).lower(state, batch).compile()
+        self._program = jax.jit(steps.train_step, donate_argnums=0).lower(state, batch).compile()
         logging.info("Compiled the training step in %.1f s.", time.perf_counter() - t)
         self._eval_step = jax.jit(functools.partial(steps.eval_step, collect=collect))
         self._measurements = [jax.jit(hook.measure).lower(state, batch).compile() for hook in measurements]
 
     def start(self, state: TrainState) -> None:
-        """Continues from `state`'s step: the stream starts at its batch `step`."""
+        """Continues from `state`'s step: the stream starts at its batch `step`, which is read (the workers
+        started) and put on the devices now."""
+        self.close()
         self._batches = self._train_batches(self._config.seed, int(state.step))
+        self._next_batch = self._to_devices(next(self._batches))
 
     def train(self, state: TrainState, max_steps: int) -> TrainChunk:
-        """`max_steps` steps, each dispatched as soon as its batch is read (grain prefetches the next ones)."""
+        """`max_steps` steps, one dispatch each. Dispatch returns at once, so the next step's batch is read
+        (grain reads ahead of it) and its transfer to the devices queued while the step runs."""
         losses = []
         for _ in range(max_steps):
-            state, metrics = self._program(state, self._to_devices(next(self._batches)))
+            state, metrics = self._program(state, self._next_batch)
+            self._next_batch = self._to_devices(next(self._batches))
             losses.append(metrics["loss"])
         return TrainChunk(state, np.asarray(jnp.stack(losses)), 0.0)
 
@@ -288,26 +317,34 @@ class HostFedInput:
         batch_stats = state.batch_stats
         if config.eval_statistics == "population" and batch_stats:
             seed = int(np.random.SeedSequence([config.seed, int(state.step)]).generate_state(1)[0])
-            batches = self._train_batches(seed, start_batch=0)
-            moments = [self._moments(state, self._to_devices(next(batches))["image"])
-                       for _ in range(config.population_batches)]  # fmt: skip
+            with contextlib.closing(self._train_batches(seed, start_batch=0)) as batches:  # stops its workers
+                moments = [self._moments(state, self._to_devices(next(batches))["image"])
+                           for _ in range(config.population_batches)]  # fmt: skip
             batch_stats = self._population(jax.tree.map(lambda *m: jnp.stack(m), *moments))
         sums, collected = [], []
-        for batch in imagenet.eval_dataset(
+        batches = iter(imagenet.eval_dataset(
             self._eval_source, batch_size=config.input.eval_batch_size // jax.process_count(),
-            image_size=config.input.image_size, read_options=self._read_options,
-        ):  # fmt: skip
-            batch_sums, taken = jax.device_get(self._eval_step(state, batch_stats, self._to_devices(batch)))
-            real = np.asarray(batch["mask"], bool)  # the padding's rows are not examples
-            sums.append(batch_sums)
-            collected.append(jax.tree.map(lambda x, real=real: x[real], taken))
+            image_size=config.input.image_size, read_options=self._read_options, worker_count=self._worker_count,
+        ))  # fmt: skip
+        with contextlib.closing(batches):
+            for batch in batches:
+                batch_sums, taken = jax.device_get(self._eval_step(state, batch_stats, self._to_devices(batch)))
+                real = np.asarray(batch["mask"], bool)  # the padding's rows are not examples
+                sums.append(batch_sums)
+                collected.append(jax.tree.map(lambda x, real=real: x[real], taken))
         return Evaluation(
             jax.tree.map(lambda *v: np.sum(v), *sums), jax.tree.map(lambda *v: np.concatenate(v), *collected)
         )
 
     def measure(self, state: TrainState, index: int) -> dict[str, Any]:
         """Measurement `index` on the mini-batch of the latest step: batch step - 1 of the stream, read again
-        (without prefetching the batches after it)."""
+        in this process (without prefetching the batches after it)."""
         once = grain.ReadOptions(num_threads=self._config.input.read_threads, prefetch_buffer_size=0)
-        batch = next(self._train_batches(self._config.seed, int(state.step) - 1, once))
+        batch = next(self._train_batches(self._config.seed, int(state.step) - 1, once, worker_count=0))
         return jax.device_get(self._measurements[index](state, self._to_devices(batch)))
+
+    def close(self) -> None:
+        """Stops the training stream's worker processes, if any."""
+        if self._batches is not None:
+            self._batches.close()
+        self._batches = self._next_batch = None

@@ -76,7 +76,7 @@ def train_models(
             for workdir in workdirs:
                 files.enter_context(run_dir.locked(Path(workdir)))
         model = models.create_model(config.model, config.dtype)
-        inputs = create_input(config, model, layout)
+        inputs = files.enter_context(contextlib.closing(create_input(config, model, layout)))  # stops its workers
         initial = [create_train_state(c, model, jax.random.key(c.seed), inputs.example_images()) for c in configs]
         inputs.compile(layout.place_states(initial), collect_all(hooks.evaluation), hooks.measurement)
 
