@@ -200,6 +200,14 @@ def test_reading_run_directories_and_plotting_load_no_jax_or_orbax(module):
     assert heavy_modules_loaded(f"import {module}") == []
 
 
+def test_the_command_line_imports_tensorflow_datasets_only_to_read_a_tfds_dataset():
+    """Start-up: `bnrepro.main` and the loop import no tensorflow_datasets (~0.5 s) until a config reads tfds or
+    ImageNet; the ImageNet pipeline imports it when it opens a split."""
+    assert "tensorflow_datasets" not in heavy_modules_loaded("import bnrepro.main")
+    opened = "from bnrepro.data import imagenet\ntry:\n    imagenet.open_split('train', '/nonexistent')\nexcept Exception:\n    pass"
+    assert "tensorflow_datasets" in heavy_modules_loaded(opened)
+
+
 def test_the_heavy_module_check_sees_jax():
     assert "jax" in heavy_modules_loaded("import bnrepro.batchnorm")
 

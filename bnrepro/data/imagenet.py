@@ -38,7 +38,6 @@ from typing import Any, NamedTuple
 import grain
 import numpy as np
 import PIL.Image
-import tensorflow_datasets as tfds
 from absl import flags
 
 from bnrepro.data.core import DataError
@@ -66,8 +65,15 @@ SHUFFLE_MODES = ("global", "within_shard", "shard_order")
 # --- Source ----------------------------------------------------------------------------------------------------
 
 
+def _tfds():
+    """tensorflow_datasets, imported when ImageNet is read (its ~0.5 s import is not paid by every command)."""
+    import tensorflow_datasets
+
+    return tensorflow_datasets
+
+
 def _resolved_data_dir(data_dir: str | os.PathLike[str] | None) -> str:
-    return os.fspath(data_dir) if data_dir is not None else tfds.core.constants.DATA_DIR
+    return os.fspath(data_dir) if data_dir is not None else _tfds().core.constants.DATA_DIR
 
 
 def _not_prepared_message(data_dir: str | os.PathLike[str] | None) -> str:
@@ -107,7 +113,7 @@ def open_split(split: str, data_dir: str | os.PathLike[str] | None = None) -> Se
         download goes and how to prepare it), or the split is empty.
     """
     try:
-        source = tfds.data_source(DATASET_NAME, split=split, data_dir=data_dir, download=False)
+        source = _tfds().data_source(DATASET_NAME, split=split, data_dir=data_dir, download=False)
     except NotImplementedError as e:  # tfds's answer when no random-access (ArrayRecord) files are there.
         raise DataError(_not_prepared_message(data_dir)) from e
     if len(source) == 0:
