@@ -1,45 +1,79 @@
-"""Train-step time of the scaled BN-Inception of `configs/fashion_table2.py`, with and without BN, side by side.
+"""Train-step time of BN-Inception with and without BN, side by side, and of the same net in PyTorch.
 
-The net is `bn_x5`'s (width x0.125, small-input stem, ReLU, no LRN, no dropout; 28x28x1 input, batch 32, SGD
-with momentum), so that BN is the only difference between the variants:
+By default the net is `configs/fashion_table2.py`'s `bn_x5` (width x0.125, small-input stem, ReLU, no LRN, no
+dropout; 28x28x1 input, batch 32, SGD with momentum); `--image_size=224` gives the paper's net (the stride-2 stem
+with its first max pool, 224x224x3, 1000 classes; `--width_multiplier=1.0` for Figure 5's widths). BN is the
+only difference between the variants:
 
 * no BN: every convolution keeps its bias, nothing normalizes;
 * BN, paper VJP: `model.bn.backward="paper"`, Sec. 3's backward pass as a custom VJP (the default);
 * BN, autodiff: `model.bn.backward="autodiff"`;
-* BN, flax.linen.BatchNorm: Flax's layer in place of ours (the model unchanged, its `norm` swapped).
+* BN, flax.linen.BatchNorm: Flax's layer in place of ours (the model unchanged, its `norm` swapped);
+* PyTorch eager (and `torch.compile` with `--torch_compile`; its first step compiles for minutes), no BN and BN:
+  the same net (`torch_bn_inception`, parameter counts checked equal) and step, when torch is importable
+  (it is not a dependency: `pip install --target DIR torch`, then `--torch_path=DIR`).
 
-Each variant trains through the loop's input (`OnDeviceInput.train`) with one step per dispatch, as the config trains on CPU (XLA:CPU runs
-convolutions several times slower inside a while loop), on random uint8 images. Compile time is reported
-apart; then the variants take turns, `--steps` steps each, `--repeats` rounds, and the best round of each is
-reported, so that load from other processes hits all of them alike. The process is pinned to `--cpu_cores`
-cores before JAX starts, as `bnrepro.main` does.
+Each JAX variant trains through the loop's input (`OnDeviceInput.train`) with one step per dispatch, as the config
+trains on CPU (XLA:CPU runs convolutions several times slower inside a while loop), on random uint8 images.
+Compile time is reported apart; then the variants take turns, `--steps` steps each, `--repeats` rounds, and the
+best round of each is reported, so that load from other processes hits all of them alike. The process is pinned
+to `--cpu_cores` cores before JAX starts, as `bnrepro.main` does.
 
-    python scripts/bench_inception.py [--steps=10] [--repeats=10] [--cpu_cores=1]
+    python scripts/bench_inception.py [--steps=10] [--repeats=10] [--cpu_cores=1] [--torch_path=DIR]
+    python scripts/bench_inception.py --cpu_cores=0 --image_size=224 --width_multiplier=1.0 --batch_size=8
 
-Measured (the defaults; 2-core x86 VM, otherwise idle, one core pinned):
+Measured 2026-12-02 on the 2-core x86 VM, all cores, shared (load average 2-6 from other jobs: the numbers are
+good for ratios within a table only, and PyTorch's OpenMP threads lose more to load than XLA's: at load ~9 one
+PyTorch eager step of the CPU-scale net took 3.6 s against 52 ms, ours 85-105 ms against 43-51, so the PyTorch
+ratios below flatter us; on the idle machine before these changes ours took 1,170-1,240 ms at 224 px against
+PyTorch eager's 490-510, and the 1.4x gained here would leave ~0.6x). "before" is the net as it was before `inception.max_pool` and
+`inception.DepthwiseConv` (XLA's select-and-scatter max-pool gradient and the grouped stem convolution), timed
+in the same run by a scratch harness; PyTorch is 2.13 (CPU wheel).
 
-    | variant | compile (s) | steps/s | ms/step | overhead vs no BN |
+CPU scale (the defaults, `--cpu_cores=0 --torch_compile`, 10 steps, best of 5; load 2-3 with the compile):
+
+    | variant | compile (s) | ms/step | overhead vs no BN | speed vs PyTorch eager BN |
     | --- | ---: | ---: | ---: | ---: |
-    | no BN | 10.2 | 12.1 | 82.6 | +0.0% |
-    | BN, paper VJP (default) | 13.7 | 10.0 | 99.8 | +20.8% |
-    | BN, autodiff | 14.5 | 9.9 | 100.6 | +21.7% |
-    | BN, flax.linen.BatchNorm | 15.9 | 10.2 | 98.4 | +19.1% |
+    | no BN | 11.8 | 42.9 | +0.0% | 1.22x |
+    | BN, paper VJP (default) | 15.5 | 50.7 | +18.2% | 1.03x |
+    | before: no BN | 12.2 | 44.7 | +0.0% | 1.16x |
+    | before: BN, paper VJP | 16.8 | 55.3 | +23.7% | 0.94x |
+    | PyTorch eager, no BN | 4.3 | 45.9 | +0.0% | 1.14x |
+    | PyTorch eager, BN | 0.3 | 52.1 | +13.5% | 1.00x |
+    | PyTorch torch.compile, BN | 213.0 | 39.6 | - | 1.32x |
 
-BN costs ~17 ms a step here, about 20%, the same for all three implementations (the issue's target, at most
-15%, is not met on CPU): the time is XLA:CPU's, not our formulas'. The net has 69 BN layers over small tensors (3.2M values in all per step, 4 to 44 channels). XLA:CPU
-reduces with YNNPACK fusions, which take no per-channel broadcast, so two-pass statistics need x - mu written
-out between the mean and the variance; each layer adds four reductions (mean, variance, dl/dbeta,
-dl/dgamma) and two or three full-size elementwise passes (x - mu, the normalized output, dl/dx, which XLA also
-recomputes inside the transposes feeding the weight gradient), against the baseline's bias add and bias
-gradient. Passing x - mu from the forward to the backward pass instead of recomputing xhat (`bnrepro.batchnorm`)
-took the paper VJP from +25% to +22% and autodiff from +27% to +23% in one interleaved run before this table.
+224x224x3, width 1.0, batch 8 (`--cpu_cores=0 --image_size=224 --width_multiplier=1.0 --batch_size=8`, 3 steps,
+best of 4; load ~3, a torch.compile running beside it; a second run at load ~6 gave the same order, our BN step
+1354 ms against 2022 ms before):
+
+    | variant | compile (s) | ms/step | overhead vs no BN | speed vs PyTorch eager BN |
+    | --- | ---: | ---: | ---: | ---: |
+    | no BN | 11.6 | 1034.5 | +0.0% | 1.68x |
+    | BN, paper VJP (default) | 16.7 | 1349.5 | +30.4% | 1.29x |
+    | before: no BN | 10.3 | 1671.2 | +0.0% | 1.04x |
+    | before: BN, paper VJP | 14.4 | 1870.0 | +11.9% | 0.93x |
+    | PyTorch eager, no BN | 1.7 | 1510.7 | +0.0% | 1.15x |
+    | PyTorch eager, BN | 2.4 | 1734.7 | +14.8% | 1.00x |
+
+Where the time went (8 images at 224, XLA:CPU, each op timed alone): the max-pool gradients, which XLA:CPU runs as
+serial scatters (stem pool 190 ms, second pool 155 ms, 3c's 95 ms, 5b's 41 ms), and the stem's grouped 7x7
+convolution's kernel gradient (650 ms, a 3-D convolution over the whole image), against a 190 ms forward pass;
+now 68 ms for the stem pool's gradient, 15 ms for a stride-1 pool's, and a dense convolution for the stem.
+At the CPU scale BN still costs ~18%: 69 BN layers over small tensors (4 to 44 channels); each adds four
+reductions (mean, variance, dl/dbeta, dl/dgamma) and two or three full-size elementwise passes (x - mu written out
+because XLA:CPU's reduction fusions take no per-channel broadcast, the normalized output, dl/dx) against the
+baseline's bias add and bias gradient.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
+import os
+import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -50,6 +84,7 @@ from ml_collections import config_flags
 
 from bnrepro import data, models
 from bnrepro.cpu import use_cpu_cores
+from bnrepro.models import inception
 from bnrepro.training.inputs import OnDeviceInput
 from bnrepro.training.sharding import OneModel
 from bnrepro.training.state import create_train_state
@@ -62,9 +97,17 @@ _REPEATS = flags.DEFINE_integer("repeats", 10, "Timed rounds, the variants inter
 _CPU_CORES = flags.DEFINE_integer("cpu_cores", 1, "CPU cores to run on (0 = all).")
 _WIDTH = flags.DEFINE_float("width_multiplier", 0.125, "Width multiplier of the net (the config's: 0.125).")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Mini-batch size (the config's: 32).")
+_IMAGE_SIZE = flags.DEFINE_integer(
+    "image_size",
+    28,
+    "28: the config's net (small-input stem, 28x28x1, 10 classes); 224: the paper's (224x224x3, 1000).",
+)
+_TORCH_PATH = flags.DEFINE_string("torch_path", "", "A directory holding torch (pip install --target DIR torch).")
+_TORCH_COMPILE = flags.DEFINE_boolean("torch_compile", False, "Add torch.compile rows (each compiles for minutes).")
 
-NUM_EXAMPLES = 4096  # random 28x28 uint8 images, the training and the (unused) test set
+NUM_EXAMPLES = 4096  # random 28x28 uint8 images, the training and the (unused) test set (224 px: 4 batches)
 NO_BN = "no BN"
+TORCH_EAGER_BN = "PyTorch eager, BN"
 
 
 class FlaxBatchNorm(nn.Module):
@@ -86,6 +129,10 @@ def _config(batch_norm: bool, backward: str) -> ml_collections.ConfigDict:
         config.model.width_multiplier = _WIDTH.value
         config.model.batch_norm = batch_norm
         config.model.bn.backward = backward
+        if _IMAGE_SIZE.value != 28:
+            config.model.small_input = False
+            config.model.num_classes = 1000
+            config.population_batches = 1  # 4 mini-batches of random images; evaluation is not timed
     return config
 
 
@@ -105,6 +152,7 @@ class Runner:
         self._input.start(self._state)
         chunk = self._input.train(self._state, 1)
         self._state, self.compile_s = chunk.state, chunk.compile_seconds
+        self.num_params = sum(p.size for p in jax.tree.leaves(state.params))
 
     def run(self, steps: int) -> None:
         for _ in range(steps):
@@ -112,7 +160,92 @@ class Runner:
         jax.block_until_ready(self._state)
 
 
-def best_seconds(runners: dict[str, Runner], steps: int, repeats: int) -> dict[str, float]:
+def torch_bn_inception(
+    torch: Any, model: inception.BNInception, bn: ml_collections.ConfigDict, in_channels: int
+) -> Any:
+    """`model`'s BN-Inception (`bnrepro.models.inception.BNInception`: separable stem, Figure 5's modules,
+    global average pool, linear classifier) as a PyTorch NCHW module, layer for layer. Padding is PyTorch's
+    symmetric k // 2 where XLA's SAME pads one more on the far side of a stride-2 layer (same shapes and FLOPs)."""
+    nn, width = torch.nn, model.width
+
+    def conv(cin: int, cout: int, k: int, stride: int = 1) -> Any:
+        layers = [nn.Conv2d(cin, cout, k, stride, k // 2, bias=not model.batch_norm)]
+        if model.batch_norm:  # PyTorch's momentum is the new batch's weight, ours the old value's
+            layers.append(nn.BatchNorm2d(cout, bn.eps, 1 - bn.momentum))
+        return nn.Sequential(*layers, nn.ReLU())
+
+    class Module(nn.Module):  # one row of the table, as `InceptionModule`
+        def __init__(self, spec: inception.ModuleSpec, cin: int):
+            super().__init__()
+            s, c = spec, width
+            self.branch_1x1 = conv(cin, c(s.ch_1x1), 1) if s.ch_1x1 else None
+            self.branch_3x3 = nn.Sequential(
+                conv(cin, c(s.ch_3x3_reduce), 1), conv(c(s.ch_3x3_reduce), c(s.ch_3x3), 3, s.stride)
+            )
+            self.branch_double_3x3 = nn.Sequential(
+                conv(cin, c(s.ch_double_3x3_reduce), 1),
+                conv(c(s.ch_double_3x3_reduce), c(s.ch_double_3x3), 3),
+                conv(c(s.ch_double_3x3), c(s.ch_double_3x3), 3, s.stride),
+            )
+            pool = (
+                nn.AvgPool2d(3, s.stride, 1, count_include_pad=False)
+                if s.pool == "avg"
+                else nn.MaxPool2d(3, s.stride, 1)
+            )
+            self.branch_pool = nn.Sequential(pool, conv(cin, c(s.pool_proj), 1)) if s.pool_proj else pool
+            self.out_channels = (c(s.ch_1x1) if s.ch_1x1 else 0) + c(s.ch_3x3) + c(s.ch_double_3x3)
+            self.out_channels += c(s.pool_proj) if s.pool_proj else cin
+
+        def forward(self, x: Any) -> Any:
+            branches = [self.branch_1x1(x)] if self.branch_1x1 is not None else []
+            return torch.cat(branches + [self.branch_3x3(x), self.branch_double_3x3(x), self.branch_pool(x)], 1)
+
+    multiplier = max(min(model.stem_depth_multiplier, width(64) // in_channels), 1)
+    stem_stride = 1 if model.small_input else 2
+    stem = [
+        nn.Conv2d(in_channels, in_channels * multiplier, 7, stem_stride, 3, groups=in_channels, bias=False),
+        *conv(in_channels * multiplier, width(64), 1),
+    ]
+    stem += [] if model.small_input else [nn.MaxPool2d(3, 2, 1)]
+    stem += [conv(width(64), width(64), 1), conv(width(64), width(192), 3), nn.MaxPool2d(3, 2, 1)]
+    layers, channels = stem, width(192)
+    for spec in inception.figure_5_modules(model.pool_proj_4cd):
+        layers.append(Module(spec, channels))
+        channels = layers[-1].out_channels
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, model.num_classes)]
+    return nn.Sequential(*layers)
+
+
+class TorchRunner:
+    """The same net and step (SGD with momentum on random uint8 images scaled to [0, 1]) in PyTorch, eager or
+    under `torch.compile`; `compile_s` is the first step's time."""
+
+    def __init__(self, torch: Any, config: ml_collections.ConfigDict, images: np.ndarray, compiled: bool):
+        self._torch = torch
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
+        pixels = torch.from_numpy(images if images.ndim == 4 else images[..., None]).permute(0, 3, 1, 2)
+        net = torch_bn_inception(torch, models.create_model(config.model), config.model.bn, pixels.shape[1])
+        self.num_params = sum(p.numel() for p in net.parameters())
+        self._optimizer = torch.optim.SGD(net.parameters(), lr=config.learning_rate, momentum=0.9)
+        self._net = torch.compile(net) if compiled else net
+        self._batches = pixels.contiguous().split(config.batch_size)
+        self._labels = torch.randint(0, config.model.num_classes, (config.batch_size,))
+        self._step = 0
+        start = time.perf_counter()
+        self.run(1)
+        self.compile_s = time.perf_counter() - start
+
+    def run(self, steps: int) -> None:
+        torch = self._torch
+        for _ in range(steps):
+            batch = self._batches[self._step % len(self._batches)].float() * (1.0 / 255.0)
+            self._optimizer.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(self._net(batch), self._labels).backward()
+            self._optimizer.step()
+            self._step += 1
+
+
+def best_seconds(runners: dict[str, Runner | TorchRunner], steps: int, repeats: int) -> dict[str, float]:
     """Best wall time of `steps` steps per variant over `repeats` rounds in which the variants take turns."""
     best = dict.fromkeys(runners, float("inf"))
     for _ in range(repeats):
@@ -124,15 +257,19 @@ def best_seconds(runners: dict[str, Runner], steps: int, repeats: int) -> dict[s
 
 
 def markdown_table(compile_s: dict[str, float], seconds: dict[str, float], steps: int) -> str:
-    """The results as a markdown table; overhead is relative to the no-BN net's time per step."""
+    """The results as a markdown table: overhead is relative to the same framework and mode's no-BN net, speed
+    to PyTorch eager's BN net (when measured; > 1 is faster)."""
     rows = [
-        "| variant | compile (s) | steps/s | ms/step | overhead vs no BN |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| variant | compile (s) | steps/s | ms/step | overhead vs no BN | speed vs PyTorch eager BN |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, total in seconds.items():
-        overhead = 100 * (total / seconds[NO_BN] - 1)
+        baseline = name.rsplit(", ", 1)[0] + f", {NO_BN}" if name.startswith("PyTorch") else NO_BN
+        overhead = 100 * (total / seconds[baseline] - 1)
+        speed = f"{seconds[TORCH_EAGER_BN] / total:.2f}x" if TORCH_EAGER_BN in seconds else "-"
         rows.append(
-            f"| {name} | {compile_s[name]:.1f} | {steps / total:.1f} | {1e3 * total / steps:.1f} | {overhead:+.1f}% |"
+            f"| {name} | {compile_s[name]:.1f} | {steps / total:.1f} | {1e3 * total / steps:.1f} | {overhead:+.1f}% "
+            f"| {speed} |"
         )
     return "\n".join(rows)
 
@@ -140,25 +277,45 @@ def markdown_table(compile_s: dict[str, float], seconds: dict[str, float], steps
 def main(argv: list[str]) -> None:
     del argv
     use_cpu_cores(_CPU_CORES.value)
+    size = _IMAGE_SIZE.value
     rng = np.random.default_rng(0)
-    random = data.Split(
-        rng.integers(0, 256, (NUM_EXAMPLES, 28, 28), dtype=np.uint8), rng.integers(0, 10, NUM_EXAMPLES, np.int32)
-    )
+    shape = (size, size) if size == 28 else (size, size, 3)
+    count = NUM_EXAMPLES if size == 28 else 4 * _BATCH.value
+    random = data.Split(rng.integers(0, 256, (count, *shape), dtype=np.uint8), rng.integers(0, 10, count, np.int32))
     splits = data.Splits(train=random, validation=None, test=random)
-    variants: dict[str, Callable[[], Runner]] = {
+    variants: dict[str, Callable[[], Runner | TorchRunner]] = {
         NO_BN: lambda: Runner(_config(False, "paper"), splits),
         "BN, paper VJP (default)": lambda: Runner(_config(True, "paper"), splits),
         "BN, autodiff": lambda: Runner(_config(True, "autodiff"), splits),
         "BN, flax.linen.BatchNorm": lambda: Runner(_config(True, "autodiff"), splits, flax_bn=True),
     }
+    if _TORCH_PATH.value:
+        sys.path.insert(0, _TORCH_PATH.value)
+    if importlib.util.find_spec("torch") is not None:
+        import torch  # Only here: torch is not a dependency.
+
+        modes = {"eager": False} | ({"torch.compile": True} if _TORCH_COMPILE.value else {})
+        for mode, compiled in modes.items():
+            for batch_norm in (False, True):
+                name = f"PyTorch {mode}, {'BN' if batch_norm else 'no BN'}"
+                variants[name] = functools.partial(
+                    TorchRunner, torch, _config(batch_norm, "paper"), random.images, compiled
+                )
     runners = {name: make() for name, make in variants.items()}
+    for name, runner in runners.items():
+        ours = runners[NO_BN if name.endswith(NO_BN) else "BN, autodiff"].num_params
+        print(f"{name}: {runner.num_params:,} parameters")
+        if runner.num_params != ours:
+            raise ValueError(f"{name}: not our net ({runner.num_params:,} parameters, ours {ours:,}).")
+    print()
     for runner in runners.values():
         runner.run(3)  # warm-up
     seconds = best_seconds(runners, _STEPS.value, _REPEATS.value)
     print(
         f"JAX {jax.__version__} on {jax.default_backend()}, {_CPU_CORES.value or 'all'} core(s); BN-Inception "
-        f"x{_WIDTH.value}, small input, 28x28x1, batch {_BATCH.value}; {_STEPS.value} steps per variant and "
-        f"round, best of {_REPEATS.value} interleaved rounds\n"
+        f"x{_WIDTH.value}, {'small input, 28x28x1' if size == 28 else f'{size}x{size}x3'}, batch {_BATCH.value}; "
+        f"{_STEPS.value} steps per variant and round, best of {_REPEATS.value} interleaved rounds; "
+        f"load average {os.getloadavg()[0]:.1f}\n"
     )
     print(markdown_table({name: r.compile_s for name, r in runners.items()}, seconds, _STEPS.value))
 

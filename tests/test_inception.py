@@ -18,6 +18,7 @@ import pytest
 from flax import traverse_util
 
 from bnrepro.layers import BatchNorm, population_statistics
+from bnrepro.models import inception
 from bnrepro.models.inception import STAGE_OUTPUTS, STAGES, BNInception, local_response_normalization
 
 # Figure 5 as printed: output grid at 224x224, #1x1, #3x3 reduce, #3x3, double #3x3 reduce,
@@ -353,3 +354,42 @@ def test_local_response_normalization_matches_the_formula():
 def test_unknown_errata_option_is_an_error():
     with pytest.raises(ValueError, match="pool_proj_4cd"):
         _abstract_variables(BNInception(pool_proj_4cd="printed"), (1, 224, 224, 3))
+
+
+@pytest.mark.parametrize("shape, strides", [((2, 9, 9, 3), (2, 2)), ((2, 8, 7, 4), (2, 2)), ((2, 7, 7, 3), (1, 1))])
+def test_max_pool_and_its_gradient_equal_flax_max_pool_under_autodiff(shape, strides):
+    """`max_pool`'s own gradient (no select-and-scatter) against autodiff of `flax.linen.max_pool`, 3x3 SAME,
+    on inputs without ties (where the two could pick different maxima), odd and even sizes."""
+    x = jnp.asarray(np.random.default_rng(0).permutation(math.prod(shape)).reshape(shape), jnp.float32)
+    head = jnp.asarray(np.random.default_rng(1).normal(size=(shape[0], -(-shape[1] // strides[0]),
+                                                              -(-shape[2] // strides[1]), shape[3])), jnp.float32)  # fmt: skip
+
+    def ours(x):
+        return jnp.sum(inception.max_pool(x, (3, 3), strides) * head)
+
+    def flax(x):
+        return jnp.sum(nn.max_pool(x, (3, 3), strides=strides, padding="SAME") * head)
+
+    np.testing.assert_array_equal(inception.max_pool(x, (3, 3), strides), nn.max_pool(x, (3, 3), strides, "SAME"))
+    np.testing.assert_allclose(jax.grad(ours)(x), jax.grad(flax)(x), rtol=1e-6, atol=1e-6)
+    batched = jax.vmap(jax.grad(ours))(jnp.stack([x, -x]))  # as a sweep's vmapped group differentiates it
+    np.testing.assert_allclose(batched[1], jax.grad(flax)(-x), rtol=1e-6, atol=1e-6)
+
+
+def test_depthwise_conv_equals_a_grouped_convolution_and_its_gradients():
+    """The stem's `DepthwiseConv` (a dense convolution with a block-diagonal kernel) against Flax's grouped
+    `nn.Conv(feature_group_count=channels)` with the same kernel: output and both gradients."""
+    u = jnp.asarray(np.random.default_rng(0).normal(size=(2, 11, 11, 3)), jnp.float32)
+    depthwise = inception.DepthwiseConv(4, (7, 7), (2, 2), nn.initializers.lecun_normal())
+    grouped = nn.Conv(12, (7, 7), strides=(2, 2), padding="SAME", feature_group_count=3, use_bias=False)
+    variables = depthwise.init(jax.random.key(0), u)
+    assert variables["params"]["kernel"].shape == grouped.init(jax.random.key(0), u)["params"]["kernel"].shape
+
+    def loss(module, variables, u):
+        return jnp.sum(jnp.sin(module.apply(variables, u)))
+
+    np.testing.assert_allclose(depthwise.apply(variables, u), grouped.apply(variables, u), rtol=1e-5, atol=1e-5)
+    for argnum in (0, 1):  # the kernel, the input
+        ours = jax.grad(functools.partial(loss, depthwise), argnum)(variables, u)
+        theirs = jax.grad(functools.partial(loss, grouped), argnum)(variables, u)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), ours, theirs)
