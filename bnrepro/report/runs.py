@@ -9,12 +9,9 @@ seeds. Everything here reads the files `bnrepro.training.run_dir` names; no jax.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
-
-import numpy as np
 
 from bnrepro.figures import mean_std, seed_dirs
 from bnrepro.training.run_dir import CONFIG_FILE, DIVERGED_FILE, METRICS_FILE, SWEEP_STATUS_FILE, read_records
