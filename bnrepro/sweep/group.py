@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from bnrepro import config_schema, hooks
 from bnrepro.training import loop, run_dir
@@ -76,7 +77,10 @@ class VmappedGroup:
         return self.place_model_data(jax.tree.map(lambda *leaves: jnp.stack(leaves), *shared))
 
     def member(self, tree: Any, index: int) -> Any:
-        return jax.tree.map(lambda x: x[index], tree)
+        """Model `index`'s slice of every leaf, taken on the host: indexing a stacked array split across devices
+        eagerly compiles and runs a multi-device gather, which aborted the process (SIGABRT in XLA:CPU's
+        dispatch) in long test sessions; a host copy runs no program."""
+        return jax.tree.map(lambda x: np.asarray(x)[index], tree)
 
     def over_models(self, function: Callable, in_axes: tuple[int | None, ...]) -> Callable:
         return jax.vmap(function, in_axes=in_axes)
