@@ -225,7 +225,9 @@ def test_a_killed_worker_ctrl_c_and_a_killed_sweep_lose_nothing_and_a_rerun_fini
         subprocess.Popen, command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     sweeper = popen()
-    first, step = _training(workdir, sweeper, other_than=0, after=0)
+    first, step = _training(
+        workdir, sweeper, other_than=0, after=1_000
+    )  # a good checkpoint before the one a kill may tear
     os.kill(first, signal.SIGKILL)
     retried, step = _training(workdir, sweeper, other_than=first, after=step)  # resumed in another worker
 
