@@ -56,7 +56,8 @@ __all__ = [
 ]  # fmt: skip
 SUMMARY_CSV, SUMMARY_MD = "summary.csv", "summary.md"
 DONE = ("finished", "diverged")  # statuses a re-run skips; "failed" points are tried again
-# Models per vmapped group: on one CPU core, 8 MNIST MLPs train at ~1.8x one model's steps/s in all.
+# Models per vmapped group: a group pays start-up and compilation once (`bnrepro.sweep.group`), its steps about
+# what its models' steps cost one by one.
 DEFAULT_GROUP_SIZE = 8
 
 
