@@ -1,10 +1,11 @@
 """Figures from run directories.
 
-Figure 1 of the paper (Sec. 4.1) from the `metrics.jsonl` of the MNIST net's runs with and without BN, each
-over seeds: (a) test accuracy over training, the mean over the seeds and its min-max band; (b, c) the {15, 50,
-85}th percentiles over test examples of one last-hidden-layer sigmoid input over training, (b) without BN and
-(c) with BN, of the first seed; and the table of final accuracy and drift (mean ± std over the seeds). Table 2 at CPU scale, a sweep's curves and final
-accuracies, and Santurkar et al. (2018)'s gradient-propagation measurements (`plot_ics`, `ics_summary`).
+Figure 1 of the paper (Sec. 4.1) from the `metrics.jsonl` of the MNIST net's runs with and without BN, each over
+seeds: (a) test accuracy over training, the mean over the seeds and its min-max band; (b, c) the {15, 50, 85}th
+percentiles over test examples of one last-hidden-layer sigmoid input over training, (b) without BN and (c) with BN,
+of the first seed; and the table of final accuracy and drift (mean ± std over the seeds). Table 2 at CPU scale, a
+sweep's curves and final accuracies, and Santurkar et al. (2018)'s gradient-propagation measurements (`plot_ics`,
+`ics_summary`).
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """Many models in one program: which sweep points may share one (`check_group`), and how (`VmappedGroup`).
 
-Points that differ only in seed and learning rate train together: their states are stacked on a leading axis
-and every program is `jax.vmap`ped over it, so one dispatch trains them all: process start-up, compilation and
-dispatch are paid once per group (16 points trained 3.1x faster than one after another, `scripts/bench_sweep.py`).
-The MNIST MLP's steps themselves are matmul-bound, so the models axis saves no arithmetic: on one CPU core 1, 5
-and 8 vmapped MLPs train at 3,935, 4,010 and 3,605 model-steps/s (measured on a loaded box). The loop (`bnrepro.training.loop.train_models`) is the one a single run
-uses; each model still writes its own run directory as if it had trained alone.
+Points that differ only in seed and learning rate train together: their states are stacked on a leading axis and
+every program is `jax.vmap`ped over it, so one dispatch trains them all: process start-up, compilation and dispatch
+are paid once per group (16 points trained 3.1x faster than one after another, `scripts/bench_sweep.py`). The MNIST
+MLP's steps themselves are matmul-bound, so the models axis saves no arithmetic: on one CPU core 1, 5 and 8 vmapped
+MLPs train at 3,935, 4,010 and 3,605 model-steps/s (measured on a loaded box). The loop
+(`bnrepro.training.loop.train_models`) is the one a single run uses; each model still writes its own run directory
+as if it had trained alone.
 """
 
 from __future__ import annotations

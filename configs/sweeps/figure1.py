@@ -12,9 +12,10 @@ with seeds 0 to N-1; a variant's seeds differ only in the seed, so they train as
 (`bnrepro.sweep.group`), the two groups each on a core of its own.
 
 Why 3 by default: the main command should take about a minute on a 2-core CPU (3 seeds: 72 s measured on an
-idle one), and seeds cost time in proportion. A net's seeds in one group train at about a single run's model-steps/s (the MLP's steps are
-matmul-bound: the models axis saves no work), so N seeds take ~N times the single-seed training time (side by
-side on a loaded box: 1 seed 53 s, 3 seeds 128 s, 5 seeds 217 s; idle, 1 seed takes 26 s).
+idle one), and seeds cost time in proportion. A net's seeds in one group train at about a single run's
+model-steps/s (the MLP's steps are matmul-bound: the models axis saves no work), so N seeds take ~N times the
+single-seed training time (side by side on a loaded box: 1 seed 53 s, 3 seeds 128 s, 5 seeds 217 s; idle, 1 seed
+takes 26 s).
 
 Expected result (CPU; `scripts/plot_figure1.py` prints it): test accuracy at 50k steps and median drift, mean ±
 std over the 3 seeds: with BN 97.96% ± 0.13%, drift 0.287 ± 0.005; without 97.37% ± 0.31%, drift 0.686 ± 0.021;
