@@ -4,6 +4,7 @@ is not; the summary's numbers against each run's own metrics.jsonl."""
 
 import csv
 import functools
+import importlib
 import json
 import os
 import re
@@ -169,6 +170,46 @@ def test_groups_join_points_that_differ_in_seed_and_learning_rate_only(tmp_path)
     # A point with a checkpoint at another step than the rest of its class trains in a group of its own.
     (tmp_path / sweep.point_name(full.points[0]) / CHECKPOINT_DIR / "1000").mkdir(parents=True)
     assert [0] in sweep.groups_of(full, range(9), tmp_path, max_size=8)
+
+
+SEEDED_SWEEPS = {  # sweep file: {its run directory for seed 0: the variant's own config}
+    "figure1.py": {"mnist_baseline": ("mnist_mlp", "baseline"), "mnist_bn": ("mnist_mlp", "bn")},
+    "small_batch.py": {"bn": ("mnist_small_batch", "bn"), "renorm": ("mnist_small_batch", "renorm")},
+    "seq_rows.py": {
+        "lstm_rows": ("seq_mnist", "lstm,rows"),
+        "bn_lstm_rows": ("seq_mnist", "bn_lstm,rows"),
+        "lstm_permuted_rows": ("seq_mnist", "lstm,permuted,rows"),
+        "bn_lstm_permuted_rows": ("seq_mnist", "bn_lstm,permuted,rows"),
+    },
+    "table2.py:seeds=3": {v: ("fashion_table2", v) for v in ("inception", "bn_x30", "sigmoid")},
+}
+
+
+@pytest.mark.parametrize("spec", SEEDED_SWEEPS)
+def test_a_seeded_sweep_trains_each_variant_of_its_config_file_with_only_the_seed_changed(spec):
+    """Each point is its config file's variant (the single-run command's config) with `seed` set; seed 0 in
+    the variant's directory, seed S in `NAME_seedS`, where `figures.seed_dirs` looks."""
+    seeded = sweep.load_sweep(f"configs/sweeps/{spec}")
+    seeds = (
+        3 if "seeds=3" in spec else int(re.search(r"SEEDS = (\d+)", (REPO / "configs/sweeps" / spec).read_text())[1])
+    )
+    names = [seeded.run_name(i) for i in range(len(seeded.points))]
+    for name, (module, variant) in SEEDED_SWEEPS[spec].items():
+        for seed in range(seeds):
+            run = name if seed == 0 else f"{name}_seed{seed}"
+            expected = importlib.import_module(f"configs.{module}").get_config(variant)
+            expected.seed = seed
+            config = sweep.point_config(seeded.base, seeded.points[names.index(run)])
+            assert run_dir.flatten(config.to_dict()) == run_dir.flatten(expected.to_dict()), run
+    groups = sweep.groups_of(seeded, range(len(names)), Path("/nonexistent"), max_size=8)
+    assert all(len({names[i].split("_seed")[0] for i in group}) == 1 or "table2" in spec for group in groups)
+    assert len(names) == len(set(names)) == seeds * (len(SEEDED_SWEEPS[spec]) if "table2" not in spec else 6)
+
+
+@pytest.mark.parametrize("spec", ["figure1.py:0", "small_batch.py:x", "seq_rows.py:-1"])
+def test_a_bad_number_of_seeds_is_refused_naming_the_sweep_file(spec):
+    with pytest.raises(ValueError, match=rf"configs/sweeps/{spec.split(':')[0]}: bad argument .*number of seeds"):
+        sweep.load_sweep(f"configs/sweeps/{spec}")
 
 
 def _start_long_sweep(tmp_path: Path) -> tuple[list[str], Path]:

@@ -47,12 +47,16 @@ from bnrepro.sweep.points import (
     product,
     read_status,
     run_points,
+    seed_count,
+    seeded,
+    variant_overrides,
     write_status,
 )
 from bnrepro.training.run_dir import CHECKPOINT_DIR, recorded_config_changes, write_atomically
 
 __all__ = [
     "STATUS_FILE", "Sweep", "load_sweep", "point_config", "point_name", "product", "read_status", "run_points",
+    "seed_count", "seeded", "variant_overrides",
 ]  # fmt: skip
 SUMMARY_CSV, SUMMARY_MD = "summary.csv", "summary.md"
 DONE = ("finished", "diverged")  # statuses a re-run skips; "failed" points are tried again

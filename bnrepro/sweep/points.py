@@ -20,7 +20,7 @@ from absl import logging
 from bnrepro import config_schema
 from bnrepro.sweep.group import train_group
 from bnrepro.training import loop
-from bnrepro.training.run_dir import SWEEP_STATUS_FILE, write_atomically
+from bnrepro.training.run_dir import SWEEP_STATUS_FILE, flatten, write_atomically
 
 STATUS_FILE = SWEEP_STATUS_FILE
 
@@ -43,6 +43,38 @@ class Sweep(NamedTuple):
 def product(axes: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
     """Every combination of the axes' values, the last axis varying fastest."""
     return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+
+
+def variant_overrides(base: ml_collections.ConfigDict, variant: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The dotted keys whose values differ between `base` and `variant` (configs with the same keys): a config
+    file's variant written as a sweep point over another of its variants."""
+    before, after = flatten(base.to_dict()), flatten(variant.to_dict())
+    if before.keys() != after.keys():
+        raise ValueError(f"variants with different keys cannot be one sweep: {sorted(before.keys() ^ after.keys())}.")
+    return {key: value for key, value in after.items() if before[key] != value}
+
+
+def seeded(variants: Mapping[str, Mapping[str, Any]], seeds: int) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
+    """The points and run directory names of each variant (its run directory name: its overrides) with seeds 0
+    to `seeds` - 1: seed 0 in the variant's own directory, seed S in its sibling `NAME_seedS` (where
+    `bnrepro.figures.seed_dirs` finds them). A variant's seeds differ only in the seed, so they train as one
+    vmapped group."""
+    points, names = [], []
+    for name, overrides in variants.items():
+        for seed in range(seeds):
+            points.append({**overrides, "seed": seed})
+            names.append(f"{name}_seed{seed}" if seed else name)
+    return points, tuple(names)
+
+
+def seed_count(arg: str, default: int, sweep_file: str) -> int:
+    """A sweep file's argument that is a number of seeds (`""`: `default`); anything else is a ValueError naming
+    the file."""
+    if not arg:
+        return default
+    if not (arg.isdigit() and int(arg) > 0):
+        raise ValueError(f"{sweep_file}: bad argument {arg!r}; expected a number of seeds.")
+    return int(arg)
 
 
 def point_name(overrides: Mapping[str, Any]) -> str:

@@ -25,22 +25,15 @@ BN ahead at all 45 evaluations after step 5000 for every seed. Over 5 seeds [min
 BN is ahead at all 45 evaluations after step 5000 for every seed (by 0.1 to 3.8 points).
 """
 
-from bnrepro.sweep import Sweep, product
+from bnrepro.sweep import Sweep, seed_count, seeded
 from configs import mnist_mlp
 
 SEEDS = 3
 NETS = {False: "mnist_baseline", True: "mnist_bn"}  # model.batch_norm: the run directory of its seed 0
 
 
-def run_name(point: dict) -> str:
-    """Seed 0's run directory is the net's own; each other seed's is its `_seedN` sibling."""
-    name = NETS[point["model.batch_norm"]]
-    return name if point["seed"] == 0 else f"{name}_seed{point['seed']}"
-
-
 def get_sweep(seeds: str = "") -> Sweep:
     """Both nets of Figure 1 with seeds 0 to `seeds` - 1 (default `SEEDS`), the baseline's first."""
-    if seeds and not (seeds.isdigit() and int(seeds) > 0):
-        raise ValueError(f"configs/sweeps/figure1.py: bad argument {seeds!r}; expected a number of seeds.")
-    points = product({"model.batch_norm": list(NETS), "seed": list(range(int(seeds or SEEDS)))})
-    return Sweep(mnist_mlp.get_config("bn"), points, threshold=0.97, names=tuple(map(run_name, points)))
+    variants = {name: {"model.batch_norm": batch_norm} for batch_norm, name in NETS.items()}
+    points, names = seeded(variants, seed_count(seeds, SEEDS, "configs/sweeps/figure1.py"))
+    return Sweep(mnist_mlp.get_config("bn"), points, threshold=0.97, names=names)

@@ -5,27 +5,16 @@ r"""Table 2 at CPU scale as a sweep: the six runs of `configs/fashion_table2.py`
     python -m bnrepro.sweep --sweep=configs/sweeps/table2.py:quick --workdir=runs/table2_quick
     python scripts/table2.py --workdir=runs/table2 --seeds=3   # seeds 0-2 of every run: mean ± std
 
-Each point is its variant's config written as overrides of the `inception` run (`variant_overrides`), so the
-runs train as the single-run commands of `configs/fashion_table2.py` do, into `WORKDIR/<variant>`; BN-x5 and
-BN-x30 differ only in their learning rate and train as one vmapped group. `quick`: the smoke versions (~20 s a
-run on one core). `seeds=N`: seeds 0 to N-1 of every run, seed 0 in `WORKDIR/<variant>` and seed S in
-`WORKDIR/<variant>_seedS` (`bnrepro.figures.seed_dirs`, which `figures.table2` reads); a variant's seeds differ
-only in the seed and train in the same vmapped group.
+Each point is its variant's config written as overrides of the `inception` run
+(`bnrepro.sweep.variant_overrides`), so the runs train as the single-run commands of `configs/fashion_table2.py`
+do, into `WORKDIR/<variant>`; BN-x5 and BN-x30 differ only in their learning rate and train as one vmapped group.
+`quick`: the smoke versions (~20 s a run on one core). `seeds=N`: seeds 0 to N-1 of every run, seed 0 in
+`WORKDIR/<variant>` and seed S in `WORKDIR/<variant>_seedS` (`bnrepro.sweep.seeded`; `figures.table2` reads them
+with `bnrepro.figures.seed_dirs`); a variant's seeds differ only in the seed and train in the same vmapped group.
 """
 
-from typing import Any
-
-import ml_collections
-
-from bnrepro.sweep import Sweep
-from bnrepro.training.run_dir import flatten
+from bnrepro.sweep import Sweep, seeded, variant_overrides
 from configs import fashion_table2
-
-
-def variant_overrides(base: ml_collections.ConfigDict, variant: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The dotted keys whose values differ between `base` and `variant` (both have the same keys)."""
-    before, after = flatten(base.to_dict()), flatten(variant.to_dict())
-    return {key: value for key, value in after.items() if before[key] != value}
 
 
 def get_sweep(arg: str = "") -> Sweep:
@@ -40,11 +29,7 @@ def get_sweep(arg: str = "") -> Sweep:
         raise ValueError(f"configs/sweeps/table2.py: bad argument {arg!r}; expected 'quick', 'seeds=N' or both.")
     suffix = ",quick" if "quick" in options else ""
     base = fashion_table2.get_config(f"inception{suffix}")
-    points, names = [], []
-    for variant in fashion_table2.VARIANTS:
-        overrides = variant_overrides(base, fashion_table2.get_config(variant + suffix))
-        for seed in range(int(seeds[0]) if seeds else 1):
-            points.append({**overrides, "seed": seed} if seed else overrides)
-            names.append(f"{variant}_seed{seed}" if seed else variant)
+    variants = {v: variant_overrides(base, fashion_table2.get_config(v + suffix)) for v in fashion_table2.VARIANTS}
+    points, names = seeded(variants, int(seeds[0]) if seeds else 1)
     # The summary's steps-to-threshold column: the accuracy the Inception analogue peaks at (85.1%, measured).
     return Sweep(base, points, threshold=0.85, names=tuple(names))
