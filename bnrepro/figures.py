@@ -101,13 +101,13 @@ def bn_ahead(baseline: Seeds, batch_norm: Seeds, after: int = AHEAD_AFTER) -> tu
 
 
 def mean_std(values: Sequence[float], spec: str) -> str:
-    """One value as `format(value, spec)`; several as `mean ± std` (sample standard deviation, ddof 1); none
-    as a dash."""
+    """One value as `format(value, spec)`; several as `mean ± std` (sample standard deviation, ddof 1, without
+    the sign a `+` in `spec` asks for); none as a dash."""
     if not values:
         return "—"
     if len(values) == 1:
         return format(values[0], spec)
-    return f"{format(float(np.mean(values)), spec)} ± {format(float(np.std(values, ddof=1)), spec)}"
+    return f"{format(float(np.mean(values)), spec)} ± {format(float(np.std(values, ddof=1)), spec.replace('+', ''))}"
 
 
 def figure1_table(baseline: Seeds, batch_norm: Seeds) -> str:
@@ -225,6 +225,45 @@ def table2(workdir: str | os.PathLike) -> str:
             steps_cell = f"{mean_std(steps, '.0f')} ({len(steps)}/{len(seeds)} reached{diverged})"
             best_cell = mean_std([b["test_accuracy"] for b in bests], ".1%")
         lines.append(f"| {variant} | {len(seeds)} | {steps_cell} | {best_cell} | {paper} |")
+    return "\n".join(lines)
+
+
+ADABN_FILE = "adabn.md"  # what scripts/adabn.py writes into the run it adapts
+# AdaBN on one run: test images (a domain shift, or "none") -> (accuracy with the source statistics, with AdaBN's).
+AdaBN = Mapping[str, tuple[float, float]]
+
+
+def adabn_markdown(result: AdaBN) -> str:
+    """One run's AdaBN table in Markdown, as scripts/adabn.py writes it into WORKDIR/adabn.md."""
+    lines = ["| test images | source statistics | AdaBN | change |", "|---|---|---|---|"]
+    for name, (source, adapted) in result.items():
+        lines.append(f"| {name} | {source:.2%} | {adapted:.2%} | {100 * (adapted - source):+.2f} |")
+    return "\n".join(lines)
+
+
+def read_adabn(workdir: str | os.PathLike) -> dict[str, tuple[float, float]]:
+    """The AdaBN table (`adabn_markdown`) of a run that scripts/adabn.py adapted, as numbers."""
+    path = Path(workdir, ADABN_FILE)
+    result = {}
+    for line in path.read_text().splitlines()[2:]:
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        try:
+            result[cells[0]] = (float(cells[1].rstrip("%")) / 100, float(cells[2].rstrip("%")) / 100)
+        except (IndexError, ValueError):
+            raise ValueError(f"{path}: unreadable row {line!r}; rerun scripts/adabn.py on {workdir}.") from None
+    return result
+
+
+def adabn_table(results: Sequence[AdaBN]) -> str:
+    """AdaBN over seeds (each seed's `read_adabn`) in Markdown: per test images, the accuracy with the source
+    statistics and with AdaBN's, and the change in points, as mean ± std over the seeds."""
+    lines = ["| test images | seeds | source statistics | AdaBN | change (points) |", "|---|---|---|---|---|"]
+    for name in results[0]:
+        pairs = [result[name] for result in results if name in result]
+        source, adapted = ([pair[i] for pair in pairs] for i in (0, 1))
+        change = [100 * (a - s) for s, a in pairs]
+        cells = (str(len(pairs)), mean_std(source, ".2%"), mean_std(adapted, ".2%"), mean_std(change, "+.2f"))
+        lines.append(f"| {name} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 

@@ -4,10 +4,14 @@ all weights unchanged. One of the paper's open questions (Sec. 5): does BN help 
 
     python scripts/adabn.py --workdir=runs/mnist_bn [--shifts=inverted,rotated,noisy,low_contrast]
 
-The run's config and latest checkpoint are read from WORKDIR. Source statistics are Algorithm 2's over the
+WORKDIR and each of its seeds' siblings (`runs/mnist_bn_seed1`, ...: `bnrepro.figures.seed_dirs`, as Figure 1's
+command trains them) are adapted; each run's config and latest checkpoint are read from its directory. Source statistics are Algorithm 2's over the
 first `population_batches` training mini-batches (as the run evaluated); AdaBN's are over the shifted test
 images themselves, unlabelled, in mini-batches of the run's `batch_size` (transductive, as Li et al.). The
-shifts are in `bnrepro.data.shifts`. Prints the table and writes it to WORKDIR/adabn.md.
+shifts are in `bnrepro.data.shifts`. Prints each run's table and writes it to its directory's adabn.md, then,
+with seeds, the mean ± std over them (`bnrepro.figures.adabn_table`).
+
+Expected (Figure 1's BN net, 3 seeds): the README's results table.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import app, flags
 
-from bnrepro import data, layers, models
+from bnrepro import data, figures, layers, models
 from bnrepro.data import shifts
 from bnrepro.training.run_dir import CHECKPOINT_DIR, CONFIG_FILE
 from bnrepro.training.state import preprocess
@@ -36,12 +40,9 @@ def accuracy(model, variables: dict, images: jax.Array, labels: np.ndarray) -> f
     return float(np.mean(np.argmax(logits, -1) == labels))
 
 
-def main(argv: list[str]) -> None:
-    del argv
-    workdir = Path(_WORKDIR.value)
-    unknown = sorted(set(_SHIFTS.value) - set(shifts.SHIFTS))
-    if unknown:
-        raise app.UsageError(f"--shifts: unknown {unknown}; known: {list(shifts.SHIFTS)}.")
+def adapt(workdir: Path, shift_names: list[str]) -> dict[str, tuple[float, float]]:
+    """Test accuracy of the run in `workdir` on the test images and each of `shift_names`' shifts of them: with
+    the source statistics, and with AdaBN's re-estimated on the shifted images."""
     config = ml_collections.ConfigDict(json.loads((workdir / CONFIG_FILE).read_text()))
     checkpoints = ocp.CheckpointManager((workdir / CHECKPOINT_DIR).absolute())
     if checkpoints.latest_step() is None:
@@ -54,18 +55,32 @@ def main(argv: list[str]) -> None:
     source = preprocess(jnp.asarray(splits.train.images[: config.population_batches * config.batch_size]))
     variables = layers.adapt_to_domain(model, {"params": saved["params"], "batch_stats": saved["batch_stats"]},
                                        source, config.batch_size)  # fmt: skip
-
-    lines = ["| test images | source statistics | AdaBN | change |", "|---|---|---|---|"]
-    for name in ["none", *_SHIFTS.value]:
+    result = {}
+    for name in ["none", *shift_names]:
         images = splits.test.images if name == "none" else shifts.SHIFTS[name](splits.test.images)
         target = preprocess(jnp.asarray(images))
         source_only = accuracy(model, variables, target, splits.test.labels)
         adapted = accuracy(model, layers.adapt_to_domain(model, variables, target, config.batch_size), target,
                            splits.test.labels)  # fmt: skip
-        lines.append(f"| {name} | {source_only:.2%} | {adapted:.2%} | {100 * (adapted - source_only):+.2f} |")
-    table = "\n".join(lines)
-    print(f"AdaBN on {workdir} (step {checkpoints.latest_step()}, {config.dataset}):\n{table}")
-    (workdir / "adabn.md").write_text(table + "\n")
+        result[name] = (source_only, adapted)
+    print(f"AdaBN on {workdir} (seed {config.seed}, step {checkpoints.latest_step()}, {config.dataset}):")
+    return result
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    unknown = sorted(set(_SHIFTS.value) - set(shifts.SHIFTS))
+    if unknown:
+        raise app.UsageError(f"--shifts: unknown {unknown}; known: {list(shifts.SHIFTS)}.")
+    workdir = Path(_WORKDIR.value)
+    results = []
+    for run in figures.seed_dirs(workdir.parent, workdir.name) or [workdir]:
+        results.append(adapt(run, _SHIFTS.value))
+        table = figures.adabn_markdown(results[-1])
+        print(table)
+        (run / figures.ADABN_FILE).write_text(table + "\n")
+    if len(results) > 1:
+        print(f"\nAdaBN over {len(results)} seeds (mean ± std):\n{figures.adabn_table(results)}")
 
 
 if __name__ == "__main__":

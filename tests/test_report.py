@@ -288,10 +288,14 @@ def test_beyond_the_paper_rows_show_their_runs_and_the_rest_their_commands(tmp_p
         root / "small_batch" / "renorm", [{"step": 100, "test_accuracy": 0.5}, {"step": 200, "test_accuracy": 0.75}]
     )
     write_run(root / "seq" / "bn_lstm_rows", [{"step": 250, "test_accuracy": 0.877}], {"seed": 0, "num_steps": 3000})
-    write_run(root / "mnist_bn", figure1_evaluations([0.9, 0.95], 0.1))
-    (root / "mnist_bn" / experiments.ADABN_FILE).write_text(
-        "| test images | source statistics | AdaBN | change |\n|---|---|---|---|\n| none | 98.00% | 97.90% | -0.10 |\n"
-    )
+    adabn_seeds = {
+        0: {"none": (0.98, 0.979), "noisy": (0.75, 0.915)},
+        1: {"none": (0.975, 0.981), "noisy": (0.81, 0.92)},
+    }
+    for seed, result in adabn_seeds.items():
+        workdir = root / ("mnist_bn" if seed == 0 else f"mnist_bn_seed{seed}")
+        write_run(workdir, figure1_evaluations([0.9, 0.95], 0.1), {"seed": seed, "num_steps": 4000})
+        (workdir / figures.ADABN_FILE).write_text(figures.adabn_markdown(result) + "\n")
     document, markdown, _ = build(root, tmp_path)
     tables = html_tables(document)
 
@@ -310,8 +314,12 @@ def test_beyond_the_paper_rows_show_their_runs_and_the_rest_their_commands(tmp_p
     assert row(sequential, "LSTM, pixels")["seeds"] == "not run yet"
     assert row(sequential, "BN-LSTM, permuted pixels")["paper: test accuracy (pixel by pixel)"] == "95.4%"
     assert (
-        "LSTM, rows: not run yet — command:</span> <code>python -m bnrepro.main "
-        f"--config=configs/seq_mnist.py:lstm,rows --workdir={root}/seq/lstm_rows</code>"
+        "LSTM, rows: not run yet — command:</span> <code>python -m bnrepro.sweep "
+        f"--sweep=configs/sweeps/seq_rows.py --workdir={root}/seq</code>"
+    ) in document
+    assert (
+        "LSTM, pixels: not run yet — command:</span> <code>python -m bnrepro.main "
+        f"--config=configs/seq_mnist.py:lstm --workdir={root}/seq/lstm</code>"
     ) in document
 
     adabn = next(rows for caption, rows in tables.items() if caption.startswith("mnist_bn (seed 0)"))
@@ -320,6 +328,16 @@ def test_beyond_the_paper_rows_show_their_runs_and_the_rest_their_commands(tmp_p
         "source statistics": "98.00%",
         "AdaBN": "97.90%",
         "change": "-0.10",
+    }
+    over_seeds = tables["AdaBN over 2 seeds of the Figure 1 BN net: test accuracy, mean ± std"]
+    source, adapted = np.array([adabn_seeds[s]["noisy"] for s in (0, 1)]).T
+    change = 100 * (adapted - source)
+    assert row(over_seeds, "noisy") == {
+        "test images": "noisy",
+        "seeds": "2",
+        "source statistics": f"{source.mean():.2%} ± {source.std(ddof=1):.2%}",
+        "AdaBN": f"{adapted.mean():.2%} ± {adapted.std(ddof=1):.2%}",
+        "change (points)": f"{change.mean():+.2f} ± {change.std(ddof=1):.2f}",
     }
     statuses = {r[0]: r[2] for r in tables["Experiments"][1:]}
     assert statuses["Table 2 at CPU scale (Fashion-MNIST)"] == "run"

@@ -329,36 +329,33 @@ def ics(root: Path) -> Content | None:
     return Content([figure], [table, variant_table("Test accuracy per net", groups, root)], [], shown, [])
 
 
-ADABN_FILE = "adabn.md"  # what scripts/adabn.py writes into the run it adapts
-
-
 def adabn(root: Path) -> Content | None:
-    """scripts/adabn.py's table for the Figure 1 BN net (and each of its seeds adapted)."""
-    adapted = [run for run in read_variant(root, "mnist_bn") if (run.path / ADABN_FILE).exists()]
+    """scripts/adabn.py's table for the Figure 1 BN net: mean ± std over its adapted seeds, then each seed's."""
+    adapted = [run for run in read_variant(root, "mnist_bn") if (run.path / figures.ADABN_FILE).exists()]
     if not adapted:
         return None
     tables = [
         parse_markdown_table(
-            (run.path / ADABN_FILE).read_text(),
+            (run.path / figures.ADABN_FILE).read_text(),
             f"{run.path.relative_to(root).as_posix()} (seed {run.config.get('seed', '?')}): test "
             "accuracy with the source statistics and with AdaBN's",
         )
         for run in adapted
     ]
+    if len(adapted) > 1:
+        over_seeds = figures.adabn_table([figures.read_adabn(run.path) for run in adapted])
+        caption = f"AdaBN over {len(adapted)} seeds of the Figure 1 BN net: test accuracy, mean ± std"
+        tables.insert(0, parse_markdown_table(over_seeds, caption))
     return Content([], tables, [], [], [])
 
 
-SMALL_BATCH = (
-    Variant(
-        "BN",
-        "small_batch/bn",
-        "python -m bnrepro.main --config=configs/mnist_small_batch.py:bn --workdir={runs}/small_batch/bn",
-    ),
-    Variant(
-        "Batch Renorm",
-        "small_batch/renorm",
-        "python -m bnrepro.main --config=configs/mnist_small_batch.py:renorm --workdir={runs}/small_batch/renorm",
-    ),
+SMALL_BATCH_SWEEP = "python -m bnrepro.sweep --sweep=configs/sweeps/small_batch.py --workdir={runs}/small_batch"
+SEQ_ROWS_SWEEP = "python -m bnrepro.sweep --sweep=configs/sweeps/seq_rows.py --workdir={runs}/seq"
+
+
+SMALL_BATCH = (  # seed 0 of each alone: `python -m bnrepro.main --config=configs/mnist_small_batch.py:bn ...`
+    Variant("BN", "small_batch/bn", SMALL_BATCH_SWEEP),
+    Variant("Batch Renorm", "small_batch/renorm", SMALL_BATCH_SWEEP),
 )
 
 
@@ -373,7 +370,7 @@ def _lstm(net: str, options: tuple[str, ...], paper: str) -> Variant:
     label = f"{'BN-LSTM' if net == 'bn_lstm' else 'LSTM'}, {'permuted ' if 'permuted' in options else ''}"
     label += "rows" if "rows" in options else "pixels"
     command = f"python -m bnrepro.main --config=configs/seq_mnist.py:{','.join((net, *options))} --workdir={{runs}}/seq/{name}"
-    return Variant(label, f"seq/{name}", command, (paper,))
+    return Variant(label, f"seq/{name}", SEQ_ROWS_SWEEP if "rows" in options else command, (paper,))
 
 
 SEQUENTIAL = (
@@ -399,7 +396,7 @@ def sequential(root: Path) -> Content | None:
 
 
 def _commands(variants: Sequence[Variant]) -> str:
-    return "\n".join(variant.command for variant in variants)
+    return "\n".join(dict.fromkeys(variant.command for variant in variants))  # a sweep that trains several, once
 
 
 EXPERIMENTS = (
