@@ -420,17 +420,28 @@ def plot_ics(runs: dict[str, list[IcsRun]], layer: str) -> plt.Figure:
 
 
 def ics_summary(runs: dict[str, list[IcsRun]], layer: str) -> list[dict]:
-    """One row per net: each quantity of `ICS_QUANTITIES` (per-layer ones at `layer`) averaged over the second
-    half of training and the seeds, the final test accuracy, and the number of seeds."""
+    """One row per net: its number of seeds, and each seed's value of each quantity of `ICS_QUANTITIES` (per-layer
+    ones at `layer`) averaged over the second half of its training, and of its final test accuracy (`ics_cell`
+    writes them as mean ± std)."""
     rows = []
     for label, members in runs.items():
-        row = {"net": label, "seeds": len(members)}
+        row: dict[str, Any] = {"net": label, "seeds": len(members)}
         for key, per_layer, _ in ICS_QUANTITIES:
-            steps, values = _mean_curve(members, f"{key}/{layer}" if per_layer else key)
-            row[key.removeprefix("landscape/")] = float(np.mean(values[steps > steps[-1] / 2]))
-        row["final_accuracy"] = float(_mean_curve(members, "test_accuracy", source="evaluations")[1][-1])
+            name = f"{key}/{layer}" if per_layer else key
+            row[key.removeprefix("landscape/")] = [
+                float(np.mean([r[name] for r in run.diagnostics if r["step"] > run.diagnostics[-1]["step"] / 2]))
+                for run in members
+            ]
+        row["final_accuracy"] = [run.evaluations[-1]["test_accuracy"] for run in members]
         rows.append(row)
     return rows
+
+
+def ics_cell(key: str, value: Any) -> str:
+    """A cell of `ics_summary`'s table: per-seed values as mean ± std (accuracy in %, the rest to 3 digits)."""
+    if isinstance(value, list):
+        return mean_std(value, ".2%" if key == "final_accuracy" else ".3g")
+    return str(value)
 
 
 def markdown_table(

@@ -50,7 +50,7 @@ def main(argv: list[str]) -> None:
             f"--layer={layer}: not measured; the runs have {sorted(k[7:] for k in first if k.startswith('ics_l2/'))}."
         )
     figures.plot_ics(runs, layer).savefig(_OUT.value, dpi=110)
-    print(figures.markdown_table(figures.ics_summary(runs, layer)))
+    print(figures.markdown_table(figures.ics_summary(runs, layer), cell=figures.ics_cell))
     print(f"wrote {_OUT.value}")
 
 

@@ -390,8 +390,14 @@ def test_the_ics_sweep_shows_santurkar_et_al_figure_and_tables(tmp_path):
     ics = section(document, "ics")
     assert len(embedded_pngs(ics)) == 1 and "layer DenseBN_1" in ics
     tables = html_tables(document)
-    summary = tables["Gradient propagation, layer DenseBN_1: means over the second half of training and the seeds"]
-    assert row(summary, "relu, noisy BN")["seeds"] == "2" and row(summary, "relu, noisy BN")["ics_l2"] == "0.55"
+    summary = tables[
+        "Gradient propagation, layer DenseBN_1: means over the second half of training, mean ± std over the seeds"
+    ]
+    noisy = row(summary, "relu, noisy BN")
+    # ics_run's seeds: ICS 0.05 + seed at every step; loss variation 0.1 * step, steps 300 and 400 in the second half
+    assert noisy["seeds"] == "2" and noisy["ics_l2"] == f"{0.55:.3g} ± {np.std([0.05, 1.05], ddof=1):.3g}"
+    assert noisy["loss_variation"] == f"{35.0:.3g}" + f" ± {0.0:.3g}" and noisy["ics_cosine"] == "0.9 ± 0"
+    assert noisy["final_accuracy"] == f"{0.905:.2%} ± {np.std([0.9, 0.91], ddof=1):.2%}"
     per_net = tables["Test accuracy per net"]
     assert row(per_net, "sigmoid, BN")["final test accuracy"] == f"{0.905:.2%} ± {np.std([0.9, 0.91], ddof=1):.2%}"
     assert ics.count("<details>") == 6  # one config per net

@@ -286,12 +286,6 @@ def ablation(root: Path) -> Content | None:
 ICS_DIR = "sweeps/ics"
 
 
-def _ics_cell(key: str, value: Any) -> str:
-    if key == "final_accuracy":
-        return f"{value:.2%}"
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
 def ics(root: Path) -> Content | None:
     """Santurkar et al.'s measurements of the sweep's runs (`figures.plot_ics`, `figures.ics_summary`, as
     `scripts/plot_ics.py` draws and prints them) for the last hidden layer, and the variant table per net."""
@@ -305,9 +299,9 @@ def ics(root: Path) -> Content | None:
     summary = figures.ics_summary(runs, layer)
     columns = tuple(summary[0])
     table = Table(
-        f"Gradient propagation, layer {layer}: means over the second half of training and the seeds",
+        f"Gradient propagation, layer {layer}: means over the second half of training, mean ± std over the seeds",
         columns,
-        [tuple(_ics_cell(c, row[c]) for c in columns) for row in summary],
+        [tuple(figures.ics_cell(c, row[c]) for c in columns) for row in summary],
     )
     groups: dict[str, list[Run]] = {}
     for workdir in workdirs:
