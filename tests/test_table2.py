@@ -162,6 +162,10 @@ def test_a_failed_run_stops_the_script_with_its_name_and_error_from_any_director
             result.stdout[-3000:]
         )
     assert "6 of 6 Table 2 runs failed: inception, bn_baseline," in result.stdout
+    # BN-x30 trained in BN-x5's group: the log it is pointed to is that group's, and says why.
+    log = re.search(r"The bn_x30 run failed: .* \(log: (.*)\)", result.stdout)[1]
+    assert Path(tmp_path, log).resolve() == (tmp_path / "runs" / "bn_x5" / "train.log").resolve()
+    assert "config.learning_rate = -1" in Path(tmp_path, log).read_text()
     assert not (tmp_path / "runs" / "table2.md").exists()
 
     typo = subprocess.run(

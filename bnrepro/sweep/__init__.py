@@ -197,8 +197,8 @@ def _report(sweep: Sweep, workdir: Path, outcome: engine.GroupOutcome) -> None:
 
 def report_unfinished(sweep: Sweep, workdir: Path, rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """Prints, for each point of the summary `rows` that did not finish (failed, diverged, not run), its error and
-    its run directory's log (a group logs into its first point's); returns their run directory names. (For
-    scripts whose every run must finish.)"""
+    its run directory's log (its group's, linked); returns their run directory names. (For scripts whose every run
+    must finish.)"""
     unfinished = [(sweep.run_name(i), row) for i, row in enumerate(rows) if row["status"] != "finished"]
     for name, row in unfinished:
         print(f"\nThe {name} run failed: {row['error'] or 'it did not run'} (log: {workdir / name / engine.LOG_FILE})")

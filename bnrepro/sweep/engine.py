@@ -47,7 +47,7 @@ from bnrepro.training.run_dir import write_atomically
 
 LOOPBACK = "127.0.0.1"
 TOKEN_FILE = ".sweep_token"
-LOG_FILE = "train.log"  # a group's log, in its first point's run directory
+LOG_FILE = "train.log"  # a group's log, in its first point's run directory (a link to it in the others')
 # The longest temp folder whose Ray socket paths (".../ray/session_<date>_<pid>/sockets/plasma_store") fit AF_UNIX's
 # 107 bytes.
 MAX_TEMP_DIR_LENGTH = 40
@@ -194,7 +194,10 @@ def _train_group(
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "backend": jax.default_backend(),  # where JAX trains the group: gpu, tpu or cpu
     }
-    with _logging_to(path / sweep.run_name(indices[0]) / LOG_FILE), _own_cores(0 if accelerated else int(cpus)):
+    log = path / sweep.run_name(indices[0]) / LOG_FILE
+    for index in indices[1:]:  # every point's run directory shows its log
+        _link(path / sweep.run_name(index) / LOG_FILE, log)
+    with _logging_to(log), _own_cores(0 if accelerated else int(cpus)):
         where["cores"] = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
         points.run_points(sweep, indices, path, where)
     return where
@@ -211,6 +214,14 @@ def check_shared_workdir(workdir: Path, token: str) -> None:
             f"{workdir} on {socket.gethostname()} is not this sweep's workdir (its {TOKEN_FILE} is {found!r}): "
             "the sweep's --workdir must be on a filesystem all nodes share, at the same path."
         )
+
+
+def _link(link: Path, log: Path) -> None:
+    """`link` made a relative symbolic link to the group's `log` (in another point's run directory), unless a
+    file is there already (a log of the point's own from an earlier group)."""
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.exists() and not link.is_symlink():
+        link.symlink_to(os.path.relpath(log, link.parent))
 
 
 @contextlib.contextmanager

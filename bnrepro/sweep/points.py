@@ -142,10 +142,12 @@ def read_status(run_dir: Path) -> dict[str, Any] | None:
 
 
 def write_status(run_dir: Path, status: dict[str, Any]) -> None:
-    """Records how a point ended in `RUN_DIR/sweep_status.json` (atomically)."""
+    """Records how a point ended in `RUN_DIR/sweep_status.json` (atomically), and in the log with its error and
+    traceback, if any."""
     run_dir.mkdir(parents=True, exist_ok=True)
     write_atomically(run_dir / STATUS_FILE, json.dumps(status, indent=2) + "\n")
-    logging.info("%s: %s", run_dir.name, status["status"])
+    error = f": {status['error']}\n{status.get('traceback', '')}".rstrip() if status.get("error") else ""
+    logging.info("%s: %s%s", run_dir.name, status["status"], error)
 
 
 def failure(e: BaseException) -> dict[str, Any]:
