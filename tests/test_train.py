@@ -218,6 +218,33 @@ def test_evaluation_does_not_depend_on_the_batch_composition() -> None:
     assert not np.allclose(logits_train[:2], logits_alone_batch, atol=1e-3)
 
 
+def test_the_test_set_evaluated_batch_by_batch_is_one_batch_of_it_all() -> None:
+    """`steps.eval_batches` (batches of 1000 after the first 2,345 examples, the last padded and masked) gives the
+    sums and the per-example values of one `eval_step` over all of them, also for 3 rows per example (a conv
+    layer's locations)."""
+    state, _ = initial_state("bn")
+    images, labels = synthetic_dataset(2345, seed=2).take(jnp.arange(2345))
+    test = {"image": preprocess(images), "label": labels}
+    figure1 = Figure1Percentiles("DenseBN_2", 0).collect
+
+    def collect(intermediates):
+        rows = figure1(intermediates)["preactivation"]
+        return {
+            "preactivation": rows,
+            "locations": jnp.repeat(rows, 3, axis=0) * jnp.tile(jnp.arange(3.0), len(rows))[:, None],
+        }
+
+    whole_sums, whole = jax.jit(lambda t: eval_step(state, state.batch_stats, t, collect))(test)
+    sums, taken = jax.jit(lambda t: steps.eval_batches(state, state.batch_stats, t, collect, batch_size=1000))(test)
+    assert float(sums["count"]) == 2345 and float(sums["correct"]) == float(whole_sums["correct"])
+    np.testing.assert_allclose(sums["loss"], whole_sums["loss"], rtol=1e-5)
+    assert taken["preactivation"].shape == (2345, 100) and taken["locations"].shape == (3 * 2345, 100)
+    for key in ("preactivation", "locations"):
+        np.testing.assert_allclose(taken[key], whole[key], rtol=1e-5, atol=1e-6)
+    masked = {**test, "mask": jnp.arange(2345) % 2 == 0}  # a test set with a mask of its own keeps it
+    assert float(steps.eval_batches(state, state.batch_stats, masked, batch_size=1000)[0]["count"]) == 1173
+
+
 def test_unit_percentiles_of_a_known_distribution() -> None:
     """Fig. 1(b, c)'s percentiles of the plotted unit: of 0..100 (in any order) the kth percentile is k."""
     rng = np.random.default_rng(0)

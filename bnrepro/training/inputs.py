@@ -148,7 +148,7 @@ class OnDeviceInput:
                 images = preprocess(train_data.take(indices)[0])
                 batches = images.reshape((config.population_batches, config.batch_size) + images.shape[1:])
                 batch_stats = steps.population_batch_stats(model, state, batches)
-            return steps.eval_step(state, batch_stats, test, collect)
+            return steps.eval_batches(state, batch_stats, test, collect)
 
         over_models = self._layout.over_models
         self._evaluation = (

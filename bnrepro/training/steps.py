@@ -1,5 +1,6 @@
 """Pure, jittable steps over a `TrainState`: training (Algorithm 1 in the forward pass), the one evaluation step
-of the inference network (Algorithm 2, step 11), and Algorithm 2's population statistics for a whole model.
+of the inference network (Algorithm 2, step 11) and the test set evaluated batch by batch, and Algorithm 2's
+population statistics for a whole model.
 
 Inputs (`bnrepro.training.inputs`) compile these, `jax.vmap`ped over a model axis when a sweep stacks models.
 """
@@ -92,6 +93,33 @@ def eval_step(
         "count": jnp.sum(mask),
     }
     return sums, (collect(intermediates.get("intermediates", {})) if collect else {})
+
+
+EVAL_BATCH_SIZE = 1000  # examples per evaluation batch of a test set held on the devices (`eval_batches`)
+
+
+def eval_batches(
+    state: TrainState,
+    batch_stats: Any,
+    test: Mapping[str, jax.Array],
+    collect: Collect | None = None,
+    batch_size: int = EVAL_BATCH_SIZE,
+) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """`eval_step` over the whole test set `test`, `batch_size` examples at a time, one batch after another
+    (`lax.map`; the last padded and masked): the sums over all examples and what `collect` takes from each, as
+    one batch of them all gives (each example's output depends on it alone), with the memory of one batch."""
+    count = test["label"].shape[0]
+    size = min(batch_size, count)
+    pad = -count % size
+    padded = {key: jnp.pad(value, [(0, pad)] + [(0, 0)] * (value.ndim - 1)) for key, value in test.items()}
+    padded["mask"] = padded.get("mask", jnp.ones(count + pad, bool)).astype(bool) & (jnp.arange(count + pad) < count)
+    batches = jax.tree.map(lambda x: x.reshape((-1, size) + x.shape[1:]), padded)
+    sums, collected = jax.lax.map(lambda batch: eval_step(state, batch_stats, batch, collect), batches)
+
+    def per_example(x: jax.Array) -> jax.Array:  # (batches, size * k, ...): k rows per example, in order
+        return x.reshape((-1,) + x.shape[2:])[: count * (x.shape[1] // size)]
+
+    return jax.tree.map(lambda x: x.sum(0), sums), jax.tree.map(per_example, collected)
 
 
 def loss_and_accuracy(sums: Mapping[str, Any]) -> dict[str, float]:
