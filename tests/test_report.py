@@ -183,7 +183,7 @@ def test_an_empty_runs_directory_lists_every_experiment_as_not_run_with_its_comm
         assert f"<code>{command}</code>" in section(document, experiment.key)
         assert f"## {experiment.title}\n" in markdown and f"```\n{command}\n```" in markdown
     assert f"RUNS_DIR={root} bash scripts/reproduce_figure1.sh" in document
-    assert f"python scripts/table2.py --workdir={root}/table2" in document
+    assert f"python scripts/table2.py --workdir={root}/table2 --seeds=3" in document
     assert "commit at report time: " in document and "runs record no commit" in document
     assert "data:image/png" not in document and not list((tmp_path / "out").glob("*.png"))
 
