@@ -15,16 +15,15 @@ cores before JAX starts, as `bnrepro.main` does (for this net one core is fastes
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import time
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import app, flags
+from flax_mnist_mlp import BATCH, LR, FlaxMLP, flat_images, train_step_fn  # scripts/, next to this file
 from ml_collections import config_flags
 
 from bnrepro import data, models
@@ -40,8 +39,6 @@ _STEPS = flags.DEFINE_integer("steps", 5000, "Steps per timed repetition.")
 _STEPS_PER_DISPATCH = flags.DEFINE_integer("steps_per_dispatch", 1000, "Steps fused per program in our loop.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repetitions; the best is reported.")
 _CPU_CORES = flags.DEFINE_integer("cpu_cores", 1, "CPU cores to run on (0 = all).")
-
-BATCH, LR, INIT_STD = 60, 0.1, 0.1  # as configs/mnist_mlp.py
 
 
 def _best_rate(run_steps, steps: int, repeats: int) -> float:
@@ -81,38 +78,15 @@ def bench_ours(batch_norm: bool, backward: str = "paper") -> tuple[float, float]
     return compile_s, _best_rate(run_steps, _STEPS.value, _REPEATS.value)
 
 
-class FlaxMLP(nn.Module):
-    """The same net with `flax.linen.BatchNorm`: 784-100-100-100-10, sigmoid, BN before each sigmoid."""
-
-    @nn.compact
-    def __call__(self, x, train: bool):
-        init = nn.initializers.normal(INIT_STD)
-        for _ in range(3):
-            x = nn.Dense(100, use_bias=False, kernel_init=init)(x)
-            x = nn.sigmoid(nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-5)(x))
-        return nn.Dense(10, kernel_init=init)(x)
-
-
 def bench_flax_per_step(splits: data.Splits) -> tuple[float, float]:
-    """A per-step `jax.jit` loop with `flax.linen.BatchNorm`, batches fed from host memory."""
-    images = splits.train.images.reshape(-1, 784).astype(np.float32) / 255.0
-    labels = splits.train.labels
+    """A per-step `jax.jit` loop with `flax.linen.BatchNorm`, batches fed from host memory
+    (`scripts/flax_mnist_mlp.py`'s net and step)."""
+    images, labels = flat_images(splits.train), splits.train.labels
     model, tx = FlaxMLP(), optax.sgd(LR)
     variables = model.init(jax.random.key(0), jnp.zeros((BATCH, 784)), train=False)
     params, batch_stats = variables["params"], variables["batch_stats"]
     opt_state = tx.init(params)
-
-    @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
-    def step(params, batch_stats, opt_state, x, y):
-        def loss_fn(params):
-            logits, updates = model.apply(
-                {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
-            )
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), updates["batch_stats"]
-
-        (_, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), batch_stats, opt_state
+    step = train_step_fn(model, tx)
 
     start = time.perf_counter()
     compiled = step.lower(params, batch_stats, opt_state, images[:BATCH], labels[:BATCH]).compile()

@@ -208,6 +208,17 @@ def test_the_command_line_imports_tensorflow_datasets_only_to_read_a_tfds_datase
     assert "tensorflow_datasets" in heavy_modules_loaded(opened)
 
 
+def test_the_command_line_imports_grain_and_pil_only_for_an_imagenet_pipeline():
+    """Start-up: the datasets held on the device need neither grain nor PIL (~0.2 s of imports with what grain
+    pulls in); building an ImageNet pipeline imports grain, resizing an image PIL."""
+    code = "import json, sys\n{}\nprint(json.dumps([m for m in ('grain', 'PIL') if m in sys.modules]))"
+    assert _run_python(code.format("import bnrepro.main")) == []
+    built = "import numpy as np\nfrom bnrepro.data import imagenet\nimagenet.eval_dataset([0], batch_size=1)"
+    assert _run_python(code.format(built)) == ["grain"]
+    resized = f"{built}\nimagenet.crop_and_resize(np.zeros((4, 4, 3), np.uint8), imagenet.CropBox(0, 0, 4, 4), 2)"
+    assert _run_python(code.format(resized)) == ["grain", "PIL"]
+
+
 def test_the_heavy_module_check_sees_jax():
     assert "jax" in heavy_modules_loaded("import bnrepro.batchnorm")
 

@@ -26,6 +26,8 @@ way (:func:`read_batches`). :func:`train_iterator`, :func:`eval_iterator` and :f
 the trainer's interface.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import functools
 import math
@@ -33,14 +35,15 @@ import operator
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import grain
 import numpy as np
-import PIL.Image
 from absl import flags
 
 from bnrepro.data.core import DataError
+
+if TYPE_CHECKING:
+    import grain
 
 DATASET_NAME = "imagenet2012"
 NUM_CLASSES = 1000
@@ -60,6 +63,8 @@ STDDEV_RGB = (0.229, 0.224, 0.225)
 # the source does not say how its files are split (sub-splits such as 'train[:10%]', mock data).
 DEFAULT_SHARD_SIZE = 1251
 SHUFFLE_MODES = ("global", "within_shard", "shard_order")
+# grain and PIL are imported where a pipeline is built or an image resized: the trainer's other datasets (and the
+# config check, which reads the names above) do not pay their ~0.2 s of imports at start-up.
 
 
 # --- Source ----------------------------------------------------------------------------------------------------
@@ -200,6 +205,8 @@ def center_crop_box(height: int, width: int, crop_fraction: float = CROP_FRACTIO
 
 def crop_and_resize(image: np.ndarray, box: CropBox, size: int) -> np.ndarray:
     """Crops ``box`` out of a uint8 (H, W, 3) image and resizes it to (size, size, 3), bilinear (PIL, antialiased)."""
+    import PIL.Image
+
     pil_box = (box.left, box.top, box.left + box.width, box.top + box.height)
     resized = PIL.Image.fromarray(image).resize((size, size), PIL.Image.Resampling.BILINEAR, box=pil_box)
     return np.asarray(resized)
@@ -472,6 +479,8 @@ def read_batches(
     order: the same batches as in this process. Either way the iterator checkpoints with ``get_state()`` /
     ``set_state()``; close it (``iterator.close()``) to stop the workers when it is not read to its end.
     """
+    import grain
+
     read_options = read_options or grain.ReadOptions()
     if worker_count == 0:
         return examples.to_iter_dataset(read_options).batch(batch_size, drop_remainder=True)
@@ -554,6 +563,8 @@ def train_dataset(
     if length == 0:
         raise DataError(f"{num_epochs} epoch(s) of {sum(lengths)} examples hold no global batch of {global_batch}.")
     preprocess = TrainPreprocess(image_size=image_size, color_jitter=jitter, mean=mean, std=std, dtype=dtype)
+    import grain
+
     stream = (
         grain.MapDataset.source(ShuffledOrder(lengths, shuffle, seed, length))
         .map(functools.partial(operator.getitem, source))
@@ -607,6 +618,8 @@ def eval_dataset(
     per_process = -(-len(source) // process_count)
     padded = -(-per_process // batch_size) * batch_size
     preprocess = EvalPreprocess(image_size=image_size, crop_fraction=crop_fraction, mean=mean, std=std, dtype=dtype)
+    import grain
+
     positions = grain.MapDataset.range(process_index, process_index + padded * process_count, process_count)
     return read_batches(positions.map(_EvalExample(source, preprocess)), batch_size, read_options, worker_count)
 

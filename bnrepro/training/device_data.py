@@ -38,7 +38,8 @@ class Dataset:
         rows = np.ascontiguousarray(images.reshape(len(images), -1))
         if rows.dtype == np.uint8 and rows.shape[1] % 4 == 0:
             rows = rows.view(np.uint32)
-        return cls(jnp.asarray(rows), jnp.asarray(labels), tuple(images.shape[1:]), images.dtype)
+        # device_put: jnp.asarray would compile a small program per array (~40 ms each at start-up)
+        return cls(jax.device_put(rows), jax.device_put(labels), tuple(images.shape[1:]), images.dtype)
 
     def take(self, indices: jax.Array) -> tuple[jax.Array, jax.Array]:
         """The images (len(indices), *example_shape) and labels of the examples `indices`."""

@@ -17,13 +17,13 @@ population statistics of `population_batches` training mini-batches (`steps.popu
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import flax.linen as nn
-import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -37,6 +37,9 @@ from bnrepro.training.device_data import Dataset, epoch_permutation
 from bnrepro.training.hooks import MeasurementHook
 from bnrepro.training.sharding import ModelLayout
 from bnrepro.training.state import TrainState, preprocess
+
+if TYPE_CHECKING:
+    import grain
 
 
 class TrainChunk(NamedTuple):
@@ -56,7 +59,7 @@ class Evaluation(NamedTuple):
 
 
 class Input(Protocol):
-    def example_images(self) -> jax.Array:
+    def example_images(self) -> np.ndarray | jax.Array:
         """A mini-batch's worth of images (or one of that shape) to initialize a model with."""
 
     def compile(self, state: TrainState, collect: steps.Collect | None, measurements: Sequence[MeasurementHook]):
@@ -120,10 +123,12 @@ class OnDeviceInput:
         )  # fmt: skip
         self._config, self._model, self._layout = config, model, layout
         self.train_data = layout.place_data(Dataset.create(splits.train.images, splits.train.labels))
+        self._example_images = splits.train.images[: config.batch_size].copy()
+        # The test set is preprocessed on the host (`preprocess` of NumPy arrays runs in NumPy, to the same float32
+        # bits) and copied over: ops on the device would each compile a program at start-up.
         count = config.eval_examples or None
-        self._test = layout.place_data({
-            "image": preprocess(jnp.asarray(splits.test.images[:count])), "label": jnp.asarray(splits.test.labels[:count])
-        })  # fmt: skip
+        test = {"image": preprocess(splits.test.images[:count]), "label": splits.test.labels[:count]}
+        self._test = layout.place_data(jax.device_put(test))
         permute = functools.partial(epoch_permutation, num_examples=num_train)
         self._permute = jax.jit(layout.over_models(permute, (0, 0)))
         self._programs = {}  # one compiled training program per number of fused steps; there are few
@@ -131,8 +136,9 @@ class OnDeviceInput:
         self._measurements = []
         self._epoch, self._batch_index, self._permutation = 0, 0, None
 
-    def example_images(self) -> jax.Array:
-        return self.train_data.take(jnp.arange(self._config.batch_size))[0]
+    def example_images(self) -> np.ndarray:
+        """The first `batch_size` training images."""
+        return self._example_images
 
     def _permutation_of(self, state: TrainState) -> jax.Array:
         return self._layout.place_model_data(self._permute(state.rng, state.epoch))
@@ -238,6 +244,8 @@ class HostFedInput:
             "%s: %d training examples (%s), %d evaluation examples (%s).", config.dataset,
             len(self._train_source), config.input.train_split, len(self._eval_source), config.input.eval_split,
         )  # fmt: skip
+        import grain  # here, not at the top: the datasets that live on the device do not pay for its import
+
         self._read_options = grain.ReadOptions(
             num_threads=config.input.read_threads, prefetch_buffer_size=config.input.prefetch_buffer_size
         )
@@ -339,7 +347,7 @@ class HostFedInput:
     def measure(self, state: TrainState, index: int) -> dict[str, Any]:
         """Measurement `index` on the mini-batch of the latest step: batch step - 1 of the stream, read again
         in this process (without prefetching the batches after it)."""
-        once = grain.ReadOptions(num_threads=self._config.input.read_threads, prefetch_buffer_size=0)
+        once = dataclasses.replace(self._read_options, prefetch_buffer_size=0)
         batch = next(self._train_batches(self._config.seed, int(state.step) - 1, once, worker_count=0))
         return jax.device_get(self._measurements[index](state, self._to_devices(batch)))
 
