@@ -10,7 +10,9 @@ Everything here is a function of explicit arrays; no module state. The Flax laye
 
 Statistics are computed in (at least) float32 whatever the input dtype, and the output has
 the input's dtype. The variance is computed by the two-pass formula mean((x - mean)^2), which
-stays exact for inputs with a large offset where E[x^2] - E[x]^2 cancels catastrophically.
+stays exact for inputs with a large offset where E[x^2] - E[x]^2 cancels catastrophically; the
+paper's backward pass over several axes (convolutions) takes E[x^2] - E[x]^2 in one pass while no
+feature's mean is large against its spread, and the two passes otherwise (`_guarded_moments`).
 """
 
 from __future__ import annotations
@@ -100,14 +102,12 @@ def _moments(x: jax.Array, axes: tuple[int, ...], axis_name: str | None) -> tupl
 
 
 def _transform(x, gamma, beta, axes, eps, axis_name):
-    """Algorithm 1 in plain JAX: (y, mu_B, var_B, 1/sqrt(var_B + eps), x - mu_B).
+    """Algorithm 1 in plain JAX, two-pass moments: (y, mu_B, var_B, 1/sqrt(var_B + eps), x - mu_B).
 
     y = gamma xhat + beta is evaluated as (x - mu) (gamma / sqrt(var + eps)) + beta: the scale
     is formed on the feature vector, which saves a full-size multiply in both passes. The
-    centered x - mu is formed once and serves the variance, y and (as the residual) the backward
-    pass: XLA:CPU cannot fuse a per-feature broadcast into a reduction, so it materializes
-    x - mu for the variance anyway, and the backward pass then reads it instead of forming it
-    (or xhat) a second time.
+    centered x - mu is formed once and serves the variance, y and (as the residual of a dense
+    layer's paper backward pass) dl/dgamma and dl/dx.
     """
     mean = _mean(x, axes, axis_name)
     centered = x - mean
@@ -121,15 +121,45 @@ def _transform_autodiff(x, gamma, beta, axes, eps, axis_name):
     return _transform(x, gamma, beta, axes, eps, axis_name)[:3]
 
 
+# One-pass moments lose about log2(1 + mu^2 / var) bits of var_B to cancellation: past mu^2 = 16 var (|mu| > 4 sigma,
+# ~4 bits of float32's 24) a layer takes the two-pass formula instead (`_guarded_moments`).
+ONE_PASS_LIMIT = 16.0
+
+
+def _guarded_moments(x, axes, axis_name):
+    """Algorithm 1, lines 1-2, for statistics over several axes (a convolution's N, H, W):
+    (mu_B, var_B, two_pass), kept with singleton `axes`.
+
+    var_B = E[x^2] - mu_B^2 (clamped at 0) from two reductions of x alone, unless some feature's
+    mu_B^2 > ONE_PASS_LIMIT var_B, where that cancels: then (`two_pass`, the same on all devices)
+    var_B = mean((x - mu)^2), as `_moments`. On CPU the one-pass form is the faster one: XLA:CPU's
+    reductions take no per-feature broadcast, so the two-pass form writes x - mu out at full size
+    first, about half of what BN cost the CPU-scale BN-Inception step (scripts/bench_inception.py).
+    Under `vmap` with a per-model `two_pass` both forms are computed, one selected: a dense layer's
+    (N, d), small, and often vmapped in sweeps, keeps the two passes (`_transform`).
+    """
+    mean = _mean(x, axes, axis_name)
+    var = jnp.maximum(_mean(jnp.square(x), axes, axis_name) - jnp.square(mean), 0.0)
+    two_pass = jnp.any(jnp.square(mean) > ONE_PASS_LIMIT * var)
+    var = jax.lax.cond(two_pass, lambda: _mean(jnp.square(x - mean), axes, axis_name), lambda: var)
+    return mean, var, two_pass
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
 def _transform_paper(x, gamma, beta, axes, eps, axis_name):
-    """The backward pass written out from Sec. 3 (`_transform_paper_bwd`)."""
-    return _transform(x, gamma, beta, axes, eps, axis_name)[:3]
+    """Algorithm 1 (`_transform`, or with `_guarded_moments` over several axes), and the backward
+    pass written out from Sec. 3 (`_transform_paper_bwd`)."""
+    return _transform_paper_fwd(x, gamma, beta, axes, eps, axis_name)[0]
 
 
 def _transform_paper_fwd(x, gamma, beta, axes, eps, axis_name):
-    y, mean, var, inv_std, centered = _transform(x, gamma, beta, axes, eps, axis_name)
-    return (y, mean, var), (centered, gamma, inv_std)
+    if len(axes) == 1:
+        y, mean, var, inv_std, centered = _transform(x, gamma, beta, axes, eps, axis_name)
+        return (y, mean, var), (centered, gamma, inv_std)
+    mean, var, two_pass = _guarded_moments(x, axes, axis_name)
+    inv_std = jax.lax.rsqrt(var + eps)
+    y = (x - mean) * (gamma * inv_std) + beta  # elementwise: fuses with what follows (the nonlinearity)
+    return (y, mean, var), (x, mean, gamma, inv_std, two_pass)
 
 
 def _sum_to_shape(v: jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -149,19 +179,30 @@ def _transform_paper_bwd(axes, eps, axis_name, residuals, cotangents):
 
     Two reductions serve all six: sum_i dl/dxhat_i = gamma dl/dbeta and
     sum_i dl/dxhat_i (x_i - mu) = gamma sqrt(var + eps) dl/dgamma; the last term of dl/dmu is
-    zero because sum_i (x_i - mu) = 0. Both are taken on x_i - mu, the residual of the forward
-    pass (xhat_i = (x_i - mu) / sqrt(var + eps) is never formed at full size): dl/dgamma =
-    sum_i dl/dy_i (x_i - mu) / sqrt(var + eps), and dl/dvar 2 (x_i - mu) / m in dl/dx_i.
-    dl/dgamma and dl/dbeta are returned as this device's sums: `batch_norm` feeds replicated
-    gamma/beta in through `pcast`, whose transpose adds them up across devices. Cotangents that
-    reach the returned mu_B and var_B add to dl/dmu and dl/dvar.
+    zero because sum_i (x_i - mu) = 0. xhat_i is never formed at full size: dl/dgamma =
+    sum_i dl/dy_i (x_i - mu) / sqrt(var + eps), the sum taken on the forward pass's x - mu (a dense
+    layer), or over several axes as sum_i dl/dy_i x_i - mu dl/dbeta (reductions of full-size arrays
+    only, as in `_guarded_moments`), on x_i - mu where the forward pass found that to cancel
+    (`two_pass`). dl/dgamma and dl/dbeta are returned as this device's sums: `batch_norm` feeds
+    replicated gamma/beta in through `pcast`, whose transpose adds them up across devices.
+    Cotangents that reach the returned mu_B and var_B add to dl/dmu and dl/dvar.
     """
     del eps
-    centered, gamma, inv_std = residuals
     d_y, d_mean_out, d_var_out = cotangents
-    m = _reduced_count(centered, axes, axis_name)
-    d_gamma = jnp.sum(d_y * centered, axes, keepdims=True) * inv_std
     d_beta = jnp.sum(d_y, axes, keepdims=True)
+    if len(axes) == 1:
+        centered, gamma, inv_std = residuals
+        d_gamma = jnp.sum(d_y * centered, axes, keepdims=True) * inv_std
+    else:
+        x, mean, gamma, inv_std, two_pass = residuals
+        centered = x - mean  # fused into dl/dx (and the two-pass sum): not written out
+        d_y_centered = jax.lax.cond(
+            two_pass,
+            lambda: jnp.sum(d_y * centered, axes, keepdims=True),
+            lambda: jnp.sum(d_y * x, axes, keepdims=True) - mean * d_beta,
+        )
+        d_gamma = d_y_centered * inv_std
+    m = _reduced_count(centered, axes, axis_name)
     if axis_name is None:
         total_d_gamma, total_d_beta = d_gamma, d_beta
     else:

@@ -220,14 +220,60 @@ def test_virtual_batch_equal_to_whole_batch_is_plain_bn():
 # --- numerics ----------------------------------------------------------------------------------
 
 
-def test_large_offset_float32_variance_is_accurate_where_the_naive_formula_fails():
-    x = _random((256, 4), seed=7, offset=1e4)  # std 1 around 10,000
+@pytest.mark.parametrize("shape, axes", [((256, 4), (0,)), ((64, 2, 2, 4), (0, 1, 2))], ids=["dense", "conv"])
+def test_large_offset_float32_variance_is_accurate_where_the_naive_formula_fails(shape, axes):
+    """Dense layers keep two passes; over several axes the one-pass moments fall back to them here."""
+    x = _random(shape, seed=7, offset=1e4)  # std 1 around 10,000
     x32 = jnp.asarray(x, jnp.float32)
-    _, moments = batch_norm(x32, jnp.ones(4), jnp.zeros(4), axes=(0,))
-    true_var = np.asarray(x32, np.float64).var(0)
+    _, moments = batch_norm(x32, jnp.ones(4), jnp.zeros(4), axes=axes)
+    true_var = np.asarray(x32, np.float64).var(axes)
     np.testing.assert_allclose(moments.var, true_var, rtol=1e-3)
-    naive = jnp.mean(x32 * x32, 0) - jnp.mean(x32, 0) ** 2  # E[x^2] - E[x]^2
+    naive = jnp.mean(x32 * x32, axes) - jnp.mean(x32, axes) ** 2  # E[x^2] - E[x]^2
     assert np.max(np.abs(naive - true_var) / true_var) > 0.1  # the case is a real trap
+
+
+@pytest.mark.parametrize("offset", [1.0, 1e3], ids=["one_pass", "two_pass"])
+def test_paper_gradients_on_both_moment_paths_match_numpy_finite_differences(offset):
+    """Over several axes (a convolution's) the paper's rule takes var_B and sum_i dl/dy_i (x_i - mu) in one pass
+    unless a feature's mean is large against its spread (|mu| > 4 sigma, where that cancels): on either side its
+    float32 gradients are the float64 central differences of the NumPy re-derivation, at the same (float32)
+    inputs."""
+    rng = np.random.default_rng(11)
+    x = np.asarray(rng.normal(offset, 1.0, (4, 2, 2, 3)).astype(np.float32), np.float64)
+    gamma, beta = _params(3)
+    weights = np.cos(np.arange(x.size)).reshape(x.shape)
+
+    def numpy_loss(x, gamma, beta):
+        y, mean, var = ref.bn_train(x, gamma, beta, (0, 1, 2), EPS)
+        return np.sum(np.tanh(y) * weights) + 0.1 * np.sum(mean * var)
+
+    args32 = [jnp.asarray(a, jnp.float32) for a in (x, gamma, beta)]
+    grads = jax.grad(_loss_fn("paper", (0, 1, 2)), argnums=(0, 1, 2))(*args32)
+    h = 1e-6 * max(offset, 1.0)
+    for arg_index, grad in enumerate(grads):
+        args = [x, gamma, beta]
+        numeric = np.zeros_like(args[arg_index])
+        for idx in np.ndindex(numeric.shape):
+            plus, minus = [a.copy() for a in args], [a.copy() for a in args]
+            plus[arg_index][idx] += h
+            minus[arg_index][idx] -= h
+            numeric[idx] = (numpy_loss(*plus) - numpy_loss(*minus)) / (2 * h)
+        np.testing.assert_allclose(grad, numeric, rtol=2e-3, atol=2e-3)
+
+
+def test_models_vmapped_across_the_one_pass_limit_each_get_their_own_path():
+    """Under vmap the one-pass/two-pass choice is per model: a model with a large offset beside one without gets
+    the values and gradients it gets alone."""
+    x = jnp.stack([jnp.asarray(_random((4, 2, 2, 3), seed=s, offset=o), jnp.float32) for s, o in ((5, 1.0), (6, 1e3))])
+    gamma, beta = (jnp.asarray(p, jnp.float32) for p in _params(3))
+
+    def value_and_grads(x):
+        return jax.value_and_grad(_loss_fn("paper", (0, 1, 2)), argnums=(0, 1))(x, gamma, beta)
+
+    together = jax.vmap(value_and_grads)(x)
+    for model in range(2):
+        alone = value_and_grads(x[model])
+        jax.tree.map(lambda a, b, m=model: np.testing.assert_allclose(a[m], b, rtol=1e-5, atol=1e-5), together, alone)
 
 
 @pytest.mark.accelerator
