@@ -19,7 +19,20 @@ images/s per fully used core and varies less than images/s on a machine shared w
 
     python scripts/bench_input.py [--num_images=512] [--batches=40] [--workers=0,1,2] [--rounds=2]
 
-Measured (the defaults, torch 2.13 CPU; this 2-core VM shared with other work, load average 9-10; two runs):
+Measured on the idle 2-core VM (2026-12-02, the defaults, torch 2.13 CPU, one run):
+
+    | pipeline | workers | start (s) | images/s | images per CPU-second |
+    | --- | ---: | ---: | ---: | ---: |
+    | ours: grain | 0 | 0.1 | 654 | 345 |
+    | torch DataLoader + PIL | 0 | 0.1 | 451 | 452 |
+    | ours: grain | 1 | 2.2 | 502 | 291 |
+    | torch DataLoader + PIL | 1 | 0.1 | 385 | 366 |
+    | ours: grain | 2 | 3.7 | 686 | 346 |
+    | torch DataLoader + PIL | 2 | 0.1 | 721 | 375 |
+
+Idle, ours reads more images/s than torch's with 0 and 1 workers and 95% of them with 2, at 76-92% of torch's
+images per CPU-second (the target, torch's per core, is not met). Earlier, shared with other work, load average
+9-10, two runs:
 
     | pipeline | workers | start (s) | images/s | images per CPU-second |
     | --- | ---: | ---: | ---: | ---: |
