@@ -65,7 +65,8 @@ def png(figure: plt.Figure) -> bytes:
 
 
 def plot_accuracy_curves(groups: Mapping[str, Sequence[Run]], title: str) -> plt.Figure:
-    """Test accuracy over training, one colour per variant, one line per seed."""
+    """Test accuracy over training, one colour per variant, one line per seed (seed 0 darker); the legend gives
+    each variant's number of seeds."""
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for index, (label, runs) in enumerate(groups.items()):
         for seed, run in enumerate(runs):
@@ -77,7 +78,7 @@ def plot_accuracy_curves(groups: Mapping[str, Sequence[Run]], title: str) -> plt
                 color=f"C{index}",
                 lw=1.2,
                 alpha=0.9 if seed == 0 else 0.5,
-                label=label if seed == 0 else None,
+                label=(label if len(runs) == 1 else f"{label}, {len(runs)} seeds") if seed == 0 else None,
             )
     ax.set(title=title, xlabel="training step", ylabel="test accuracy")
     ax.grid(alpha=0.3)
@@ -116,7 +117,11 @@ def variants_content(
         caption, groups, root, extra=extra, paper_columns=paper_columns, paper={v.label: v.paper for v in variants}
     )
     ran = {label: runs for label, runs in groups.items() if any(run.evaluations for run in runs)}
-    curves = [Figure(f"{caption}: test accuracy over training", png(plot_accuracy_curves(ran, caption)))] if ran else []
+    curves = (
+        [Figure(f"{caption}: test accuracy over training, one line per seed", png(plot_accuracy_curves(ran, caption)))]
+        if ran
+        else []
+    )
     missing = [(v.label, v.command.format(runs=root.as_posix())) for v in variants if not groups[v.label]]
     return Content(curves, [table], [], _shown_configs(root, variants, groups), missing), groups
 
