@@ -221,20 +221,24 @@ def _start_long_sweep(tmp_path: Path) -> tuple[list[str], Path]:
     return [sys.executable, "-m", "bnrepro.sweep", f"--sweep={spec}", f"--workdir={workdir}"], workdir
 
 
-def _training(workdir: Path, sweeper: subprocess.Popen, other_than: int, after: int) -> tuple[int, int]:
+def _training(workdir: Path, sweeper: subprocess.Popen, other_than: int, after: int) -> int:
     """Waits until a worker other than PID `other_than` holds the point's run directory lock (its file says
-    "process PID on HOST (since ...)") and a checkpoint past step `after` exists; returns (PID, latest step)."""
+    "process PID on HOST (since ...)") and a checkpoint past step `after` exists; returns its PID."""
     deadline = time.monotonic() + 240
     while True:
         if sweeper.poll() is not None or time.monotonic() > deadline:
             pytest.fail(f"the sweep ended or stalled before the fault:\n{sweeper.communicate()[0][-3000:]}")
-        steps = [int(p.name) for p in (workdir / "seed=0" / CHECKPOINT_DIR).glob("*") if p.name.isdigit()]
         lock = workdir / "seed=0" / run_dir.LOCK_FILE
         found = re.match(r"process (\d+) ", lock.read_text()) if lock.exists() else None  # empty while rewritten
         holder = int(found[1]) if found else other_than
-        if holder != other_than and max(steps, default=0) > after:
-            return holder, max(steps)
+        if holder != other_than and _latest_step(workdir) > after:
+            return holder
         time.sleep(0.1)
+
+
+def _latest_step(workdir: Path) -> int:
+    """The step of the point's latest finished checkpoint (0 if none)."""
+    return max((int(p.name) for p in (workdir / "seed=0" / CHECKPOINT_DIR).glob("*") if p.name.isdigit()), default=0)
 
 
 def _gone_within(pid: int, seconds: float) -> bool:
@@ -266,11 +270,11 @@ def test_a_killed_worker_ctrl_c_and_a_killed_sweep_lose_nothing_and_a_rerun_fini
         subprocess.Popen, command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     sweeper = popen()
-    first, step = _training(
-        workdir, sweeper, other_than=0, after=1_000
-    )  # a good checkpoint before the one a kill may tear
+    first = _training(workdir, sweeper, other_than=0, after=1_000)  # a good checkpoint before one a kill may tear
     os.kill(first, signal.SIGKILL)
-    retried, step = _training(workdir, sweeper, other_than=first, after=step)  # resumed in another worker
+    assert _gone_within(first, 30)
+    # Past the checkpoints the killed worker left: a new worker takes the lock before it resumes from them.
+    retried = _training(workdir, sweeper, other_than=first, after=_latest_step(workdir))
 
     sweeper.send_signal(signal.SIGINT)
     output, _ = sweeper.communicate(timeout=120)
@@ -280,7 +284,7 @@ def test_a_killed_worker_ctrl_c_and_a_killed_sweep_lose_nothing_and_a_rerun_fini
     assert _gone_within(retried, 30), f"the worker {retried} outlived the sweep"
 
     sweeper = popen()
-    third, _ = _training(workdir, sweeper, other_than=retried, after=step)
+    third = _training(workdir, sweeper, other_than=retried, after=_latest_step(workdir))
     sweeper.kill()
     sweeper.communicate()
     assert _gone_within(third, 30), f"the worker {third} outlived the sweep"
