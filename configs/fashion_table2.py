@@ -39,7 +39,7 @@ accuracy evaluated every 250 steps; ~3 h for the 18 runs on a 2-core CPU shared 
 As in the paper: sigmoid without BN never leaves chance (every seed), with BN it trains; every BN run reaches
 the baseline's best sooner (BN-x5 1.9x, BN-Baseline 1.3x); BN-x30 is slower to the threshold than BN-x5, as the
 paper's own 2.7e6 vs 2.1e6 steps. What the seeds show: inception's own best varies by 2.3 points between seeds
-(83.9% to 86.2%), the BN runs' by at most 0.4; BN-x5 beats BN-x30 for every seed (its worst max, 88.8%, above
+(83.9% to 86.2%), the BN runs' by less than half a point; BN-x5 beats BN-x30 for every seed (its worst max, 88.8%, above
 BN-x30's best, 86.9%; sooner at the threshold in every pair), and the sigmoid BN net is the best run for every
 seed (89.5% to 89.9% against BN-x5's 88.8% to 89.0%). So at 1.6 epochs these are findings, not seed noise.
 The paper's BN-x30 overtook BN-x5 only after far longer training, and most runs here still improve at step
