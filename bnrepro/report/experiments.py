@@ -69,6 +69,7 @@ def plot_accuracy_curves(groups: Mapping[str, Sequence[Run]], title: str) -> plt
     each variant's number of seeds."""
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for index, (label, runs) in enumerate(groups.items()):
+        legend = label if len(runs) == 1 else f"{label}, {len(runs)} seeds"
         for seed, run in enumerate(runs):
             steps = [r["step"] for r in run.evaluations]
             accuracies = [r["test_accuracy"] for r in run.evaluations]
@@ -78,7 +79,7 @@ def plot_accuracy_curves(groups: Mapping[str, Sequence[Run]], title: str) -> plt
                 color=f"C{index}",
                 lw=1.2,
                 alpha=0.9 if seed == 0 else 0.5,
-                label=(label if len(runs) == 1 else f"{label}, {len(runs)} seeds") if seed == 0 else None,
+                label=legend if seed == 0 else None,
             )
     ax.set(title=title, xlabel="training step", ylabel="test accuracy")
     ax.grid(alpha=0.3)
