@@ -50,7 +50,15 @@ script alone; PyTorch 2.13 CPU wheel):
     | PyTorch eager, no BN | 0.5 | 368.9 | +0.0% | 1.15x |
     | PyTorch eager, BN | 1.4 | 422.5 | +14.5% | 1.00x |
 
-So, idle: at the CPU scale ours equals PyTorch eager (0.99x) and is 0.75x of torch.compile; at 224 px it is
+Since then (2026-12-03, idle, same commands, no torch.compile rows): 1x1 convolutions run as matmuls
+(`bnrepro.layers.conv_general_dilated`: XLA:CPU took 3-5x longer for their kernel gradients as convolutions) and
+the separable stem as one convolution with the product kernel (`SeparableConvBN`). 224 px, batch 8, the tree before
+and after in back-to-back runs: BN 742.2 -> 505.9 ms (no BN 662.7 -> 455.4), BN overhead +11.1%; so ~0.83x of
+PyTorch eager's 422.5 above. CPU scale: BN 40.6 ms (no BN 32.8, +23.7%) against PyTorch eager's 43.8 in the same
+run (1.08x), ~0.85x of torch.compile's 34.5 above. Still slowest at 224 px: the 3x3 kernel gradients (conv2's:
+52 ms, 2.4x its forward) and the pools (reduce-window forward 2-6x slower than a max over 9 strided slices).
+
+So, before those two changes, idle: at the CPU scale ours equals PyTorch eager (0.99x) and is 0.75x of torch.compile; at 224 px it is
 0.63x of PyTorch eager (it was 0.42x before the max-pool and stem rewrites below). BN costs us +22% at the CPU
 scale, as much as flax.linen.BatchNorm's (+20%: the layer is not the difference, XLA:CPU's code for it is), against
 torch.compile's +5.5%; our no-BN net alone is 1.16x torch.compile's no-BN step. The targets (>= PyTorch eager at
@@ -62,7 +70,7 @@ good for ratios within a table only, and PyTorch's OpenMP threads lose more to l
 PyTorch eager step of the CPU-scale net took 3.6 s against 52 ms, ours 85-105 ms against 43-51, so the PyTorch
 ratios below flatter us; on the idle machine before these changes ours took 1,170-1,240 ms at 224 px against
 PyTorch eager's 490-510, and the 1.4x gained here would leave ~0.6x). "before" is the net as it was before `inception.max_pool` and
-`inception.DepthwiseConv` (XLA's select-and-scatter max-pool gradient and the grouped stem convolution), timed
+the stem's block-diagonal dense convolution (XLA's select-and-scatter max-pool gradient and the grouped stem convolution), timed
 in the same run by a scratch harness; PyTorch is 2.13 (CPU wheel).
 
 CPU scale (the defaults, `--cpu_cores=0 --torch_compile`, 10 steps, best of 5; load 2-3 with the compile):

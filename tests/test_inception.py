@@ -376,20 +376,42 @@ def test_max_pool_and_its_gradient_equal_flax_max_pool_under_autodiff(shape, str
     np.testing.assert_allclose(batched[1], jax.grad(flax)(-x), rtol=1e-6, atol=1e-6)
 
 
-def test_depthwise_conv_equals_a_grouped_convolution_and_its_gradients():
-    """The stem's `DepthwiseConv` (a dense convolution with a block-diagonal kernel) against Flax's grouped
-    `nn.Conv(feature_group_count=channels)` with the same kernel: output and both gradients."""
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_separable_stem_equals_a_grouped_then_a_pointwise_convolution_and_its_gradients(batch_norm):
+    """The stem's `SeparableConvBN` (one convolution with the product kernel P D) against Flax's grouped
+    `nn.Conv(feature_group_count=channels)` followed by a 1x1 `nn.Conv` (with its bias when there is no BN) and
+    `nn.BatchNorm`, from the same parameters: the output and the gradients of both kernels, the bias and the input."""
     u = jnp.asarray(np.random.default_rng(0).normal(size=(2, 11, 11, 3)), jnp.float32)
-    depthwise = inception.DepthwiseConv(4, (7, 7), (2, 2), nn.initializers.lecun_normal())
-    grouped = nn.Conv(12, (7, 7), strides=(2, 2), padding="SAME", feature_group_count=3, use_bias=False)
-    variables = depthwise.init(jax.random.key(0), u)
-    assert variables["params"]["kernel"].shape == grouped.init(jax.random.key(0), u)["params"]["kernel"].shape
+    ours = inception.SeparableConvBN(5, (7, 7), (2, 2), depth_multiplier=4, activation="tanh", batch_norm=batch_norm)
+    variables = ours.init(jax.random.key(0), u, train=True)
 
-    def loss(module, variables, u):
-        return jnp.sum(jnp.sin(module.apply(variables, u)))
+    def reference(variables, u):
+        params = variables["params"]
+        grouped = nn.Conv(12, (7, 7), strides=(2, 2), padding="SAME", feature_group_count=3, use_bias=False)
+        x = grouped.apply({"params": params["depthwise"]}, u)
+        x = nn.Conv(5, (1, 1), use_bias=not batch_norm).apply({"params": params["pointwise"]}, x)
+        if batch_norm:  # Flax's layer, biased variance: the output in training does not depend on that choice
+            x, _ = nn.BatchNorm(use_running_average=False, epsilon=1e-5).apply(
+                {"params": params["BatchNorm_0"], "batch_stats": variables["batch_stats"]["BatchNorm_0"]},
+                x,
+                mutable=["batch_stats"],
+            )
+        return jnp.tanh(x)
 
-    np.testing.assert_allclose(depthwise.apply(variables, u), grouped.apply(variables, u), rtol=1e-5, atol=1e-5)
-    for argnum in (0, 1):  # the kernel, the input
-        ours = jax.grad(functools.partial(loss, depthwise), argnum)(variables, u)
-        theirs = jax.grad(functools.partial(loss, grouped), argnum)(variables, u)
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), ours, theirs)
+    def apply(variables, u):
+        return (
+            ours.apply(variables, u, train=True, mutable=["batch_stats"])[0]
+            if batch_norm
+            else ours.apply(variables, u, train=True)
+        )
+
+    assert variables["params"]["depthwise"]["kernel"].shape == (7, 7, 1, 12)
+    assert variables["params"]["pointwise"]["kernel"].shape == (1, 1, 12, 5)
+    assert ("bias" in variables["params"]["pointwise"]) is not batch_norm
+    np.testing.assert_allclose(apply(variables, u), reference(variables, u), rtol=1e-5, atol=1e-5)
+    for argnum in (0, 1):  # the parameters, the input
+        grads = [
+            jax.grad(lambda *a, f=f: jnp.sum(jnp.sin(f(*a)) * u[:, :6, :6, :1]), argnum)(variables, u)
+            for f in (apply, reference)
+        ]
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), *grads)

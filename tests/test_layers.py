@@ -8,7 +8,7 @@ import numpy as np
 import numpy_reference as ref
 import pytest
 
-from bnrepro.layers import BatchNorm, ConvBN, DenseBN, population_statistics
+from bnrepro.layers import BatchNorm, ConvBN, DenseBN, conv_general_dilated, population_statistics
 
 MOMENTUM, EPS = 0.9, 1e-3
 
@@ -112,6 +112,38 @@ def test_conv_bn_statistics_per_feature_map():
     assert z.shape == (2, 5, 5, 4)
     np.testing.assert_allclose(np.asarray(z).reshape(-1, 4).mean(0), 0.0, atol=1e-5)
     np.testing.assert_allclose(np.asarray(z).reshape(-1, 4).var(0), 1.0, rtol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "kernel_size, strides, padding, matmul",
+    [
+        ((1, 1), (1, 1), "SAME", True),
+        ((1, 1), (1, 1), "VALID", True),
+        ((1, 1), (1, 1), ((0, 0), (0, 0)), True),
+        ((1, 1), (2, 2), "SAME", False),  # strided: not a plain matmul
+        ((1, 1), (1, 1), ((1, 1), (0, 1)), False),  # padded
+        ((3, 3), (1, 1), "SAME", False),
+        ((1,), (1,), "SAME", True),  # one spatial axis (N, W, C)
+    ],
+)
+def test_conv_general_dilated_computes_1x1_convolutions_as_matmuls(kernel_size, strides, padding, matmul):
+    """`nn.Conv` with our `conv_general_dilated` against Flax's own (`lax.conv_general_dilated`), from the same
+    parameters: the output and the gradients of the kernel, the bias and the input; and a 1x1 convolution
+    (only that) runs as a dot_general, forward and backward, with no convolution left."""
+    x = _inputs((2, 6, 5, 7)[: len(kernel_size) + 1] + (7,))
+    ours = nn.Conv(4, kernel_size, strides, padding=padding, conv_general_dilated=conv_general_dilated)
+    flax = nn.Conv(4, kernel_size, strides, padding=padding)
+    variables = flax.init(jax.random.key(0), x)
+    np.testing.assert_allclose(ours.apply(variables, x), flax.apply(variables, x), rtol=1e-5, atol=1e-5)
+    for argnum in (0, 1):
+        grads = [
+            jax.grad(lambda v, u, m=m: jnp.sum(jnp.sin(m.apply(v, u))), argnum)(variables, x) for m in (ours, flax)
+        ]
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), *grads)
+    jaxpr = jax.make_jaxpr(jax.grad(lambda v: jnp.sum(jnp.sin(ours.apply(v, x)))))(variables)
+    primitives = {e.primitive.name for e in jaxpr.eqns}
+    assert ("conv_general_dilated" in primitives) is not matmul
+    assert ("dot_general" in primitives) is matmul
 
 
 def test_unknown_activation_names_the_choices():
