@@ -188,20 +188,29 @@ def _transform_paper_bwd(axes, eps, axis_name, residuals, cotangents):
     Cotangents that reach the returned mu_B and var_B add to dl/dmu and dl/dvar.
     """
     del eps
-    d_y, d_mean_out, d_var_out = cotangents
-    d_beta = jnp.sum(d_y, axes, keepdims=True)
     if len(axes) == 1:
         centered, gamma, inv_std = residuals
-        d_gamma = jnp.sum(d_y * centered, axes, keepdims=True) * inv_std
-    else:
-        x, mean, gamma, inv_std, two_pass = residuals
-        centered = x - mean  # fused into dl/dx (and the two-pass sum): not written out
-        d_y_centered = jax.lax.cond(
-            two_pass,
-            lambda: jnp.sum(d_y * centered, axes, keepdims=True),
-            lambda: jnp.sum(d_y * x, axes, keepdims=True) - mean * d_beta,
-        )
-        d_gamma = d_y_centered * inv_std
+        return _paper_gradients(cotangents, centered, centered, gamma, inv_std, axes, axis_name)
+    x, mean, gamma, inv_std, two_pass = residuals
+    # The whole backward pass in each branch: with only dl/dgamma's sum under the `cond`, XLA:CPU fused nothing
+    # across it, and BN cost the CPU-scale BN-Inception step (scripts/bench_inception.py, one core, both forms in
+    # one process) +22% over no BN, against +15% so, as much as with no guard (one-pass always) at all.
+    return jax.lax.cond(
+        two_pass,
+        lambda: _paper_gradients(cotangents, x - mean, x - mean, gamma, inv_std, axes, axis_name),
+        lambda: _paper_gradients(cotangents, x, x - mean, gamma, inv_std, axes, axis_name, mean=mean),
+    )
+
+
+def _paper_gradients(cotangents, summed, centered, gamma, inv_std, axes, axis_name, mean=None):
+    """`_transform_paper_bwd`'s formulas, dl/dgamma from sum_i dl/dy_i `summed`_i: `summed` is x - mu
+    (`centered`), or x itself with `mean` given (then minus mu dl/dbeta)."""
+    d_y, d_mean_out, d_var_out = cotangents
+    d_beta = jnp.sum(d_y, axes, keepdims=True)
+    d_y_centered = jnp.sum(d_y * summed, axes, keepdims=True)
+    if mean is not None:
+        d_y_centered = d_y_centered - mean * d_beta
+    d_gamma = d_y_centered * inv_std
     m = _reduced_count(centered, axes, axis_name)
     if axis_name is None:
         total_d_gamma, total_d_beta = d_gamma, d_beta
