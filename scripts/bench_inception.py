@@ -22,101 +22,77 @@ to `--cpu_cores` cores before JAX starts, as `bnrepro.main` does.
     python scripts/bench_inception.py [--steps=10] [--repeats=10] [--cpu_cores=1] [--torch_path=DIR]
     python scripts/bench_inception.py --cpu_cores=0 --image_size=224 --width_multiplier=1.0 --batch_size=8
 
-Measured back to back on the idle 2-core x86 VM (2026-12-02, 22:53-23:00, load average 1.5-1.8 from this
-script alone; PyTorch 2.13 CPU wheel):
+Measured 2026-12-03 (07:13-07:28) on the 2-core x86 VM, PyTorch 2.13 CPU wheel, nothing else of ours running
+but a VM whose speed drifted by up to 1.3x between runs (the same PyTorch eager 224 px step took 422 ms the evening
+before): read the ratios within a table, not the milliseconds across tables.
 
     python scripts/bench_inception.py --cpu_cores=0 --repeats=5 --torch_path=DIR --torch_compile
 
     | variant | compile (s) | ms/step | overhead vs no BN | speed vs PyTorch eager BN |
     | --- | ---: | ---: | ---: | ---: |
-    | no BN | 5.8 | 37.9 | +0.0% | 1.21x |
-    | BN, paper VJP (default) | 9.2 | 46.3 | +22.2% | 0.99x |
-    | BN, autodiff | 8.6 | 46.0 | +21.2% | 1.00x |
-    | BN, flax.linen.BatchNorm | 9.0 | 45.5 | +19.9% | 1.01x |
-    | PyTorch eager, no BN | 0.1 | 40.2 | +0.0% | 1.14x |
-    | PyTorch eager, BN | 0.1 | 46.0 | +14.4% | 1.00x |
-    | PyTorch torch.compile, no BN | 100.3 | 32.7 | +0.0% | 1.41x |
-    | PyTorch torch.compile, BN | 2.7 | 34.5 | +5.5% | 1.33x |
+    | no BN | 7.0 | 33.8 | +0.0% | 1.40x |
+    | BN, paper VJP (default) | 13.1 | 39.3 | +16.3% | 1.21x |
+    | BN, autodiff | 9.1 | 44.7 | +32.1% | 1.06x |
+    | BN, flax.linen.BatchNorm | 8.2 | 43.3 | +27.9% | 1.10x |
+    | PyTorch eager, no BN | 0.1 | 41.8 | +0.0% | 1.14x |
+    | PyTorch eager, BN | 0.1 | 47.4 | +13.5% | 1.00x |
+    | PyTorch torch.compile, no BN | 3.2 | 33.6 | +0.0% | 1.41x |
+    | PyTorch torch.compile, BN | 2.7 | 35.6 | +6.1% | 1.33x |
+
+(torch.compile's compile times are from its warm on-disk cache; cold, ~100 s.) A second run right after it
+(`--repeats=8`), the VM slower: BN 46.6 ms, +27.1% over no BN (flax.linen.BatchNorm +35.5%), PyTorch eager 50.0,
+torch.compile 40.9. So at the CPU scale our BN step is 1.07-1.21x PyTorch eager and 0.88-0.91x torch.compile, and
+BN costs +16-27% on two cores. On one core (`--cpu_cores=1 --repeats=5 --torch_path=DIR`): no BN 72.2 ms, BN
+76.4 (+5.9%; flax.linen.BatchNorm +20.9%), PyTorch eager BN 92.3 (1.21x).
 
     python scripts/bench_inception.py --cpu_cores=0 --image_size=224 --width_multiplier=1.0 --batch_size=8 \
         --steps=3 --repeats=4 --torch_path=DIR
 
     | variant | compile (s) | ms/step | overhead vs no BN | speed vs PyTorch eager BN |
     | --- | ---: | ---: | ---: | ---: |
-    | no BN | 5.1 | 594.8 | +0.0% | 0.71x |
-    | BN, paper VJP (default) | 9.5 | 675.8 | +13.6% | 0.63x |
-    | BN, autodiff | 7.5 | 681.6 | +14.6% | 0.62x |
-    | BN, flax.linen.BatchNorm | 6.6 | 673.4 | +13.2% | 0.63x |
-    | PyTorch eager, no BN | 0.5 | 368.9 | +0.0% | 1.15x |
-    | PyTorch eager, BN | 1.4 | 422.5 | +14.5% | 1.00x |
+    | no BN | 5.4 | 560.6 | +0.0% | 0.98x |
+    | BN, paper VJP (default) | 11.4 | 630.5 | +12.5% | 0.87x |
+    | BN, autodiff | 9.7 | 621.7 | +10.9% | 0.88x |
+    | BN, flax.linen.BatchNorm | 10.5 | 626.7 | +11.8% | 0.87x |
+    | PyTorch eager, no BN | 0.8 | 454.4 | +0.0% | 1.21x |
+    | PyTorch eager, BN | 2.3 | 548.2 | +20.6% | 1.00x |
 
-Since then (2026-12-03, idle, same commands, no torch.compile rows): 1x1 convolutions run as matmuls
-(`bnrepro.layers.conv_general_dilated`: XLA:CPU took 3-5x longer for their kernel gradients as convolutions) and
-the separable stem as one convolution with the product kernel (`SeparableConvBN`). 224 px, batch 8, the tree before
-and after in back-to-back runs: BN 742.2 -> 505.9 ms (no BN 662.7 -> 455.4), BN overhead +11.1%; so ~0.83x of
-PyTorch eager's 422.5 above. CPU scale: BN 40.6 ms (no BN 32.8, +23.7%) against PyTorch eager's 43.8 in the same
-run (1.08x), ~0.85x of torch.compile's 34.5 above. Still slowest at 224 px: the 3x3 kernel gradients (conv2's:
-52 ms, 2.4x its forward) and the pools (reduce-window forward 2-6x slower than a max over 9 strided slices).
+Targets of issue 15 and where they stand: >= PyTorch eager at 224 px: 0.87x (0.42x at the start); >= torch.compile
+at the CPU scale: 0.88-0.91x (0.74x); BN overhead <= 10% at the CPU scale: +16-27% on two cores, +6-15% on one
+(~20%). Not met; what changed, what did not help, and where the time goes:
 
-So, before those two changes, idle: at the CPU scale ours equals PyTorch eager (0.99x) and is 0.75x of torch.compile; at 224 px it is
-0.63x of PyTorch eager (it was 0.42x before the max-pool and stem rewrites below). BN costs us +22% at the CPU
-scale, as much as flax.linen.BatchNorm's (+20%: the layer is not the difference, XLA:CPU's code for it is), against
-torch.compile's +5.5%; our no-BN net alone is 1.16x torch.compile's no-BN step. The targets (>= PyTorch eager at
-224 px, >= torch.compile at the CPU scale, BN <= 10%) are not met; where the time goes and what was tried is below.
+Kept, in the order they landed (224 px figures are one BN step, 8 images):
+* `inception.max_pool`: the max-pool gradient without XLA's select-and-scatter, which XLA:CPU runs as a serial
+  scatter (190 ms for the stem pool's gradient alone, 155 ms for the second pool's; now elementwise, ~15 ms).
+* The stem's separable convolution as one dense convolution with the product kernel (`SeparableConvBN`; the
+  grouped 7x7 convolution's kernel gradient took 650 ms as a 3-D convolution over the whole image).
+* 1x1 convolutions as matmuls (`layers.conv_general_dilated`; XLA:CPU took 3-5x longer for their kernel
+  gradients as convolutions). With the stem: 742 -> 506 ms (idle, back to back).
+* BN over a convolution's N, H, W: one-pass moments guarded by a per-layer two-pass fallback
+  (`batchnorm._guarded_moments`) and dl/dgamma as sum dy x - mu sum dy, so that x - mu is never written out
+  (XLA:CPU's reductions take no per-feature broadcast; the two-pass form wrote it at full size in 69 fusions).
+* The paper backward's whole pass under the one-pass/two-pass `cond` (`batchnorm._transform_paper_bwd`): with only
+  dl/dgamma's sum inside it XLA:CPU fused nothing across it. In one process, interleaved, one core, 30 rounds:
+  BN's overhead +22.3% -> +14.6% (best; medians +27.0% -> +11.5%), the same as with no guard at all (+15.2%).
 
-Earlier, on the same VM shared with other work:
-Measured 2026-12-02 on the 2-core x86 VM, all cores, shared (load average 2-6 from other jobs: the numbers are
-good for ratios within a table only, and PyTorch's OpenMP threads lose more to load than XLA's: at load ~9 one
-PyTorch eager step of the CPU-scale net took 3.6 s against 52 ms, ours 85-105 ms against 43-51, so the PyTorch
-ratios below flatter us; on the idle machine before these changes ours took 1,170-1,240 ms at 224 px against
-PyTorch eager's 490-510, and the 1.4x gained here would leave ~0.6x). "before" is the net as it was before `inception.max_pool` and
-the stem's block-diagonal dense convolution (XLA's select-and-scatter max-pool gradient and the grouped stem convolution), timed
-in the same run by a scratch harness; PyTorch is 2.13 (CPU wheel).
+Tried and not kept:
+* Pools as maxima / sums over the 9 strided slices of each window (`reduce_window` alone is 2-6x slower:
+  3.6 against 1.7 ms for the stem pool, 2.7 against 0.45 ms for a 3x3 average over 8x28x28x256), with a box-sum
+  gradient for the stride-1 average pools: alone 0.9 against 5.1 ms; inside the whole step, the four combinations
+  (old/new max pool x old/new average pool) in one process were within 2% of each other at 224 px (551-561 ms) and
+  at the CPU scale (42-48 ms), so XLA:CPU's fusion of the pools with their neighbours already hid that cost.
+* Matmul forms of the 3x3 kernel gradients (9 shifted-slice GEMMs; one GEMM over concatenated slices): slower than
+  XLA's convolution except at 14x14. conv2's kernel gradient is still 52 ms, 2.4x its forward pass.
+* A max-pool backward from an int8 argmax with interior padding (slower than the kept one in the same harness).
+* XLA:CPU flags (`xla_cpu_enable_fast_min_max`, the concurrency-optimized scheduler, oneDNN, XNNPACK off: within
+  +-4%; native instead of YNN reductions, `xla_cpu_experimental_ynn_fusion_type=`: +35% instead of +26% BN
+  overhead); the moments alone in one pass with x - mu kept as the residual (no gain).
 
-CPU scale (the defaults, `--cpu_cores=0 --torch_compile`, 10 steps, best of 5; load 2-3 with the compile):
-
-    | variant | compile (s) | ms/step | overhead vs no BN | speed vs PyTorch eager BN |
-    | --- | ---: | ---: | ---: | ---: |
-    | no BN | 11.8 | 42.9 | +0.0% | 1.22x |
-    | BN, paper VJP (default) | 15.5 | 50.7 | +18.2% | 1.03x |
-    | before: no BN | 12.2 | 44.7 | +0.0% | 1.16x |
-    | before: BN, paper VJP | 16.8 | 55.3 | +23.7% | 0.94x |
-    | PyTorch eager, no BN | 4.3 | 45.9 | +0.0% | 1.14x |
-    | PyTorch eager, BN | 0.3 | 52.1 | +13.5% | 1.00x |
-    | PyTorch torch.compile, BN | 213.0 | 39.6 | - | 1.32x |
-
-224x224x3, width 1.0, batch 8 (`--cpu_cores=0 --image_size=224 --width_multiplier=1.0 --batch_size=8`, 3 steps,
-best of 4; load ~3, a torch.compile running beside it; a second run at load ~6 gave the same order, our BN step
-1354 ms against 2022 ms before):
-
-    | variant | compile (s) | ms/step | overhead vs no BN | speed vs PyTorch eager BN |
-    | --- | ---: | ---: | ---: | ---: |
-    | no BN | 11.6 | 1034.5 | +0.0% | 1.68x |
-    | BN, paper VJP (default) | 16.7 | 1349.5 | +30.4% | 1.29x |
-    | before: no BN | 10.3 | 1671.2 | +0.0% | 1.04x |
-    | before: BN, paper VJP | 14.4 | 1870.0 | +11.9% | 0.93x |
-    | PyTorch eager, no BN | 1.7 | 1510.7 | +0.0% | 1.15x |
-    | PyTorch eager, BN | 2.4 | 1734.7 | +14.8% | 1.00x |
-
-Where the time went (8 images at 224, XLA:CPU, each op timed alone): the max-pool gradients, which XLA:CPU runs as
-serial scatters (stem pool 190 ms, second pool 155 ms, 3c's 95 ms, 5b's 41 ms), and the stem's grouped 7x7
-convolution's kernel gradient (650 ms, a 3-D convolution over the whole image), against a 190 ms forward pass;
-now 68 ms for the stem pool's gradient, 15 ms for a stride-1 pool's, and a dense convolution for the stem.
-At the CPU scale BN cost ~18-22%: 69 BN layers over small tensors (4 to 44 channels). A `jax.profiler` trace with
-XLA:CPU's per-thunk TraceMe (`xla_cpu_enable_xprof_traceme`), thunk times summed over 10 steps: 59.6 ms/step
-without BN, 69.9 with; of the +10.3 ms, +5.3 in 69 broadcast-subtract fusions writing x - mu out at full size
-(XLA:CPU's reductions, YNN fusions, take no per-channel broadcast, so the two-pass variance needed it in memory),
-+2.5 in 207 more reductions (mean, variance, dl/dgamma against the bias gradient), +2.5 in the layout transposes
-around the convolutions, +0.9 in y's fusions. Since then BN over a convolution's N, H, W takes one-pass moments
-(`batchnorm._guarded_moments`, two passes where a feature's mean passes 4 sigma) and sums dl/dgamma as
-sum dy x - mu sum dy, so x - mu is never written out. Side by side with the rule before (scratch harness, same
-net and loop, load ~5, 10 steps, best of 10), BN's overhead now against before: 2 cores +13.0% / +21.9% (no BN
-69.2 ms, BN 78.2, before 84.4), +9.2% / +18.5%, +15.7% / +17.8%; 1 core +20.3% / +23.2% (60.5, 72.7, 74.5 ms).
-Faster in every paired run, by 1.4-6 ms; the load makes the size uncertain (this script alone at load 5.3 gave
-+26.9%), and the 10% target is not met reliably. Tried and not kept: XLA:CPU flags (`xla_cpu_enable_fast_min_max`, the
-concurrency-optimized scheduler, oneDNN, XNNPACK off: within +-4%; native instead of YNN reductions,
-`xla_cpu_experimental_ynn_fusion_type=`: +35% instead of +26%); the moments alone in one pass with x - mu kept as
-the residual (+23%, no gain). `xla_cpu_use_thunk_runtime` is no longer a compile option in jax 0.10.2.
+Where the time goes (a `jax.profiler` trace with XLA:CPU's per-thunk TraceMe, `xla_cpu_enable_xprof_traceme`, thunks
+mapped to the optimized HLO): at 224 px the convolutions' kernel and input gradients (XLA:CPU's own, against
+PyTorch's oneDNN); at the CPU scale BN's 69 layers over small tensors (4 to 44 channels), where each extra fusion
+and reduction is a thunk of its own, so BN's cost is more thunks than bytes. `xla_cpu_use_thunk_runtime` is no longer
+a compile option in jax 0.10.2.
 """
 
 from __future__ import annotations
