@@ -8,6 +8,13 @@ by `jax.distributed.initialize`; elsewhere add `--coordinator_address=HOST:PORT 
 
 from __future__ import annotations
 
+import gc
+
+# Importing JAX, Flax, Optax, Orbax... makes ~240,000 objects that live as long as the process. With the collector
+# on, its passes over them cost ~0.3 s of start-up (a Figure-1 run's collections: 0.35 s in all, 0.02 s this way).
+# So it is off while they are imported, and they are then frozen out of its way.
+gc.disable()
+
 import os
 import re
 import sys
@@ -21,6 +28,9 @@ from bnrepro import config_schema, hooks
 from bnrepro.cli import quiet_orbax, user_errors_in_one_line, workdir_path
 from bnrepro.cpu import use_cpu_cores
 from bnrepro.training import loop
+
+gc.freeze()
+gc.enable()
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and TensorBoard events.")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)

@@ -4,6 +4,7 @@ The CLI tests run `python -m bnrepro.main` on a fake, learnable MNIST written wh
 the real one (`$BNREPRO_DATA_DIR/mnist.npz`), so nothing is downloaded.
 """
 
+import functools
 import json
 import os
 import signal
@@ -29,7 +30,7 @@ from bnrepro.training import steps
 from bnrepro.training.device_data import Dataset, epoch_permutation
 from bnrepro.training.loop import DivergedError
 from bnrepro.training.run_dir import CHECKPOINT_DIR, CONFIG_FILE, DIVERGED_FILE, METRICS_FILE
-from bnrepro.training.state import TrainState, create_train_state, preprocess
+from bnrepro.training.state import RUN_ONCE_COMPILER_OPTIONS, TrainState, create_train_state, preprocess
 from bnrepro.training.steps import eval_step, loss_and_accuracy, population_batch_stats, train_step, train_steps
 
 REPO = Path(__file__).resolve().parent.parent
@@ -93,13 +94,24 @@ def _table2_net_cut_after_3a():
     ids=["mlp_bn", "mlp_baseline", "bn_inception"],
 )
 def test_initial_parameters_are_those_of_a_default_compiled_init(config, images) -> None:
-    """create_train_state compiles `init` at -O1 (4x faster): the parameters must be those of XLA's default."""
+    """create_train_state compiles `init` with RUN_ONCE_COMPILER_OPTIONS (3x faster): the parameters must be those
+    of XLA's default."""
     model = create_model(config.model)
     state = create_train_state(config, model, jax.random.key(0), images)
     init_rng = jax.random.split(jax.random.key(0))[0]
     default = jax.jit(lambda r, x: model.init(r, preprocess(x), train=False))(init_rng, images)
     jax.tree.map(np.testing.assert_array_equal, state.params, default["params"])
     jax.tree.map(np.testing.assert_array_equal, state.batch_stats, default.get("batch_stats", {}))
+
+
+def test_the_shuffle_compiled_for_start_up_is_the_default_compiled_one() -> None:
+    """OnDeviceInput compiles `epoch_permutation` with RUN_ONCE_COMPILER_OPTIONS: the order must be XLA's default's."""
+    permute = functools.partial(epoch_permutation, num_examples=60_000)
+    rng = jax.random.key_data(jax.random.key(5))
+    for epoch in (0, 7):
+        np.testing.assert_array_equal(
+            jax.jit(permute, compiler_options=RUN_ONCE_COMPILER_OPTIONS)(rng, epoch), jax.jit(permute)(rng, epoch)
+        )
 
 
 def test_dataset_take_returns_the_examples() -> None:
