@@ -68,7 +68,10 @@ def get_config(arg: str | None = None, config_file: str = "configs/imagenet_ince
     config.input.train_split = "train"
     config.input.eval_split = "validation"  # single-crop top-1 on the 50,000 validation images
     config.input.eval_batch_size = 32 * replicas
-    config.input.read_threads = 16  # grain reader threads per host (JPEG decoding releases the GIL)
+    # grain reader threads in each worker process (in this process if worker_count is 0). One per worker reads the
+    # most images per core, as many as a torch DataLoader's; 16 threads each spent ~25% more CPU per image on the
+    # GIL (scripts/bench_input.py).
+    config.input.read_threads = 1
     config.input.prefetch_buffer_size = 500  # examples
     config.input.worker_count = 16  # grain worker processes per host, each reading whole batches (0: this process)
 

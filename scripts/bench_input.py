@@ -19,35 +19,28 @@ images/s per fully used core and varies less than images/s on a machine shared w
 
     python scripts/bench_input.py [--num_images=512] [--batches=40] [--workers=0,1,2] [--rounds=2]
 
-Measured on the idle 2-core VM (2026-12-02, the defaults, torch 2.13 CPU, one run):
+Measured on the 2-core VM (2026-12-03, the defaults, torch 2.13 CPU; the VM ran slower than the day before, so
+compare within a table), two runs:
 
     | pipeline | workers | start (s) | images/s | images per CPU-second |
     | --- | ---: | ---: | ---: | ---: |
-    | ours: grain | 0 | 0.1 | 654 | 345 |
-    | torch DataLoader + PIL | 0 | 0.1 | 451 | 452 |
-    | ours: grain | 1 | 2.2 | 502 | 291 |
-    | torch DataLoader + PIL | 1 | 0.1 | 385 | 366 |
-    | ours: grain | 2 | 3.7 | 686 | 346 |
-    | torch DataLoader + PIL | 2 | 0.1 | 721 | 375 |
+    | ours: grain | 0 | 0.1-0.3 | 290-302 | 281-291 |
+    | torch DataLoader + PIL | 0 | 0.1 | 335-340 | 335-340 |
+    | ours: grain | 1 | 1.2-1.4 | 290-296 | 239-242 |
+    | torch DataLoader + PIL | 1 | 0.2 | 251-283 | 238-266 |
+    | ours: grain | 2 | 1.4-1.5 | 492-507 | 247-254 |
+    | torch DataLoader + PIL | 2 | 0.2 | 488-542 | 253-283 |
 
-Idle, ours reads more images/s than torch's with 0 and 1 workers and 95% of them with 2, at 76-92% of torch's
-images per CPU-second (the target, torch's per core, is not met). Earlier, shared with other work, load average
-9-10, two runs:
-
-    | pipeline | workers | start (s) | images/s | images per CPU-second |
-    | --- | ---: | ---: | ---: | ---: |
-    | ours: grain | 0 | 0.1-0.2 | 351-402 | 305-329 |
-    | torch DataLoader + PIL | 0 | 0.1 | 241-336 | 337-362 |
-    | ours: grain | 1 | 3.3-5.5 | 258-286 | 260-298 |
-    | torch DataLoader + PIL | 1 | 0.2-0.3 | 196-277 | 290-301 |
-    | ours: grain | 2 | 6.9-9.1 | 324-403 | 261-262 |
-    | torch DataLoader + PIL | 2 | 0.4-0.5 | 223-307 | 290-308 |
-
-Ours read at least as many images/s as torch's at each worker count, with 85-99% of torch's images per
-CPU-second: its workers copy each batch into shared memory once more than torch's (~15 ms per batch of 32), and
-tfds's decoding costs a little more than PIL on a file. On two busy cores more workers cannot add throughput;
-with free cores each worker should add about a core's worth (a process of its own, not held by the GIL), which
-is not measured here. Grain spawns its workers (each imports JAX and tfds), torch forks them: hence the starts.
+Ours reads 84-86% of torch's images per CPU-second in this process and 90-100% with worker processes, and
+scales with them as torch's does. That is with one reader thread per worker, as the configs now set it. Right
+after, with the 16 threads they set before (`--read_threads=16`), ours read 64%, 77% and 68% of torch's images
+per CPU-second with 0, 1 and 2 workers (195, 183, 172 against 307, 238, 254), and 334 images/s with 2 workers:
+threads that share one GIL cost CPU, and workers already give the parallelism. With 4 threads: 77% and 93%
+(0 and 2 workers). The rest of the gap: each worker copies every batch into shared memory (~15 ms per batch of
+32), and tfds's decoding costs a little more than PIL on a file. (Having grain stack each batch straight into
+shared memory, `enable_shared_memory_output`, skips that copy, but the batches a worker holds when its
+iterator is closed are then never unlinked: 192 leaked segments in one run of this script. Not kept.) Grain
+spawns its workers (each imports JAX and tfds), torch forks them: hence the starts.
 """
 
 from __future__ import annotations
@@ -81,7 +74,7 @@ _WARMUP = flags.DEFINE_integer(
     "warmup", 40, "Batches read after the first and before timing: more than the read-ahead buffers hold."
 )
 _WORKERS = flags.DEFINE_list("workers", ["0", "1", "2"], "Worker process counts to run.")
-_READ_THREADS = flags.DEFINE_integer("read_threads", 16, "grain reader threads per process (configs: 16).")
+_READ_THREADS = flags.DEFINE_integer("read_threads", 1, "grain reader threads per process (configs: 1).")
 _PREFETCH = flags.DEFINE_integer("prefetch_buffer_size", 500, "grain read-ahead in examples (configs: 500).")
 _ROUNDS = flags.DEFINE_integer("rounds", 2, "Rounds over all rows, in turns; each row's best round is reported.")
 
