@@ -30,7 +30,7 @@ from bnrepro.training import steps
 from bnrepro.training.device_data import Dataset, epoch_permutation
 from bnrepro.training.loop import DivergedError
 from bnrepro.training.run_dir import CHECKPOINT_DIR, CONFIG_FILE, DIVERGED_FILE, METRICS_FILE
-from bnrepro.training.state import RUN_ONCE_COMPILER_OPTIONS, TrainState, create_train_state, preprocess
+from bnrepro.training.state import TrainState, create_train_state, preprocess, run_once_compiler_options
 from bnrepro.training.steps import eval_step, loss_and_accuracy, population_batch_stats, train_step, train_steps
 
 REPO = Path(__file__).resolve().parent.parent
@@ -94,7 +94,7 @@ def _table2_net_cut_after_3a():
     ids=["mlp_bn", "mlp_baseline", "bn_inception"],
 )
 def test_initial_parameters_are_those_of_a_default_compiled_init(config, images) -> None:
-    """create_train_state compiles `init` with RUN_ONCE_COMPILER_OPTIONS (3x faster): the parameters must be those
+    """create_train_state compiles `init` with run_once_compiler_options() (3x faster): the parameters must be those
     of XLA's default."""
     model = create_model(config.model)
     state = create_train_state(config, model, jax.random.key(0), images)
@@ -105,12 +105,12 @@ def test_initial_parameters_are_those_of_a_default_compiled_init(config, images)
 
 
 def test_the_shuffle_compiled_for_start_up_is_the_default_compiled_one() -> None:
-    """OnDeviceInput compiles `epoch_permutation` with RUN_ONCE_COMPILER_OPTIONS: the order must be XLA's default's."""
+    """OnDeviceInput compiles `epoch_permutation` with run_once_compiler_options(): the order must be XLA's default's."""
     permute = functools.partial(epoch_permutation, num_examples=60_000)
     rng = jax.random.key_data(jax.random.key(5))
     for epoch in (0, 7):
         np.testing.assert_array_equal(
-            jax.jit(permute, compiler_options=RUN_ONCE_COMPILER_OPTIONS)(rng, epoch), jax.jit(permute)(rng, epoch)
+            jax.jit(permute, compiler_options=run_once_compiler_options())(rng, epoch), jax.jit(permute)(rng, epoch)
         )
 
 

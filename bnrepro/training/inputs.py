@@ -36,7 +36,7 @@ from bnrepro.training import steps
 from bnrepro.training.device_data import Dataset, epoch_permutation
 from bnrepro.training.hooks import MeasurementHook
 from bnrepro.training.sharding import ModelLayout
-from bnrepro.training.state import RUN_ONCE_COMPILER_OPTIONS, TrainState, preprocess
+from bnrepro.training.state import TrainState, preprocess, run_once_compiler_options
 
 if TYPE_CHECKING:
     import grain
@@ -130,7 +130,7 @@ class OnDeviceInput:
         test = {"image": preprocess(splits.test.images[:count]), "label": splits.test.labels[:count]}
         self._test = layout.place_data(jax.device_put(test))
         permute = functools.partial(epoch_permutation, num_examples=num_train)
-        self._permute = jax.jit(layout.over_models(permute, (0, 0)), compiler_options=RUN_ONCE_COMPILER_OPTIONS)
+        self._permute = jax.jit(layout.over_models(permute, (0, 0)), compiler_options=run_once_compiler_options())
         self._programs = {}  # one compiled training program per number of fused steps; there are few
         self._evaluation = None
         self._measurements = []

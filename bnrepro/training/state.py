@@ -18,11 +18,17 @@ import ml_collections
 import optax
 from flax.training import train_state
 
-# Programs that run once (initialization) or once an epoch (the shuffle) are compiled for start-up, not speed: LLVM at
-# -O1 (XLA's default is -O3) and XLA:CPU's LLVM IR emitters instead of its MLIR fusion emitters. The Figure-1 net's
-# init compiles in 0.49 s instead of 1.7 s (0.73 s at -O1 alone) and the shuffle of its 60,000 examples in 0.23
-# instead of 0.45-0.49 s, both running as fast as before and computing the same bits (tested). -O0 would not.
-RUN_ONCE_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1, "xla_cpu_use_fusion_emitters": False}
+
+def run_once_compiler_options() -> dict[str, int | bool]:
+    """Compile options for programs that run once (initialization) or once an epoch (the shuffle): built for
+    start-up, not speed. LLVM at -O1 (XLA's default is -O3) and, on CPU, XLA:CPU's LLVM IR emitters instead of its
+    MLIR fusion emitters. The Figure-1 net's init compiles in 0.49 s instead of 1.7 s (0.73 s at -O1 alone) and
+    the shuffle of its 60,000 examples in 0.23 instead of 0.45-0.49 s, both running as fast as before and computing
+    the same bits (tested). -O0 would not. Call it once JAX's backend is chosen (after `use_cpu_cores`)."""
+    options: dict[str, int | bool] = {"xla_backend_optimization_level": 1}
+    if jax.default_backend() == "cpu":
+        options["xla_cpu_use_fusion_emitters"] = False
+    return options
 
 
 class TrainState(train_state.TrainState):
@@ -69,8 +75,8 @@ def create_train_state(
     # One compiled program: op by op, initialization (the key split, each initializer, the optimizer's state)
     # compiles dozens of small ones (seconds on CPU). Its cost is LLVM compiling one random-number generator per
     # weight (~70 in the small BN-Inception: 17 s on one core, 54 s at XLA's default -O3), hence
-    # RUN_ONCE_COMPILER_OPTIONS.
-    return jax.jit(initial_state, compiler_options=RUN_ONCE_COMPILER_OPTIONS)(rng, example_images)
+    # run_once_compiler_options.
+    return jax.jit(initial_state, compiler_options=run_once_compiler_options())(rng, example_images)
 
 
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
