@@ -7,6 +7,9 @@ only difference between the variants:
 
 * no BN: every convolution keeps its bias, nothing normalizes;
 * BN, paper VJP: `model.bn.backward="paper"`, Sec. 3's backward pass as a custom VJP (the default);
+* BN, XLA's conv gradients: the default, but every convolution differentiated by XLA itself
+  (`layers.GEMM_GRADIENTS_MIN_ELEMENTS` set to infinity; by default the large ones take
+  `layers.conv_with_gemm_gradients`; at the CPU scale none is large enough, so this row is the default's);
 * BN, autodiff: `model.bn.backward="autodiff"`;
 * BN, flax.linen.BatchNorm: Flax's layer in place of ours (the model unchanged, its `norm` swapped);
 * PyTorch eager (and `torch.compile` with `--torch_compile`; its first step compiles for minutes), no BN and BN:
@@ -101,12 +104,14 @@ a compile option in jax 0.10.2.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
+import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import flax.linen as nn
@@ -116,7 +121,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from bnrepro import data, models
+from bnrepro import data, layers, models
 from bnrepro.cpu import use_cpu_cores
 from bnrepro.models import inception
 from bnrepro.training.inputs import OnDeviceInput
@@ -170,11 +175,33 @@ def _config(batch_norm: bool, backward: str) -> ml_collections.ConfigDict:
     return config
 
 
+@contextlib.contextmanager
+def xla_conv_gradients() -> Iterator[None]:
+    """While in it, `layers.conv_general_dilated` leaves every convolution's gradients to XLA."""
+    default = layers.GEMM_GRADIENTS_MIN_ELEMENTS
+    layers.GEMM_GRADIENTS_MIN_ELEMENTS = math.inf
+    try:
+        yield
+    finally:
+        layers.GEMM_GRADIENTS_MIN_ELEMENTS = default
+
+
 class Runner:
     """One variant, compiled: `run(steps)` trains that many steps, one dispatch each (the training loop's
-    `OnDeviceInput.train`, which starts a new epoch at each epoch's end), and blocks."""
+    `OnDeviceInput.train`, which starts a new epoch at each epoch's end), and blocks. With `xla_gradients`, the
+    step is traced and compiled inside `xla_conv_gradients`."""
 
-    def __init__(self, config: ml_collections.ConfigDict, splits: data.Splits, flax_bn: bool = False):
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        splits: data.Splits,
+        flax_bn: bool = False,
+        xla_gradients: bool = False,
+    ):
+        with xla_conv_gradients() if xla_gradients else contextlib.nullcontext():
+            self._compile(config, splits, flax_bn)
+
+    def _compile(self, config: ml_collections.ConfigDict, splits: data.Splits, flax_bn: bool) -> None:
         model = models.create_model(config.model, config.dtype)
         if flax_bn:  # the model unchanged, Flax's layer as its BN layer
             bn = config.model.bn
@@ -320,6 +347,7 @@ def main(argv: list[str]) -> None:
     variants: dict[str, Callable[[], Runner | TorchRunner]] = {
         NO_BN: lambda: Runner(_config(False, "paper"), splits),
         "BN, paper VJP (default)": lambda: Runner(_config(True, "paper"), splits),
+        "BN, XLA's conv gradients": lambda: Runner(_config(True, "paper"), splits, xla_gradients=True),
         "BN, autodiff": lambda: Runner(_config(True, "autodiff"), splits),
         "BN, flax.linen.BatchNorm": lambda: Runner(_config(True, "autodiff"), splits, flax_bn=True),
     }

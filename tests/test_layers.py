@@ -1,6 +1,9 @@
 """The Flax layers against `flax.linen.BatchNorm`, a NumPy Algorithm 2, and the paper's
 placement of BN (z = g(BN(Wu)), bias dropped)."""
 
+import functools
+from collections.abc import Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -8,7 +11,14 @@ import numpy as np
 import numpy_reference as ref
 import pytest
 
-from bnrepro.layers import BatchNorm, ConvBN, DenseBN, conv_general_dilated, population_statistics
+from bnrepro.layers import (
+    BatchNorm,
+    ConvBN,
+    DenseBN,
+    conv_general_dilated,
+    conv_with_gemm_gradients,
+    population_statistics,
+)
 
 MOMENTUM, EPS = 0.9, 1e-3
 
@@ -144,6 +154,60 @@ def test_conv_general_dilated_computes_1x1_convolutions_as_matmuls(kernel_size, 
     primitives = {e.primitive.name for e in jaxpr.eqns}
     assert ("conv_general_dilated" in primitives) is not matmul
     assert ("dot_general" in primitives) is matmul
+
+
+@pytest.mark.parametrize(
+    "shape, window, strides, padding",
+    [
+        ((2, 23, 21, 3), (7, 7), (2, 2), "SAME"),  # the 224 px stem's: 7x7, stride 2, 3 channels
+        ((2, 9, 10, 5), (3, 3), (1, 1), "SAME"),
+        ((2, 10, 9, 4), (3, 3), (2, 2), "SAME"),  # one more row of padding at the far end
+        ((2, 10, 10, 4), (3, 3), (2, 2), "VALID"),
+        ((2, 8, 9, 3), (3, 2), (1, 2), ((2, 0), (1, 3))),  # uneven window, strides and padding
+    ],
+)
+def test_conv_with_gemm_gradients_is_xlas_convolution_and_its_gradients(shape, window, strides, padding):
+    """`conv_with_gemm_gradients` (gradients as matmuls over im2col's patches) against `lax.conv_general_dilated`
+    and XLA's own transposed convolutions: the output and the gradients of the input and the kernel."""
+    u = _inputs(shape)
+    kernel = jax.random.normal(jax.random.key(1), (*window, shape[-1], 6))
+    pads = jax.lax.padtype_to_pads(shape[1:3], window, strides, padding) if isinstance(padding, str) else padding
+    pads = tuple(map(tuple, pads))
+
+    def loss(conv: Callable[..., jax.Array], u: jax.Array, kernel: jax.Array) -> jax.Array:
+        return jnp.sum(jnp.sin(conv(u, kernel)))
+
+    ours = functools.partial(loss, lambda u, k: conv_with_gemm_gradients(u, k, strides, pads, None))
+    xla = functools.partial(
+        loss,
+        lambda u, k: jax.lax.conv_general_dilated(u, k, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")),
+    )
+    np.testing.assert_allclose(ours(u, kernel), xla(u, kernel), rtol=1e-5)
+    for a, b in zip(jax.grad(ours, (0, 1))(u, kernel), jax.grad(xla, (0, 1))(u, kernel), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("images, gemm", [(1, False), (2, True)])
+def test_large_convolutions_take_gemm_gradients_on_cpu(images, gemm, dtype):
+    """Through `nn.Conv`, a 3x3 convolution over 64 channels at 64x64 has 2.4M patches' elements with one image
+    (XLA's gradients) and 4.7M with two (`conv_with_gemm_gradients`, >= `GEMM_GRADIENTS_MIN_ELEMENTS`); the
+    gradients are Flax's own either way, the kernel's float32 (the layer computes in `dtype`)."""
+    assert jax.default_backend() == "cpu"
+    x = _inputs((images, 64, 64, 64))
+    conv = nn.Conv(8, (3, 3), dtype=dtype, conv_general_dilated=conv_general_dilated)
+    reference = nn.Conv(8, (3, 3), dtype=dtype)
+    variables = reference.init(jax.random.key(0), x)
+
+    def loss(model: nn.Module, variables: dict) -> jax.Array:
+        return jnp.sum(jnp.sin(model.apply(variables, x).astype(jnp.float32)))
+
+    assert ("custom_vjp_call" in str(jax.make_jaxpr(jax.grad(functools.partial(loss, conv)))(variables))) is gemm
+    ours, flax = (jax.grad(functools.partial(loss, model))(variables)["params"] for model in (conv, reference))
+    assert ours["kernel"].dtype == jnp.float32
+    tolerance = (1e-3 if dtype == jnp.float32 else 3e-2) * float(jnp.max(jnp.abs(flax["kernel"])))
+    for name in ("kernel", "bias"):
+        np.testing.assert_allclose(ours[name], flax[name], atol=tolerance)
 
 
 def test_unknown_activation_names_the_choices():
