@@ -28,7 +28,7 @@ from ml_collections import config_flags
 
 from bnrepro import config_schema, hooks
 from bnrepro.cli import quiet_orbax, user_errors_in_one_line, workdir_path
-from bnrepro.cpu import use_cpu_cores
+from bnrepro.cpu import keep_freed_memory, use_cpu_cores
 from bnrepro.training import loop
 
 if _COMMAND:
@@ -102,6 +102,7 @@ def main(argv: list[str]) -> None:
     config = load_config()
     config_schema.validate(config)
     workdir = workdir_path(_WORKDIR.value)
+    keep_freed_memory()  # before JAX starts its threads
     initialize_distributed()  # before anything starts JAX's backend (use_cpu_cores asks which one it is)
     use_cpu_cores(config.cpu_cores)
     logging.info("JAX %s, backend %s, devices %s", jax.__version__, jax.default_backend(), jax.devices())

@@ -20,7 +20,8 @@ Each JAX variant trains through the loop's input (`OnDeviceInput.train`) with on
 trains on CPU (XLA:CPU runs convolutions several times slower inside a while loop), on random uint8 images.
 Compile time is reported apart; then the variants take turns, `--steps` steps each, `--repeats` rounds, and the
 best round of each is reported, so that load from other processes hits all of them alike. The process is pinned
-to `--cpu_cores` cores before JAX starts, as `bnrepro.main` does.
+to `--cpu_cores` cores before JAX starts, and malloc keeps freed memory (`bnrepro.cpu.keep_freed_memory`), as
+`bnrepro.main` does.
 
     python scripts/bench_inception.py [--steps=10] [--repeats=10] [--cpu_cores=1] [--torch_path=DIR]
     python scripts/bench_inception.py --cpu_cores=0 --image_size=224 --width_multiplier=1.0 --batch_size=8
@@ -122,7 +123,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from bnrepro import data, layers, models
-from bnrepro.cpu import use_cpu_cores
+from bnrepro.cpu import keep_freed_memory, use_cpu_cores
 from bnrepro.models import inception
 from bnrepro.training.inputs import OnDeviceInput
 from bnrepro.training.sharding import OneModel
@@ -337,6 +338,7 @@ def markdown_table(compile_s: dict[str, float], seconds: dict[str, float], steps
 
 def main(argv: list[str]) -> None:
     del argv
+    keep_freed_memory()  # as bnrepro.main does (PyTorch's rows run with it too)
     use_cpu_cores(_CPU_CORES.value)
     size = _IMAGE_SIZE.value
     rng = np.random.default_rng(0)
