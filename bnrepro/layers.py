@@ -235,7 +235,7 @@ def conv_general_dilated(
       112x112, 14 ms against 3 ms for 320 -> 128 at 28x28), and BN-Inception has 1x1 convolutions in every module;
     * on CPU, a 2-D convolution with at least `GEMM_GRADIENTS_MIN_ELEMENTS` patches' elements is differentiated
       as matmuls (`conv_with_gemm_gradients`). Below that, XLA's own gradients are as fast, and the extra
-      operations cost more than they save (Table 2's CPU-scale step was 8-16% slower with all its convolutions
+      operations cost more than they save (Table 2's CPU-scale step was 8-25% slower with all its convolutions
       differentiated so).
     """
     spatial = lhs.ndim - 2

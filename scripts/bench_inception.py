@@ -26,44 +26,52 @@ to `--cpu_cores` cores before JAX starts, and malloc keeps freed memory (`bnrepr
     python scripts/bench_inception.py [--steps=10] [--repeats=10] [--cpu_cores=1] [--torch_path=DIR]
     python scripts/bench_inception.py --cpu_cores=0 --image_size=224 --width_multiplier=1.0 --batch_size=8
 
-Measured 2026-12-03 (07:13-07:28) on the 2-core x86 VM, PyTorch 2.13 CPU wheel, nothing else of ours running
-but a VM whose speed drifted by up to 1.3x between runs (the same PyTorch eager 224 px step took 422 ms the evening
-before): read the ratios within a table, not the milliseconds across tables.
-
-    python scripts/bench_inception.py --cpu_cores=0 --repeats=5 --torch_path=DIR --torch_compile
-
-    | variant | compile (s) | ms/step | overhead vs no BN | speed vs PyTorch eager BN |
-    | --- | ---: | ---: | ---: | ---: |
-    | no BN | 7.0 | 33.8 | +0.0% | 1.40x |
-    | BN, paper VJP (default) | 13.1 | 39.3 | +16.3% | 1.21x |
-    | BN, autodiff | 9.1 | 44.7 | +32.1% | 1.06x |
-    | BN, flax.linen.BatchNorm | 8.2 | 43.3 | +27.9% | 1.10x |
-    | PyTorch eager, no BN | 0.1 | 41.8 | +0.0% | 1.14x |
-    | PyTorch eager, BN | 0.1 | 47.4 | +13.5% | 1.00x |
-    | PyTorch torch.compile, no BN | 3.2 | 33.6 | +0.0% | 1.41x |
-    | PyTorch torch.compile, BN | 2.7 | 35.6 | +6.1% | 1.33x |
-
-(torch.compile's compile times are from its warm on-disk cache; cold, ~100 s.) A second run right after it
-(`--repeats=8`), the VM slower: BN 46.6 ms, +27.1% over no BN (flax.linen.BatchNorm +35.5%), PyTorch eager 50.0,
-torch.compile 40.9. So at the CPU scale our BN step is 1.07-1.21x PyTorch eager and 0.88-0.91x torch.compile, and
-BN costs +16-27% on two cores. On one core (`--cpu_cores=1 --repeats=5 --torch_path=DIR`): no BN 72.2 ms, BN
-76.4 (+5.9%; flax.linen.BatchNorm +20.9%), PyTorch eager BN 92.3 (1.21x).
+Measured 2026-12-03 (12:49-13:17) on the 2-core x86 VM, PyTorch 2.13 CPU wheel, nothing else running, the VM
+1.5-2x slower than the same morning (PyTorch eager's 224 px BN step: 548 ms at 07:28, 962-1045 ms now) and drifting
+within runs: read the ratios within a table, not the milliseconds across tables.
 
     python scripts/bench_inception.py --cpu_cores=0 --image_size=224 --width_multiplier=1.0 --batch_size=8 \
         --steps=3 --repeats=4 --torch_path=DIR
 
     | variant | compile (s) | ms/step | overhead vs no BN | speed vs PyTorch eager BN |
     | --- | ---: | ---: | ---: | ---: |
-    | no BN | 5.4 | 560.6 | +0.0% | 0.98x |
-    | BN, paper VJP (default) | 11.4 | 630.5 | +12.5% | 0.87x |
-    | BN, autodiff | 9.7 | 621.7 | +10.9% | 0.88x |
-    | BN, flax.linen.BatchNorm | 10.5 | 626.7 | +11.8% | 0.87x |
-    | PyTorch eager, no BN | 0.8 | 454.4 | +0.0% | 1.21x |
-    | PyTorch eager, BN | 2.3 | 548.2 | +20.6% | 1.00x |
+    | no BN | 10.9 | 917.9 | +0.0% | 1.05x |
+    | BN, paper VJP (default) | 17.2 | 971.6 | +5.9% | 0.99x |
+    | BN, XLA's conv gradients | 16.7 | 1182.1 | +28.8% | 0.81x |
+    | BN, autodiff | 17.1 | 966.4 | +5.3% | 0.99x |
+    | BN, flax.linen.BatchNorm | 20.2 | 979.0 | +6.7% | 0.98x |
+    | PyTorch eager, no BN | 1.0 | 898.5 | +0.0% | 1.07x |
+    | PyTorch eager, BN | 0.9 | 961.5 | +7.0% | 1.00x |
 
-Targets of issue 15 and where they stand: >= PyTorch eager at 224 px: 0.87x (0.42x at the start); >= torch.compile
-at the CPU scale: 0.88-0.91x (0.74x); BN overhead <= 10% at the CPU scale: +16-27% on two cores, +6-15% on one
-(~20%). Not met; what changed, what did not help, and where the time goes:
+A second run right after it: BN 959.7 ms against PyTorch eager's 949.2 (0.99x), XLA's conv gradients 1190.2
+(0.80x), no BN 909.2 against 891.1.
+
+    python scripts/bench_inception.py --cpu_cores=0 --repeats=5 --torch_path=DIR --torch_compile
+
+    | variant | compile (s) | ms/step | overhead vs no BN | speed vs PyTorch eager BN |
+    | --- | ---: | ---: | ---: | ---: |
+    | no BN | 10.9 | 50.4 | +0.0% | 1.94x |
+    | BN, paper VJP (default) | 19.7 | 65.2 | +29.5% | 1.49x |
+    | BN, XLA's conv gradients | 19.0 | 65.2 | +29.5% | 1.50x |
+    | BN, autodiff | 17.0 | 63.3 | +25.7% | 1.54x |
+    | BN, flax.linen.BatchNorm | 16.1 | 66.2 | +31.4% | 1.47x |
+    | PyTorch eager, no BN | 0.2 | 85.4 | +0.0% | 1.14x |
+    | PyTorch eager, BN | 0.1 | 97.5 | +14.2% | 1.00x |
+    | PyTorch torch.compile, no BN | 3.8 | 74.2 | +0.0% | 1.31x |
+    | PyTorch torch.compile, BN | 4.3 | 69.1 | -6.8% | 1.41x |
+
+(torch.compile's compile times are from its warm on-disk cache; cold, 190-230 s.) The same command 25 minutes
+earlier, before `keep_freed_memory`: BN 72.8 ms, +8.0% over no BN (flax.linen.BatchNorm +38.3%), PyTorch eager
+93.8, torch.compile 65.6. So at the CPU scale our BN step is 1.29-1.49x PyTorch eager and 0.90-1.06x
+torch.compile, and BN costs +8% to +30% on two cores (XLA's conv gradients row: the same program, as none of
+this net's convolutions is large enough for `conv_with_gemm_gradients`). The morning's runs (07:13-07:28, the
+previous commit): CPU scale BN 39.3 ms against eager 47.4 (1.21x) and torch.compile 35.6 (0.91x), +16% over no BN;
+224 px 630.5 against eager 548.2 (0.87x).
+
+Targets of issue 15 and where they stand: >= PyTorch eager at 224 px: 0.99x in both runs above, i.e. level (0.42x
+at the start); >= torch.compile at the CPU scale: 0.90-1.06x today (0.74x); BN overhead <= 10% at the CPU scale:
++8% to +30% on two cores in runs an hour apart, +6-15% on one (~20%). Met in some runs, not in others; what
+changed, what did not help, and where the time goes:
 
 Kept, in the order they landed (224 px figures are one BN step, 8 images):
 * `inception.max_pool`: the max-pool gradient without XLA's select-and-scatter, which XLA:CPU runs as a serial
@@ -78,6 +86,17 @@ Kept, in the order they landed (224 px figures are one BN step, 8 images):
 * The paper backward's whole pass under the one-pass/two-pass `cond` (`batchnorm._transform_paper_bwd`): with only
   dl/dgamma's sum inside it XLA:CPU fused nothing across it. In one process, interleaved, one core, 30 rounds:
   BN's overhead +22.3% -> +14.6% (best; medians +27.0% -> +11.5%), the same as with no guard at all (+15.2%).
+* Large convolutions' gradients as matmuls over im2col's patches (`layers.conv_with_gemm_gradients`, on CPU for
+  convolutions with >= 3M patches' elements: at 224 px the stem, conv2 and the 3x3 convolutions at 28x28 over
+  64+ channels). `scripts/bench_convs.py` times each of the net's convolutions alone: summed over the net,
+  forward / input gradient / kernel gradient in ms, ours 264 / 331 / 487, with XLA's own gradients
+  317 / 409 / 954, PyTorch 205 / 236 / 258 (each call pays for faulting in its fresh output, hence sums above a
+  step's time). The stem's kernel gradient: 95 against 142 ms (PyTorch 15); conv2's: 90 against 159 (PyTorch 42).
+  In the step: 0.81x -> 0.99x PyTorch eager (table above); applied to every convolution it was slower, at 224 px
+  (1190 against 1140 ms, 1369 against 1233) and at the CPU scale (8-25%, in two runs).
+* `bnrepro.cpu.keep_freed_memory` (in `bnrepro.main` and here): XLA:CPU allocates each step's temporaries
+  anew (380 MB at 224 px), which glibc mmap'ed and unmapped each time, so each step faulted ~95,000 pages in.
+  In three pairs of processes: 997-1014 against 1069-1126 ms at 224 px, PyTorch unchanged (919-1005 ms).
 
 Tried and not kept:
 * Pools as maxima / sums over the 9 strided slices of each window (`reduce_window` alone is 2-6x slower:
@@ -85,8 +104,13 @@ Tried and not kept:
   gradient for the stride-1 average pools: alone 0.9 against 5.1 ms; inside the whole step, the four combinations
   (old/new max pool x old/new average pool) in one process were within 2% of each other at 224 px (551-561 ms) and
   at the CPU scale (42-48 ms), so XLA:CPU's fusion of the pools with their neighbours already hid that cost.
-* Matmul forms of the 3x3 kernel gradients (9 shifted-slice GEMMs; one GEMM over concatenated slices): slower than
-  XLA's convolution except at 14x14. conv2's kernel gradient is still 52 ms, 2.4x its forward pass.
+* Matmul forms of the 3x3 kernel gradients (9 shifted-slice GEMMs; one GEMM over concatenated slices), an earlier
+  try: slower than XLA's convolution except at 14x14. Measured then with glibc unmapping each step's temporaries,
+  and for all convolutions; kept now for the large ones only, with `keep_freed_memory` (above).
+* The forward pass as a matmul over the patches too (kept as the residual for the backward pass), at 28x28 and
+  below: the same step time (1137 against 1134 ms, 1210 against 1209).
+* `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (transparent huge pages for malloc): 95,000 -> 700 faults per step,
+  no faster.
 * A max-pool backward from an int8 argmax with interior padding (slower than the kept one in the same harness).
 * XLA:CPU flags (`xla_cpu_enable_fast_min_max`, the concurrency-optimized scheduler, oneDNN, XNNPACK off: within
   +-4%; native instead of YNN reductions, `xla_cpu_experimental_ynn_fusion_type=`: +35% instead of +26% BN
@@ -97,8 +121,9 @@ Tried and not kept:
   concatenation out, and runs the variadic reduce with its own slower emitter).
 
 Where the time goes (a `jax.profiler` trace with XLA:CPU's per-thunk TraceMe, `xla_cpu_enable_xprof_traceme`, thunks
-mapped to the optimized HLO): at 224 px the convolutions' kernel and input gradients (XLA:CPU's own, against
-PyTorch's oneDNN); at the CPU scale BN's 69 layers over small tensors (4 to 44 channels), where each extra fusion
+mapped to the optimized HLO; `scripts/bench_convs.py` per convolution): at 224 px the convolutions, where XLA:CPU's
+forward passes and the smaller convolutions' gradients are 1.3-2x PyTorch's oneDNN (the 3x3 convolutions at 28x28:
+forward 8-10 ms against 4-6); at the CPU scale BN's 69 layers over small tensors (4 to 44 channels), where each extra fusion
 and reduction is a thunk of its own, so BN's cost is more thunks than bytes. `xla_cpu_use_thunk_runtime` is no longer
 a compile option in jax 0.10.2.
 """
