@@ -247,22 +247,21 @@ def conv_general_dilated(
         and all(d is None or tuple(d) == (1,) * spatial for d in (lhs_dilation, rhs_dilation))
         and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc
     )
-    window = rhs.shape[:spatial]
-    pads = (
-        jax.lax.padtype_to_pads(lhs.shape[1:-1], window, window_strides, padding)
-        if isinstance(padding, str)
-        else padding
-    )
-    pads = tuple((int(lo), int(hi)) for lo, hi in pads)
-    if plain and window == (1,) * spatial and tuple(window_strides) == (1,) * spatial and pads == ((0, 0),) * spatial:
-        return jax.lax.dot_general(lhs, rhs.reshape(rhs.shape[-2:]), (((lhs.ndim - 1,), (0,)), ((), ())), precision)
-    if plain and spatial == 2 and jax.default_backend() == "cpu":
-        rows = lhs.shape[0] * math.prod(
-            (size + lo + hi - k) // stride + 1
-            for size, (lo, hi), k, stride in zip(lhs.shape[1:3], pads, window, window_strides)
-        )
-        if rows * math.prod(rhs.shape[:3]) >= GEMM_GRADIENTS_MIN_ELEMENTS:
-            return conv_with_gemm_gradients(lhs, rhs, tuple(window_strides), pads, precision)
+    if plain:
+        window = rhs.shape[:spatial]
+        pads = padding
+        if isinstance(padding, str):
+            pads = jax.lax.padtype_to_pads(lhs.shape[1:-1], window, window_strides, padding)
+        pads = tuple((int(lo), int(hi)) for lo, hi in pads)
+        if window == (1,) * spatial and tuple(window_strides) == (1,) * spatial and pads == ((0, 0),) * spatial:
+            return jax.lax.dot_general(lhs, rhs.reshape(rhs.shape[-2:]), (((lhs.ndim - 1,), (0,)), ((), ())), precision)
+        if spatial == 2 and jax.default_backend() == "cpu":
+            rows = lhs.shape[0] * math.prod(
+                (size + lo + hi - k) // stride + 1
+                for size, (lo, hi), k, stride in zip(lhs.shape[1:3], pads, window, window_strides)
+            )
+            if rows * math.prod(rhs.shape[:3]) >= GEMM_GRADIENTS_MIN_ELEMENTS:
+                return conv_with_gemm_gradients(lhs, rhs, tuple(window_strides), pads, precision)
     return jax.lax.conv_general_dilated(
         lhs,
         rhs,
@@ -305,9 +304,10 @@ def conv_with_gemm_gradients(
 
     (im2col^T, the transpose of a gather of taps, adds each patch's gradient back at the inputs it came from).
     The values are XLA's up to float rounding. XLA:CPU differentiates a convolution's kernel as a convolution
-    over the whole image, 2-3x slower than PyTorch's oneDNN for the paper's net at 224 px; as matmuls (XLA:CPU's
-    YNNPACK GEMMs) the stem's kernel gradient takes 41 against 84 ms on 8 images, conv2's (56x56, 64 -> 192)
-    50 against 136 ms and its input gradient 52 against 83 ms (2 cores, measured side by side)."""
+    over the whole image, 2-4x slower than PyTorch's oneDNN for the paper's net at 224 px. Timed alone
+    (`scripts/bench_convs.py`, 8 images, 2 cores), as matmuls (XLA:CPU's YNNPACK GEMMs) the stem's kernel
+    gradient took 95 against 142 ms and conv2's (56x56, 64 -> 192) 90 against 159 ms; the input gradients are
+    closer (summed over the net, 331 against 409 ms). In the whole step: 0.81x -> 0.99x PyTorch eager's."""
     return jax.lax.conv_general_dilated(u, kernel, strides, pads, dimension_numbers=_NHWC, precision=precision)
 
 
