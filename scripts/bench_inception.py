@@ -18,10 +18,10 @@ only difference between the variants:
 
 Each JAX variant trains through the loop's input (`OnDeviceInput.train`) with one step per dispatch, as the config
 trains on CPU (XLA:CPU runs convolutions several times slower inside a while loop), on random uint8 images.
-Compile time is reported apart; then the variants take turns, `--steps` steps each, `--repeats` rounds, and the
-best round of each is reported, so that load from other processes hits all of them alike. The process is pinned
-to `--cpu_cores` cores before JAX starts, and malloc keeps freed memory (`bnrepro.cpu.keep_freed_memory`), as
-`bnrepro.main` does.
+Compile time is reported apart; then the variants take turns, `--steps` steps each, `--repeats` rounds, so that
+load from other processes hits all of them alike, and each one's best round is reported (its median round beside
+it: on a noisy machine compare both). The process is pinned to `--cpu_cores` cores before JAX starts, and malloc
+keeps freed memory (`bnrepro.cpu.keep_freed_memory`), as `bnrepro.main` does.
 
     python scripts/bench_inception.py [--steps=10] [--repeats=10] [--cpu_cores=1] [--torch_path=DIR]
     python scripts/bench_inception.py --cpu_cores=0 --image_size=224 --width_multiplier=1.0 --batch_size=8
@@ -68,10 +68,42 @@ this net's convolutions is large enough for `conv_with_gemm_gradients`). The mor
 previous commit): CPU scale BN 39.3 ms against eager 47.4 (1.21x) and torch.compile 35.6 (0.91x), +16% over no BN;
 224 px 630.5 against eager 548.2 (0.87x).
 
-Targets of issue 15 and where they stand: >= PyTorch eager at 224 px: 0.99x in both runs above, i.e. level (0.42x
-at the start); >= torch.compile at the CPU scale: 0.90-1.06x today (0.74x); BN overhead <= 10% at the CPU scale:
-+8% to +30% on two cores in runs an hour apart, +6-15% on one (~20%). Met in some runs, not in others; what
-changed, what did not help, and where the time goes:
+Two hours later (15:20-15:33), the VM slower still (PyTorch eager's 224 px BN step 1150 ms), with the median
+round beside the best (the same commands, `--repeats=10` at the CPU scale):
+
+    | variant | compile (s) | steps/s | ms/step | median ms/step | overhead vs no BN | speed vs PyTorch eager BN |
+    | --- | ---: | ---: | ---: | ---: | ---: | ---: |
+    | no BN | 13.5 | 0.9 | 1154.7 | 1213.2 | +0.0% | 1.00x |
+    | BN, paper VJP (default) | 27.7 | 0.8 | 1233.8 | 1282.5 | +6.8% | 0.93x |
+    | BN, XLA's conv gradients | 23.6 | 0.6 | 1655.1 | 1737.8 | +43.3% | 0.69x |
+    | BN, autodiff | 22.5 | 0.8 | 1200.9 | 1332.5 | +4.0% | 0.96x |
+    | BN, flax.linen.BatchNorm | 24.1 | 0.9 | 1173.8 | 1274.3 | +1.7% | 0.98x |
+    | PyTorch eager, no BN | 1.7 | 0.8 | 1197.7 | 1267.4 | +0.0% | 0.96x |
+    | PyTorch eager, BN | 1.2 | 0.9 | 1150.2 | 1208.9 | -4.0% | 1.00x |
+
+    | variant | compile (s) | steps/s | ms/step | median ms/step | overhead vs no BN | speed vs PyTorch eager BN |
+    | --- | ---: | ---: | ---: | ---: | ---: | ---: |
+    | no BN | 17.5 | 15.6 | 64.1 | 85.4 | +0.0% | 1.82x |
+    | BN, paper VJP (default) | 26.7 | 11.2 | 89.3 | 102.0 | +39.5% | 1.30x |
+    | BN, XLA's conv gradients | 24.2 | 12.9 | 77.4 | 101.5 | +20.8% | 1.51x |
+    | BN, autodiff | 29.1 | 12.9 | 77.8 | 98.6 | +21.5% | 1.50x |
+    | BN, flax.linen.BatchNorm | 23.4 | 12.2 | 82.3 | 101.4 | +28.4% | 1.42x |
+    | PyTorch eager, no BN | 0.3 | 9.2 | 108.9 | 130.3 | +0.0% | 1.07x |
+    | PyTorch eager, BN | 0.5 | 8.6 | 116.6 | 143.5 | +7.0% | 1.00x |
+    | PyTorch torch.compile, no BN | 5.1 | 11.5 | 86.6 | 121.6 | +0.0% | 1.35x |
+    | PyTorch torch.compile, BN | 5.5 | 11.7 | 85.3 | 115.7 | -1.5% | 1.37x |
+
+At the CPU scale the default's row and the XLA's-conv-gradients row run the same program: 89.3 against 77.4 ms at
+best, 102.0 against 101.5 at the median, so a best round here is worth +-15%. A run just before (`--repeats=5`): BN
+81.9 ms, no BN 69.0 (+18.8%), torch.compile BN 79.3 (0.97x), PyTorch eager BN 125.3.
+
+Targets of issue 15 and where they stand: >= PyTorch eager at 224 px: 0.93-0.99x in three runs (0.94x at the
+median), level within the VM's noise (0.42x at the start); >= torch.compile at the CPU scale: 0.90-1.10x in four runs
+(1.13x at the median), level (0.74x); BN overhead <= 10% at the CPU scale: +19% to +21% in the last two runs (+8% and
++30% before; ~20% at the start), not met. Each BN layer adds three passes over its feature map (sum x and sum x^2
+forward, sum dy x backward) at XLA:CPU's reduction speed, ~0.1 ms each for the first modules' 32x28x28x8 on two cores,
+~190 us per layer over 69 layers; every form of the two forward sums in one pass was slower (below). What changed,
+what did not help, and where the time goes:
 
 Kept, in the order they landed (224 px figures are one BN step, 8 images):
 * `inception.max_pool`: the max-pool gradient without XLA's select-and-scatter, which XLA:CPU runs as a serial
@@ -123,9 +155,9 @@ Tried and not kept:
 Where the time goes (a `jax.profiler` trace with XLA:CPU's per-thunk TraceMe, `xla_cpu_enable_xprof_traceme`, thunks
 mapped to the optimized HLO; `scripts/bench_convs.py` per convolution): at 224 px the convolutions, where XLA:CPU's
 forward passes and the smaller convolutions' gradients are 1.3-2x PyTorch's oneDNN (the 3x3 convolutions at 28x28:
-forward 8-10 ms against 4-6); at the CPU scale BN's 69 layers over small tensors (4 to 44 channels), where each extra fusion
-and reduction is a thunk of its own, so BN's cost is more thunks than bytes. `xla_cpu_use_thunk_runtime` is no longer
-a compile option in jax 0.10.2.
+forward 8-10 ms against 4-6); at the CPU scale BN's 69 layers over small tensors (4 to 44 channels), each with
+three more passes over its feature map (one reduction thunk each, ~0.1 ms at 32x28x28x8) and a few small fusions
+and `cond`s. `xla_cpu_use_thunk_runtime` is no longer a compile option in jax 0.10.2.
 """
 
 from __future__ import annotations
@@ -135,6 +167,7 @@ import functools
 import importlib.util
 import math
 import os
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -332,31 +365,32 @@ class TorchRunner:
             self._step += 1
 
 
-def best_seconds(runners: dict[str, Runner | TorchRunner], steps: int, repeats: int) -> dict[str, float]:
-    """Best wall time of `steps` steps per variant over `repeats` rounds in which the variants take turns."""
-    best = dict.fromkeys(runners, float("inf"))
+def round_seconds(runners: dict[str, Runner | TorchRunner], steps: int, repeats: int) -> dict[str, list[float]]:
+    """Wall time of `steps` steps per variant in each of `repeats` rounds in which the variants take turns."""
+    seconds: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(repeats):
         for name, runner in runners.items():
             start = time.perf_counter()
             runner.run(steps)
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
+            seconds[name].append(time.perf_counter() - start)
+    return seconds
 
 
-def markdown_table(compile_s: dict[str, float], seconds: dict[str, float], steps: int) -> str:
-    """The results as a markdown table: overhead is relative to the same framework and mode's no-BN net, speed
-    to PyTorch eager's BN net (when measured; > 1 is faster)."""
-    rows = [
-        "| variant | compile (s) | steps/s | ms/step | overhead vs no BN | speed vs PyTorch eager BN |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
+def markdown_table(compile_s: dict[str, float], rounds: dict[str, list[float]], steps: int) -> str:
+    """The results as a markdown table of each variant's best round (and its median round's ms/step): overhead is
+    relative to the same framework and mode's no-BN net, speed to PyTorch eager's BN net (when measured; > 1 is
+    faster), both of best rounds."""
+    seconds = {name: min(times) for name, times in rounds.items()}
+    columns = ["variant", "compile (s)", "steps/s", "ms/step", "median ms/step", "overhead vs no BN"]
+    columns.append("speed vs PyTorch eager BN")
+    rows = ["| " + " | ".join(columns) + " |", "| --- |" + " ---: |" * (len(columns) - 1)]
     for name, total in seconds.items():
         baseline = name.rsplit(", ", 1)[0] + f", {NO_BN}" if name.startswith("PyTorch") else NO_BN
         overhead = 100 * (total / seconds[baseline] - 1)
         speed = f"{seconds[TORCH_EAGER_BN] / total:.2f}x" if TORCH_EAGER_BN in seconds else "-"
         rows.append(
-            f"| {name} | {compile_s[name]:.1f} | {steps / total:.1f} | {1e3 * total / steps:.1f} | {overhead:+.1f}% "
-            f"| {speed} |"
+            f"| {name} | {compile_s[name]:.1f} | {steps / total:.1f} | {1e3 * total / steps:.1f} "
+            f"| {1e3 * statistics.median(rounds[name]) / steps:.1f} | {overhead:+.1f}% | {speed} |"
         )
     return "\n".join(rows)
 
@@ -399,14 +433,14 @@ def main(argv: list[str]) -> None:
     print()
     for runner in runners.values():
         runner.run(3)  # warm-up
-    seconds = best_seconds(runners, _STEPS.value, _REPEATS.value)
+    rounds = round_seconds(runners, _STEPS.value, _REPEATS.value)
     print(
         f"JAX {jax.__version__} on {jax.default_backend()}, {_CPU_CORES.value or 'all'} core(s); BN-Inception "
         f"x{_WIDTH.value}, {'small input, 28x28x1' if size == 28 else f'{size}x{size}x3'}, batch {_BATCH.value}; "
         f"{_STEPS.value} steps per variant and round, best of {_REPEATS.value} interleaved rounds; "
         f"load average {os.getloadavg()[0]:.1f}\n"
     )
-    print(markdown_table({name: r.compile_s for name, r in runners.items()}, seconds, _STEPS.value))
+    print(markdown_table({name: r.compile_s for name, r in runners.items()}, rounds, _STEPS.value))
 
 
 if __name__ == "__main__":
