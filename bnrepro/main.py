@@ -102,7 +102,7 @@ def main(argv: list[str]) -> None:
     config = load_config()
     config_schema.validate(config)
     workdir = workdir_path(_WORKDIR.value)
-    keep_freed_memory()  # before JAX starts its threads
+    keep_freed_memory()  # XLA:CPU's per-step temporaries kept by malloc, not faulted in anew at every step
     initialize_distributed()  # before anything starts JAX's backend (use_cpu_cores asks which one it is)
     use_cpu_cores(config.cpu_cores)
     logging.info("JAX %s, backend %s, devices %s", jax.__version__, jax.default_backend(), jax.devices())

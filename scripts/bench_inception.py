@@ -21,7 +21,8 @@ trains on CPU (XLA:CPU runs convolutions several times slower inside a while loo
 Compile time is reported apart; then the variants take turns, `--steps` steps each, `--repeats` rounds, so that
 load from other processes hits all of them alike, and each one's best round is reported (its median round beside
 it: on a noisy machine compare both). The process is pinned to `--cpu_cores` cores before JAX starts, and malloc
-keeps freed memory (`bnrepro.cpu.keep_freed_memory`), as `bnrepro.main` does.
+keeps freed memory (`bnrepro.cpu.keep_freed_memory`), as `bnrepro.main` and a sweep's workers do, in one arena
+for the 224 px net.
 
     python scripts/bench_inception.py [--steps=10] [--repeats=10] [--cpu_cores=1] [--torch_path=DIR]
     python scripts/bench_inception.py --cpu_cores=0 --image_size=224 --width_multiplier=1.0 --batch_size=8
@@ -97,13 +98,32 @@ At the CPU scale the default's row and the XLA's-conv-gradients row run the same
 best, 102.0 against 101.5 at the median, so a best round here is worth +-15%. A run just before (`--repeats=5`): BN
 81.9 ms, no BN 69.0 (+18.8%), torch.compile BN 79.3 (0.97x), PyTorch eager BN 125.3.
 
+All the CPU-scale tables above ran with malloc's one arena for all threads, which the CPU-scale step pays for
+(`keep_freed_memory` below). Without it (`keep_freed_memory()`, as now), 16:00-16:06, the VM faster again, the
+same command (`--repeats=10`) twice:
+
+    | variant | compile (s) | steps/s | ms/step | median ms/step | overhead vs no BN | speed vs PyTorch eager BN |
+    | --- | ---: | ---: | ---: | ---: | ---: | ---: |
+    | no BN | 7.7 | 24.1 | 41.6 | 41.8 | +0.0% | 1.88x |
+    | BN, paper VJP (default) | 13.3 | 20.9 | 47.9 | 48.9 | +15.2% | 1.63x |
+    | BN, XLA's conv gradients | 14.0 | 20.7 | 48.2 | 49.0 | +15.9% | 1.62x |
+    | BN, autodiff | 12.1 | 20.5 | 48.7 | 50.0 | +17.1% | 1.61x |
+    | BN, flax.linen.BatchNorm | 12.6 | 20.1 | 49.9 | 50.8 | +19.9% | 1.57x |
+    | PyTorch eager, no BN | 0.2 | 14.3 | 70.0 | 71.6 | +0.0% | 1.12x |
+    | PyTorch eager, BN | 0.4 | 12.8 | 78.2 | 81.2 | +11.7% | 1.00x |
+    | PyTorch torch.compile, no BN | 3.5 | 16.9 | 59.3 | 60.7 | +0.0% | 1.32x |
+    | PyTorch torch.compile, BN | 3.8 | 18.5 | 54.1 | 54.9 | -8.8% | 1.45x |
+
+The second: BN 47.8 ms (median 48.7), no BN 41.1 (+16.2%), torch.compile BN 51.9 (52.7), 1.09x; PyTorch eager BN
+76.1 (1.59x). The two identical rows now agree within 1%.
+
 Targets of issue 15 and where they stand: >= PyTorch eager at 224 px: 0.93-0.99x in three runs (0.94x at the
-median), level within the VM's noise (0.42x at the start); >= torch.compile at the CPU scale: 0.90-1.10x in four runs
-(1.13x at the median), level (0.74x); BN overhead <= 10% at the CPU scale: +19% to +21% in the last two runs (+8% and
-+30% before; ~20% at the start), not met. Each BN layer adds three passes over its feature map (sum x and sum x^2
-forward, sum dy x backward) at XLA:CPU's reduction speed, ~0.1 ms each for the first modules' 32x28x28x8 on two cores,
-~190 us per layer over 69 layers; every form of the two forward sums in one pass was slower (below). What changed,
-what did not help, and where the time goes:
+median), level within the VM's noise (0.42x at the start); >= torch.compile at the CPU scale: 1.09-1.13x in the
+last two runs (1.08-1.12x at the median; 0.90-1.10x with one arena; 0.74x at the start), met; BN overhead <= 10% at
+the CPU scale: +15% to +16% in the last two runs (+19% to +30% with one arena; ~20% at the start), not met. Each BN
+layer adds three passes over its feature map (sum x and sum x^2 forward, sum dy x backward) at XLA:CPU's reduction
+speed, ~0.1 ms each for the first modules' 32x28x28x8 on two cores, over 69 layers; every form of the two forward
+sums in one pass was slower (below). What changed, what did not help, and where the time goes:
 
 Kept, in the order they landed (224 px figures are one BN step, 8 images):
 * `inception.max_pool`: the max-pool gradient without XLA's select-and-scatter, which XLA:CPU runs as a serial
@@ -126,9 +146,14 @@ Kept, in the order they landed (224 px figures are one BN step, 8 images):
   step's time). The stem's kernel gradient: 95 against 142 ms (PyTorch 15); conv2's: 90 against 159 (PyTorch 42).
   In the step: 0.81x -> 0.99x PyTorch eager (table above); applied to every convolution it was slower, at 224 px
   (1190 against 1140 ms, 1369 against 1233) and at the CPU scale (8-25%, in two runs).
-* `bnrepro.cpu.keep_freed_memory` (in `bnrepro.main` and here): XLA:CPU allocates each step's temporaries
-  anew (380 MB at 224 px), which glibc mmap'ed and unmapped each time, so each step faulted ~95,000 pages in.
-  In three pairs of processes: 997-1014 against 1069-1126 ms at 224 px, PyTorch unchanged (919-1005 ms).
+* `bnrepro.cpu.keep_freed_memory` (in `bnrepro.main`, a sweep's workers and here): XLA:CPU allocates each
+  step's temporaries anew (380 MB at 224 px), which glibc mmap'ed and unmapped each time, so each step faulted
+  ~95,000 pages in. In three pairs of processes: 997-1014 against 1069-1126 ms at 224 px, PyTorch unchanged
+  (919-1005 ms). It first put all threads on one arena, which the 224 px temporaries need (over 64 MiB a thread's
+  own arena mmaps them anyway) but which costs the CPU-scale step a lock in every thread's malloc: there, in
+  pairs of processes, 84-111 ms per BN step with one arena, 70-80 with glibc's default, 49-62 with the threads'
+  own arenas and nothing mmap'ed (41 MB of temporaries); back to back at 16:08, 68.2-68.9, 61.3-62.1 and 47.6-47.7.
+  Hence one arena only for the 224 px net (`one_arena`).
 
 Tried and not kept:
 * Pools as maxima / sums over the 9 strided slices of each window (`reduce_window` alone is 2-6x slower:
@@ -397,7 +422,9 @@ def markdown_table(compile_s: dict[str, float], rounds: dict[str, list[float]], 
 
 def main(argv: list[str]) -> None:
     del argv
-    keep_freed_memory()  # as bnrepro.main does (PyTorch's rows run with it too)
+    # As bnrepro.main does, and one arena for the paper's net, whose steps' temporaries exceed 64 MiB (PyTorch's
+    # rows run with it too).
+    keep_freed_memory(one_arena=_IMAGE_SIZE.value != 28)
     use_cpu_cores(_CPU_CORES.value)
     size = _IMAGE_SIZE.value
     rng = np.random.default_rng(0)

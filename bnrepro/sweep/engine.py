@@ -42,6 +42,7 @@ from typing import Any
 import jax
 import ray
 
+from bnrepro.cpu import keep_freed_memory
 from bnrepro.sweep import points
 from bnrepro.training.run_dir import write_atomically
 
@@ -182,6 +183,7 @@ def _train_group(
     """The body of a group's Ray task: checks the workdir is the sweep's, logs into the group's `train.log`, pins
     the process to cores of its own (CPU groups), trains the points (`points.run_points`) and records in each
     point's status where it trained (node, process, devices, backend, cores)."""
+    keep_freed_memory()  # XLA:CPU's per-step temporaries (41 MB for Table 2's net) not faulted in at every step
     path = Path(workdir)
     check_shared_workdir(path, token)
     if not accelerated and not jax.config.jax_platforms:  # before JAX starts its backend, in this fresh worker
