@@ -406,8 +406,15 @@ def markdown_table(compile_s: dict[str, float], rounds: dict[str, list[float]], 
     relative to the same framework and mode's no-BN net, speed to PyTorch eager's BN net (when measured; > 1 is
     faster), both of best rounds."""
     seconds = {name: min(times) for name, times in rounds.items()}
-    columns = ["variant", "compile (s)", "steps/s", "ms/step", "median ms/step", "overhead vs no BN"]
-    columns.append("speed vs PyTorch eager BN")
+    columns = [
+        "variant",
+        "compile (s)",
+        "steps/s",
+        "ms/step",
+        "median ms/step",
+        "overhead vs no BN",
+        "speed vs PyTorch eager BN",
+    ]
     rows = ["| " + " | ".join(columns) + " |", "| --- |" + " ---: |" * (len(columns) - 1)]
     for name, total in seconds.items():
         baseline = name.rsplit(", ", 1)[0] + f", {NO_BN}" if name.startswith("PyTorch") else NO_BN
@@ -424,9 +431,9 @@ def main(argv: list[str]) -> None:
     del argv
     # As bnrepro.main does, and one arena for the paper's net, whose steps' temporaries exceed 64 MiB (PyTorch's
     # rows run with it too).
-    keep_freed_memory(one_arena=_IMAGE_SIZE.value != 28)
-    use_cpu_cores(_CPU_CORES.value)
     size = _IMAGE_SIZE.value
+    keep_freed_memory(one_arena=size != 28)
+    use_cpu_cores(_CPU_CORES.value)
     rng = np.random.default_rng(0)
     shape = (size, size) if size == 28 else (size, size, 3)
     count = NUM_EXAMPLES if size == 28 else 4 * _BATCH.value
