@@ -3,7 +3,7 @@ gradient and kernel gradient, in XLA (ours, and XLA's own gradients) and in PyTo
 
 The convolutions are read from the model's own forward pass (`jax.make_jaxpr`), so the shapes are the net's: by
 default the paper's net at 224x224x3, width 1.0, batch 8, without BN (BN does not change the convolutions). Each
-is run through `bnrepro.layers.conv_general_dilated` as the model runs it (1x1 convolutions as matmuls, large ones
+is run through `bnrepro.convolution.conv_general_dilated` as the model runs it (1x1 convolutions as matmuls, large ones
 with `conv_with_gemm_gradients` on CPU) and through `lax.conv_general_dilated` with XLA's own gradients; PyTorch's
 row is `conv2d` and `aten.convolution_backward` on the same shapes in NCHW. Times are the best of `--repeats`
 calls, in ms; the last rows sum each column over the net. Timed alone, a convolution pays for allocating its
@@ -31,7 +31,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from bnrepro import layers, models
+from bnrepro import convolution, models
 from bnrepro.cpu import use_cpu_cores
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/fashion_table2.py:bn_x5", "The net's config.")
@@ -94,7 +94,7 @@ def xla_times(conv: dict[str, Any], ours: bool) -> list[float]:
     rng = np.random.default_rng(0)
     lhs = rng.standard_normal(conv["lhs"], np.float32)
     rhs = rng.standard_normal(conv["rhs"], np.float32)
-    lax_conv = layers.conv_general_dilated if ours else jax.lax.conv_general_dilated
+    lax_conv = convolution.conv_general_dilated if ours else jax.lax.conv_general_dilated
 
     def forward(u: jax.Array, kernel: jax.Array) -> jax.Array:
         return lax_conv(u, kernel, conv["strides"], conv["padding"], dimension_numbers=("NHWC", "HWIO", "NHWC"))

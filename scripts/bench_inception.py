@@ -8,8 +8,8 @@ only difference between the variants:
 * no BN: every convolution keeps its bias, nothing normalizes;
 * BN, paper VJP: `model.bn.backward="paper"`, Sec. 3's backward pass as a custom VJP (the default);
 * BN, XLA's conv gradients: the default, but every convolution differentiated by XLA itself
-  (`layers.GEMM_GRADIENTS_MIN_ELEMENTS` set to infinity; by default the large ones take
-  `layers.conv_with_gemm_gradients`; at the CPU scale none is large enough, so this row is the default's);
+  (`convolution.GEMM_GRADIENTS_MIN_ELEMENTS` set to infinity; by default the large ones take
+  `convolution.conv_with_gemm_gradients`; at the CPU scale none is large enough, so this row is the default's);
 * BN, autodiff: `model.bn.backward="autodiff"`;
 * BN, flax.linen.BatchNorm: Flax's layer in place of ours (the model unchanged, its `norm` swapped);
 * PyTorch eager (and `torch.compile` with `--torch_compile`; its first step compiles for minutes), no BN and BN:
@@ -130,7 +130,7 @@ Kept, in the order they landed (224 px figures are one BN step, 8 images):
   scatter (190 ms for the stem pool's gradient alone, 155 ms for the second pool's; now elementwise, ~15 ms).
 * The stem's separable convolution as one dense convolution with the product kernel (`SeparableConvBN`; the
   grouped 7x7 convolution's kernel gradient took 650 ms as a 3-D convolution over the whole image).
-* 1x1 convolutions as matmuls (`layers.conv_general_dilated`; XLA:CPU took 3-5x longer for their kernel
+* 1x1 convolutions as matmuls (`convolution.conv_general_dilated`; XLA:CPU took 3-5x longer for their kernel
   gradients as convolutions). With the stem: 742 -> 506 ms (idle, back to back).
 * BN over a convolution's N, H, W: one-pass moments guarded by a per-layer two-pass fallback
   (`batchnorm._guarded_moments`) and dl/dgamma as sum dy x - mu sum dy, so that x - mu is never written out
@@ -138,7 +138,7 @@ Kept, in the order they landed (224 px figures are one BN step, 8 images):
 * The paper backward's whole pass under the one-pass/two-pass `cond` (`batchnorm._transform_paper_bwd`): with only
   dl/dgamma's sum inside it XLA:CPU fused nothing across it. In one process, interleaved, one core, 30 rounds:
   BN's overhead +22.3% -> +14.6% (best; medians +27.0% -> +11.5%), the same as with no guard at all (+15.2%).
-* Large convolutions' gradients as matmuls over im2col's patches (`layers.conv_with_gemm_gradients`, on CPU for
+* Large convolutions' gradients as matmuls over im2col's patches (`convolution.conv_with_gemm_gradients`, on CPU for
   convolutions with >= 3M patches' elements: at 224 px the stem, conv2 and the 3x3 convolutions at 28x28 over
   64+ channels). `scripts/bench_convs.py` times each of the net's convolutions alone: summed over the net,
   forward / input gradient / kernel gradient in ms, ours 264 / 331 / 487, with XLA's own gradients
@@ -205,7 +205,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from bnrepro import data, layers, models
+from bnrepro import convolution, data, models
 from bnrepro.cpu import keep_freed_memory, use_cpu_cores
 from bnrepro.models import inception
 from bnrepro.training.inputs import OnDeviceInput
@@ -261,13 +261,13 @@ def _config(batch_norm: bool, backward: str) -> ml_collections.ConfigDict:
 
 @contextlib.contextmanager
 def xla_conv_gradients() -> Iterator[None]:
-    """While in it, `layers.conv_general_dilated` leaves every convolution's gradients to XLA."""
-    default = layers.GEMM_GRADIENTS_MIN_ELEMENTS
-    layers.GEMM_GRADIENTS_MIN_ELEMENTS = math.inf
+    """While in it, `convolution.conv_general_dilated` leaves every convolution's gradients to XLA."""
+    default = convolution.GEMM_GRADIENTS_MIN_ELEMENTS
+    convolution.GEMM_GRADIENTS_MIN_ELEMENTS = math.inf
     try:
         yield
     finally:
-        layers.GEMM_GRADIENTS_MIN_ELEMENTS = default
+        convolution.GEMM_GRADIENTS_MIN_ELEMENTS = default
 
 
 class Runner:

@@ -11,14 +11,8 @@ import numpy as np
 import numpy_reference as ref
 import pytest
 
-from bnrepro.layers import (
-    BatchNorm,
-    ConvBN,
-    DenseBN,
-    conv_general_dilated,
-    conv_with_gemm_gradients,
-    population_statistics,
-)
+from bnrepro.convolution import conv_general_dilated, conv_with_gemm_gradients
+from bnrepro.layers import BatchNorm, ConvBN, DenseBN, population_statistics
 
 MOMENTUM, EPS = 0.9, 1e-3
 

@@ -22,7 +22,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bnrepro.layers import BatchNorm, ConvBN, activation_fn, conv_general_dilated
+from bnrepro.convolution import conv_general_dilated
+from bnrepro.layers import BatchNorm, ConvBN, activation_fn
 
 # The collection `BNInception` sows each stage's output into (keys: `STAGES`), when the caller
 # makes it mutable; e.g. `model.apply(variables, x, train=False, mutable=[STAGE_OUTPUTS])`.
@@ -188,7 +189,7 @@ class SeparableConvBN(nn.Module):
     a grouped convolution's kernel gradient is a 3-D convolution over the whole image, and even as a dense
     block-diagonal convolution the 3 -> 24 maps took 82 ms forward on 8 images at 224x224, against 19 ms
     for the 3 -> 64 product (151 ms against 36 ms with the kernels' gradients; measured side by side).
-    The product runs through `bnrepro.layers.conv_general_dilated`, which on CPU at 224 px takes its
+    The product runs through `bnrepro.convolution.conv_general_dilated`, which on CPU at 224 px takes its
     gradients as matmuls (`conv_with_gemm_gradients`).
 
     Attributes:
