@@ -65,7 +65,7 @@ import tensorflow_datasets as tfds
 from absl import app, flags
 from array_record.python import array_record_module
 
-from bnrepro.data import imagenet
+from bnrepro.data import augmentation, image_decoding, imagenet
 
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 512, "JPEGs in the temporary dataset.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Examples per batch.")
@@ -122,7 +122,7 @@ def write_dataset(root: Path, num_images: int) -> tuple[list[Path], list[int]]:
     writer = array_record_module.ArrayRecordWriter(
         os.fspath(version_dir / "imagenet2012-train.array_record-00000-of-00001"), "group_size:1"
     )
-    files, labels = [], [int(label) for label in rng.integers(0, imagenet.NUM_CLASSES, num_images)]
+    files, labels = [], [int(label) for label in rng.integers(0, image_decoding.NUM_CLASSES, num_images)]
     for i, label in enumerate(labels):
         jpeg = _jpeg(rng)
         files.append(root / "jpeg" / f"{i:05d}.JPEG")
@@ -168,7 +168,7 @@ def measure(open_batches: Callable[[], Iterator[Any]], batch_size: int, warmup: 
 class JpegFiles:
     """A torch map-style dataset: JPEG file -> (augmented float32 image, label), decoded with PIL."""
 
-    def __init__(self, files: Sequence[Path], labels: Sequence[int], preprocess: imagenet.TrainPreprocess):
+    def __init__(self, files: Sequence[Path], labels: Sequence[int], preprocess: augmentation.TrainPreprocess):
         self.files, self.labels, self.preprocess = files, labels, preprocess
 
     def __len__(self) -> int:
@@ -182,7 +182,11 @@ class JpegFiles:
 
 
 def torch_batches(
-    files: Sequence[Path], labels: Sequence[int], preprocess: imagenet.TrainPreprocess, workers: int, num_batches: int
+    files: Sequence[Path],
+    labels: Sequence[int],
+    preprocess: augmentation.TrainPreprocess,
+    workers: int,
+    num_batches: int,
 ) -> Iterator[Any]:
     """`num_batches` shuffled batches from a torch `DataLoader` with `workers` worker processes (persistent)."""
     import torch.utils.data  # Only here: torch is optional.
@@ -217,7 +221,7 @@ def main(argv: list[str]) -> None:
     have_torch = importlib.util.find_spec("torch") is not None
     if have_torch:
         importlib.import_module("torch.utils.data")  # before any timing
-    preprocess = imagenet.TrainPreprocess(image_size=IMAGE_SIZE, color_jitter=imagenet.DISTORTIONS["reduced"])
+    preprocess = augmentation.TrainPreprocess(image_size=IMAGE_SIZE, color_jitter=augmentation.DISTORTIONS["reduced"])
     read_options = grain.ReadOptions(num_threads=_READ_THREADS.value, prefetch_buffer_size=_PREFETCH.value)
     root = Path(tempfile.mkdtemp(prefix="bench_input_"))
     try:

@@ -18,7 +18,7 @@ import pytest
 import tensorflow_datasets as tfds
 from array_record.python import array_record_module
 
-from bnrepro.data import DataError, imagenet
+from bnrepro.data import DataError, augmentation, image_decoding, imagenet
 
 # No reader threads: keeps the tests light on the shared CPU; determinism must not depend on threads anyway.
 SEQUENTIAL = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
@@ -84,7 +84,7 @@ def prepared(tmp_path_factory) -> tuple[Path, dict[str, list[int]]]:
 @pytest.mark.parametrize("height, width", [(375, 500), (500, 333), (64, 64), (30, 200), (17, 23)])
 def test_random_crop_is_inside_the_image_and_within_the_area_and_aspect_bounds(height, width):
     rng = np.random.default_rng(0)
-    boxes = np.array([imagenet.sample_crop_box(rng, height, width) for _ in range(2000)])
+    boxes = np.array([augmentation.sample_crop_box(rng, height, width) for _ in range(2000)])
     top, left, h, w = boxes.T
     assert (top >= 0).all() and (left >= 0).all() and (top + h <= height).all() and (left + w <= width).all()
     area = h * w / (height * width)
@@ -95,28 +95,28 @@ def test_random_crop_is_inside_the_image_and_within_the_area_and_aspect_bounds(h
         assert (w / h).min() < 0.8 and (w / h).max() > 1.25  # ...and of aspect ratios.
         assert len(set(top)) > 10 and len(set(left)) > 10  # Positions vary.
     # Anything outside the bounds is the fallback: the largest centered crop of an allowed aspect ratio.
-    fallback = imagenet.sample_crop_box(rng, height, width, max_attempts=0)
+    fallback = augmentation.sample_crop_box(rng, height, width, max_attempts=0)
     assert all(tuple(box) == tuple(fallback) for box in boxes[~sampled])
 
 
 def test_crop_fallback_is_centered_with_the_aspect_ratio_clamped():
     rng = np.random.default_rng(0)
-    assert imagenet.sample_crop_box(rng, 30, 40, max_attempts=0) == (0, 0, 30, 40)  # 4:3 is allowed: whole image.
-    assert imagenet.sample_crop_box(rng, 10, 100, max_attempts=0) == (0, 43, 10, 13)  # Wide: 13 = floor(10 * 4/3).
-    assert imagenet.sample_crop_box(rng, 100, 10, max_attempts=0) == (43, 0, 13, 10)  # Tall: 13 = floor(10 / (3/4)).
-    assert imagenet.sample_crop_box(rng, 1, 50) == (0, 24, 1, 1)  # Nothing fits the area bounds: fallback.
+    assert augmentation.sample_crop_box(rng, 30, 40, max_attempts=0) == (0, 0, 30, 40)  # 4:3 is allowed: whole image.
+    assert augmentation.sample_crop_box(rng, 10, 100, max_attempts=0) == (0, 43, 10, 13)  # Wide: 13 = floor(10 * 4/3).
+    assert augmentation.sample_crop_box(rng, 100, 10, max_attempts=0) == (43, 0, 13, 10)  # Tall: 13 = floor(10 / 0.75).
+    assert augmentation.sample_crop_box(rng, 1, 50) == (0, 24, 1, 1)  # Nothing fits the area bounds: fallback.
 
 
 def test_center_crop_geometry():
     # 0.875 of the shorter side, centered (the odd pixel goes to the bottom/right, as in the Flax example).
-    assert imagenet.center_crop_box(256, 256) == (16, 16, 224, 224)
-    assert imagenet.center_crop_box(300, 400) == (19, 69, 262, 262)
-    assert imagenet.center_crop_box(500, 333) == (105, 21, 291, 291)
+    assert image_decoding.center_crop_box(256, 256) == (16, 16, 224, 224)
+    assert image_decoding.center_crop_box(300, 400) == (19, 69, 262, 262)
+    assert image_decoding.center_crop_box(500, 333) == (105, 21, 291, 291)
     # Resizing the crop to 224 equals resizing the shorter side to 256 and cropping 224: here both are exact.
     green, red = np.array([0, 255, 0], np.uint8), np.array([255, 0, 0], np.uint8)
     image = np.broadcast_to(red, (256, 256, 3)).copy()
     image[16:240, 16:240] = green
-    out = imagenet.EvalPreprocess(image_size=224, mean=(0, 0, 0), std=(1, 1, 1))({"image": image, "label": 5})
+    out = image_decoding.EvalPreprocess(image_size=224, mean=(0, 0, 0), std=(1, 1, 1))({"image": image, "label": 5})
     np.testing.assert_array_equal(out["image"], np.broadcast_to(green / 255.0, (224, 224, 3)))
     assert out["label"] == 5 and out["label"].dtype == np.int32
 
@@ -126,12 +126,14 @@ def test_flip_mirrors_left_and_right():
     identity = {"image_size": SIZE, "mean": (0, 0, 0), "std": (1, 1, 1), "max_attempts": 0}  # Crop: whole image.
     outcomes = []
     for seed in range(16):
-        out = imagenet.TrainPreprocess(**identity)({"image": image, "label": 1}, np.random.default_rng(seed))
+        out = augmentation.TrainPreprocess(**identity)({"image": image, "label": 1}, np.random.default_rng(seed))
         pixels = np.rint(out["image"] * 255).astype(np.uint8)
         assert np.array_equal(pixels, image) or np.array_equal(pixels, image[:, ::-1])
         outcomes.append(np.array_equal(pixels, image))
     assert 0 < sum(outcomes) < 16  # Both happen.
-    unflipped = imagenet.TrainPreprocess(**identity, flip=False)({"image": image, "label": 1}, np.random.default_rng(1))
+    unflipped = augmentation.TrainPreprocess(**identity, flip=False)(
+        {"image": image, "label": 1}, np.random.default_rng(1)
+    )
     np.testing.assert_array_equal(np.rint(unflipped["image"] * 255).astype(np.uint8), image)
 
 
@@ -139,9 +141,9 @@ def test_flip_mirrors_left_and_right():
 
 
 def test_normalization_is_per_channel():
-    mean, std = np.array(imagenet.MEAN_RGB), np.array(imagenet.STDDEV_RGB)
+    mean, std = np.array(image_decoding.MEAN_RGB), np.array(image_decoding.STDDEV_RGB)
     image = np.stack([np.broadcast_to(mean, (4, 4, 3)), np.broadcast_to(mean + std, (4, 4, 3))])
-    out = imagenet.normalize(image.astype(np.float32))
+    out = image_decoding.normalize(image.astype(np.float32))
     assert out.dtype == np.float32
     np.testing.assert_allclose(out[0], 0.0, atol=1e-6)
     np.testing.assert_allclose(out[1], 1.0, atol=1e-6)
@@ -152,24 +154,25 @@ def test_color_adjustments():
     image = rng.uniform(0.2, 0.8, (6, 5, 3)).astype(np.float32)
     gray = np.broadcast_to(rng.uniform(size=(6, 5, 1)), (6, 5, 3)).astype(np.float32)
     luma = np.array([0.299, 0.587, 0.114], np.float32)
-    np.testing.assert_allclose(imagenet.adjust_brightness(image, 0.1), image + 0.1, atol=1e-6)
-    saturated = imagenet.adjust_saturation(image, 0.0)
+    np.testing.assert_allclose(augmentation.adjust_brightness(image, 0.1), image + 0.1, atol=1e-6)
+    saturated = augmentation.adjust_saturation(image, 0.0)
     np.testing.assert_allclose(saturated, np.repeat((image @ luma)[..., None], 3, -1), atol=1e-6)
-    contrasted = imagenet.adjust_contrast(image, 0.5)
+    contrasted = augmentation.adjust_contrast(image, 0.5)
     np.testing.assert_allclose(contrasted.mean((0, 1)), image.mean((0, 1)), atol=1e-6)
     np.testing.assert_allclose(contrasted.std((0, 1)), 0.5 * image.std((0, 1)), atol=1e-6)
-    np.testing.assert_allclose(imagenet.adjust_hue(image, 0.0), image, atol=1e-6)
-    np.testing.assert_allclose(imagenet.adjust_hue(image, 1.0), image, atol=1e-5)  # A whole turn.
-    np.testing.assert_allclose(imagenet.adjust_hue(gray, 0.3), gray, atol=1e-5)  # Grays keep their color...
-    np.testing.assert_allclose(imagenet.adjust_hue(image, 0.3) @ luma, image @ luma, atol=1e-5)  # ...all their luma.
-    assert not np.allclose(imagenet.adjust_hue(image, 0.3), image, atol=1e-2)
+    np.testing.assert_allclose(augmentation.adjust_hue(image, 0.0), image, atol=1e-6)
+    np.testing.assert_allclose(augmentation.adjust_hue(image, 1.0), image, atol=1e-5)  # A whole turn.
+    np.testing.assert_allclose(augmentation.adjust_hue(gray, 0.3), gray, atol=1e-5)  # Grays keep their color...
+    hued = augmentation.adjust_hue(image, 0.3)
+    np.testing.assert_allclose(hued @ luma, image @ luma, atol=1e-5)  # ...all their luma.
+    assert not np.allclose(hued, image, atol=1e-2)
 
 
 def test_color_jitter_presets():
     image = np.random.default_rng(0).uniform(size=(8, 8, 3)).astype(np.float32)
-    np.testing.assert_array_equal(imagenet.ColorJitter()(image, np.random.default_rng(0)), image)
-    assert imagenet.DISTORTIONS["none"] is None
-    reduced, full = imagenet.DISTORTIONS["reduced"], imagenet.DISTORTIONS["full"]
+    np.testing.assert_array_equal(augmentation.ColorJitter()(image, np.random.default_rng(0)), image)
+    assert augmentation.DISTORTIONS["none"] is None
+    reduced, full = augmentation.DISTORTIONS["reduced"], augmentation.DISTORTIONS["full"]
     assert reduced.contrast == reduced.hue == 0 and reduced.brightness == full.brightness > 0
     for jitter in (reduced, full):
         out = jitter(image, np.random.default_rng(1))
@@ -326,7 +329,7 @@ def test_eval_covers_every_example_once_with_padding():
 
 
 def test_bad_records_and_arguments_are_refused():
-    preprocess = imagenet.EvalPreprocess(image_size=SIZE)
+    preprocess = image_decoding.EvalPreprocess(image_size=SIZE)
     with pytest.raises(DataError, match="label -1 is outside 0..999"):  # The unlabeled test split.
         preprocess({"image": np.zeros((8, 8, 3), np.uint8), "label": -1})
     with pytest.raises(DataError, match=r"expected a uint8 \(H, W, 3\) image"):

@@ -9,14 +9,13 @@ Sec. 4.2 trains on ImageNet with the Inception input pipeline; this module rebui
   ``tfds.testing.mock_data`` the source instead yields random uint8 images of random small sizes, undecoded.
   Preparing does need TensorFlow (see :func:`open_split`'s error).
 * Training (:func:`train_dataset`): an epoch order from :class:`ShuffledOrder` (Sec. 4.2.1's within-shard
-  shuffling, the baseline's shard-order-only shuffling, or a global shuffle), then per example the Inception
-  random-size crop (:func:`sample_crop_box`: 8%-100% of the area, aspect ratio 3/4-4/3), a resize to
-  ``image_size``, a random horizontal flip, an optional photometric distortion (:class:`ColorJitter`; the
-  accelerated runs "reduce photometric distortions", Sec. 4.2.1, which is the ``"reduced"`` preset), and
-  per-channel normalization; batches of ``batch_size`` examples per process, the incomplete last one dropped.
+  shuffling, the baseline's shard-order-only shuffling, or a global shuffle), then per example Inception's
+  augmentation (`bnrepro.data.augmentation.TrainPreprocess`: random-size crop, resize to ``image_size``, random
+  flip, optional photometric distortion, per-channel normalization); batches of ``batch_size`` examples per
+  process, the incomplete last one dropped.
 * Evaluation (:func:`eval_dataset`): resize the shorter side to ``image_size / 0.875`` and take the central
-  ``image_size`` square (single-crop evaluation, Sec. 4.2), every example exactly once, padded with masked
-  examples so that every process runs the same number of full batches.
+  ``image_size`` square (`bnrepro.data.image_decoding.EvalPreprocess`, single-crop evaluation, Sec. 4.2), every
+  example exactly once, padded with masked examples so that every process runs the same number of full batches.
 
 Both are deterministic given the seed (augmentation randomness is keyed by the example's position in the
 global stream, not by thread timing) and return grain ``IterDataset``s whose iterators checkpoint with
@@ -30,35 +29,25 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import operator
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from absl import flags
 
+from bnrepro.data.augmentation import DISTORTIONS, ColorJitter, TrainPreprocess
 from bnrepro.data.core import DataError
+from bnrepro.data.image_decoding import CROP_FRACTION, MEAN_RGB, STDDEV_RGB, EvalPreprocess
 
 if TYPE_CHECKING:
     import grain
 
 DATASET_NAME = "imagenet2012"
-NUM_CLASSES = 1000
 # What tfds's imagenet2012 builder reads from its manual_dir (by default <data_dir>/downloads/manual/).
 MANUAL_FILES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
-
-# Inception's random-size crop: "patches whose size is distributed evenly between 8% and 100% of the image area
-# with aspect ratio constrained to the interval [3/4, 4/3]" (Szegedy et al. 2015, the paper's ref. for Sec. 4.2).
-AREA_RANGE = (0.08, 1.0)
-ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
-# Evaluation crops the central 87.5% of the shorter side (224 of 256), as Inception and the Flax example do.
-CROP_FRACTION = 0.875
-# Per-channel mean and standard deviation of ImageNet training pixels, for images scaled to [0, 1].
-MEAN_RGB = (0.485, 0.456, 0.406)
-STDDEV_RGB = (0.229, 0.224, 0.225)
 # Training examples per tfds imagenet2012 file shard (1,281,167 over 1024 files), used as the shard size when
 # the source does not say how its files are split (sub-splits such as 'train[:10%]', mock data).
 DEFAULT_SHARD_SIZE = 1251
@@ -129,240 +118,6 @@ def open_split(split: str, data_dir: str | os.PathLike[str] | None = None) -> Se
 def num_examples(split: str, data_dir: str | os.PathLike[str] | None = None) -> int:
     """Number of examples in a prepared imagenet2012 split (1,281,167 for "train", 50,000 for "validation")."""
     return len(open_split(split, data_dir))
-
-
-# --- Geometry: Inception random-size crop and central crop ---------------------------------------------------
-
-
-class CropBox(NamedTuple):
-    """A rectangle of whole pixels: rows [top, top + height), columns [left, left + width)."""
-
-    top: int
-    left: int
-    height: int
-    width: int
-
-
-def _fits(height: int, width: int, crop_h: int, crop_w: int, area_range, aspect_ratio_range) -> bool:
-    """Whether an integer crop lies inside the image and within the area-fraction and aspect-ratio bounds."""
-    area = height * width
-    return (
-        0 < crop_h <= height
-        and 0 < crop_w <= width
-        and area_range[0] * area <= crop_h * crop_w <= area_range[1] * area
-        and aspect_ratio_range[0] * crop_h <= crop_w <= aspect_ratio_range[1] * crop_h
-    )
-
-
-def sample_crop_box(
-    rng: np.random.Generator,
-    height: int,
-    width: int,
-    *,
-    area_range: tuple[float, float] = AREA_RANGE,
-    aspect_ratio_range: tuple[float, float] = ASPECT_RATIO_RANGE,
-    max_attempts: int = 10,
-) -> CropBox:
-    """Samples Inception's random-size crop of an image of ``height`` x ``width`` pixels.
-
-    Each attempt draws the crop's area uniformly in ``area_range`` (fractions of the image area) and its aspect
-    ratio width/height log-uniformly in ``aspect_ratio_range`` (so 3/4 and 4/3 are equally likely), rounds the
-    sides to whole pixels and keeps the crop if it fits the image and the rounded crop still meets both bounds;
-    its position is then uniform over the image. This is the sampler of TF-slim's ``distorted_bounding_box_crop``
-    (used by the Flax ImageNet example) and torchvision's ``RandomResizedCrop``, up to how the size is drawn.
-
-    If all ``max_attempts`` fail (only likely for very elongated images), the fallback is the largest centered crop
-    whose aspect ratio lies in ``aspect_ratio_range``: the whole image when its own aspect ratio does. Only this
-    fallback can fall below ``area_range[0]``.
-    """
-    log_lo, log_hi = math.log(aspect_ratio_range[0]), math.log(aspect_ratio_range[1])
-    for _ in range(max_attempts):
-        target_area = height * width * rng.uniform(*area_range)
-        aspect = math.exp(rng.uniform(log_lo, log_hi))
-        crop_w = round(math.sqrt(target_area * aspect))
-        crop_h = round(math.sqrt(target_area / aspect))
-        if _fits(height, width, crop_h, crop_w, area_range, aspect_ratio_range):
-            top = int(rng.integers(0, height - crop_h + 1))
-            left = int(rng.integers(0, width - crop_w + 1))
-            return CropBox(top, left, crop_h, crop_w)
-    crop_h, crop_w = height, width
-    if width < aspect_ratio_range[0] * height:  # Too tall: keep the width, cut the height.
-        crop_h = max(1, min(height, math.floor(width / aspect_ratio_range[0])))
-    elif width > aspect_ratio_range[1] * height:  # Too wide: keep the height, cut the width.
-        crop_w = max(1, min(width, math.floor(height * aspect_ratio_range[1])))
-    return CropBox((height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w)
-
-
-def center_crop_box(height: int, width: int, crop_fraction: float = CROP_FRACTION) -> CropBox:
-    """The central square whose side is ``crop_fraction`` of the shorter side.
-
-    Resizing this square to ``image_size`` is the same as resizing the shorter side to ``image_size /
-    crop_fraction`` (256 for 224) and cropping the central ``image_size`` square, but resizes fewer pixels.
-    """
-    side = max(1, int(crop_fraction * min(height, width)))
-    return CropBox((height - side + 1) // 2, (width - side + 1) // 2, side, side)
-
-
-def crop_and_resize(image: np.ndarray, box: CropBox, size: int) -> np.ndarray:
-    """Crops ``box`` out of a uint8 (H, W, 3) image and resizes it to (size, size, 3), bilinear (PIL, antialiased)."""
-    import PIL.Image
-
-    pil_box = (box.left, box.top, box.left + box.width, box.top + box.height)
-    resized = PIL.Image.fromarray(image).resize((size, size), PIL.Image.Resampling.BILINEAR, box=pil_box)
-    return np.asarray(resized)
-
-
-# --- Photometric distortion and normalization ----------------------------------------------------------------
-
-_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
-_RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-_YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ)
-
-
-def adjust_brightness(image: np.ndarray, delta: float) -> np.ndarray:
-    """Adds ``delta`` to every pixel (TF's ``adjust_brightness``); images in [0, 1]."""
-    return image + np.float32(delta)
-
-
-def adjust_saturation(image: np.ndarray, factor: float) -> np.ndarray:
-    """Moves each pixel away from (factor > 1) or towards (factor < 1) its gray level; 0 gives grayscale."""
-    gray = (image @ _LUMA)[..., None]
-    return gray + np.float32(factor) * (image - gray)
-
-
-def adjust_contrast(image: np.ndarray, factor: float) -> np.ndarray:
-    """Scales each channel's deviation from its mean over the image by ``factor`` (TF's ``adjust_contrast``)."""
-    mean = image.mean(axis=(0, 1), keepdims=True)
-    return mean + np.float32(factor) * (image - mean)
-
-
-def adjust_hue(image: np.ndarray, delta: float) -> np.ndarray:
-    """Rotates hue by ``delta`` turns (|delta| <= 0.5), as a rotation of the chroma plane in YIQ space.
-
-    A linear stand-in for TF's HSV ``adjust_hue`` (NVIDIA DALI does the same): luma and gray pixels are unchanged.
-    """
-    angle = 2 * math.pi * delta
-    cos, sin = math.cos(angle), math.sin(angle)
-    rotation = np.array([[1, 0, 0], [0, cos, -sin], [0, sin, cos]])
-    matrix = (_YIQ_TO_RGB @ rotation @ _RGB_TO_YIQ).astype(np.float32)
-    return image @ matrix.T
-
-
-@dataclasses.dataclass(frozen=True)
-class ColorJitter:
-    """Strengths of Inception's photometric distortions; a zero strength turns that distortion off.
-
-    Attributes:
-      brightness: a delta drawn uniformly in [-brightness, brightness] is added (images in [0, 1]).
-      saturation: saturation is scaled by a factor drawn uniformly in [1 - saturation, 1 + saturation].
-      contrast: contrast is scaled by a factor drawn uniformly in [1 - contrast, 1 + contrast].
-      hue: hue is rotated by a fraction of a turn drawn uniformly in [-hue, hue].
-    """
-
-    brightness: float = 0.0
-    saturation: float = 0.0
-    contrast: float = 0.0
-    hue: float = 0.0
-
-    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Applies the enabled distortions in a random order, then clips to [0, 1] (as TF-slim's ``distort_color``)."""
-        ops: list[Callable[[np.ndarray], np.ndarray]] = []
-        if self.brightness:
-            ops.append(lambda x: adjust_brightness(x, rng.uniform(-self.brightness, self.brightness)))
-        if self.saturation:
-            ops.append(lambda x: adjust_saturation(x, rng.uniform(1 - self.saturation, 1 + self.saturation)))
-        if self.contrast:
-            ops.append(lambda x: adjust_contrast(x, rng.uniform(1 - self.contrast, 1 + self.contrast)))
-        if self.hue:
-            ops.append(lambda x: adjust_hue(x, rng.uniform(-self.hue, self.hue)))
-        for i in rng.permutation(len(ops)):
-            image = ops[i](image)
-        return np.clip(image, 0.0, 1.0)
-
-
-# The paper does not quantify its distortions. "full" is Inception's as published in TF-slim's
-# inception_preprocessing.distort_color; "reduced" (Sec. 4.2.1's "reduce the photometric distortions") is that
-# function's fast_mode, brightness and saturation only, at the same strengths; "none" turns them off.
-DISTORTIONS: dict[str, ColorJitter | None] = {
-    "none": None,
-    "reduced": ColorJitter(brightness=32 / 255, saturation=0.5),
-    "full": ColorJitter(brightness=32 / 255, saturation=0.5, contrast=0.5, hue=0.2),
-}
-
-
-def normalize(image: np.ndarray, mean: Sequence[float] = MEAN_RGB, std: Sequence[float] = STDDEV_RGB) -> np.ndarray:
-    """Per-channel ``(image - mean) / std`` for float images in [0, 1], in float32."""
-    return (image - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-
-
-# --- Per-example transforms ----------------------------------------------------------------------------------
-
-
-def _rgb_image(record: Mapping[str, Any]) -> np.ndarray:
-    image = np.asarray(record["image"])
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3 or 0 in image.shape:
-        raise DataError(f"imagenet2012: expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}.")
-    return image
-
-
-def _label(record: Mapping[str, Any]) -> np.int32:
-    label = int(record["label"])
-    if not 0 <= label < NUM_CLASSES:  # The unlabeled 'test' split has label -1.
-        raise DataError(f"imagenet2012: label {label} is outside 0..{NUM_CLASSES - 1}; is this a labeled split?")
-    return np.int32(label)
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainPreprocess:
-    """One training example: Inception random-size crop, resize, random flip, optional color jitter, normalize.
-
-    Called by grain's ``random_map`` with the example and a generator keyed by the seed and the example's position.
-    """
-
-    image_size: int = 224
-    area_range: tuple[float, float] = AREA_RANGE
-    aspect_ratio_range: tuple[float, float] = ASPECT_RATIO_RANGE
-    max_attempts: int = 10
-    flip: bool = True
-    color_jitter: ColorJitter | None = None
-    mean: tuple[float, float, float] = MEAN_RGB
-    std: tuple[float, float, float] = STDDEV_RGB
-    dtype: Any = np.float32
-
-    def __call__(self, record: Mapping[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
-        image = _rgb_image(record)
-        box = sample_crop_box(
-            rng,
-            *image.shape[:2],
-            area_range=self.area_range,
-            aspect_ratio_range=self.aspect_ratio_range,
-            max_attempts=self.max_attempts,
-        )
-        image = crop_and_resize(image, box, self.image_size)
-        if self.flip and rng.random() < 0.5:
-            image = image[:, ::-1]
-        pixels = image.astype(np.float32) / 255.0
-        if self.color_jitter is not None:
-            pixels = self.color_jitter(pixels, rng)
-        image = normalize(pixels, self.mean, self.std).astype(self.dtype)
-        return {"image": image, "label": _label(record)}
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalPreprocess:
-    """One evaluation example: the central ``crop_fraction`` square resized to ``image_size``, normalized."""
-
-    image_size: int = 224
-    crop_fraction: float = CROP_FRACTION
-    mean: tuple[float, float, float] = MEAN_RGB
-    std: tuple[float, float, float] = STDDEV_RGB
-    dtype: Any = np.float32
-
-    def __call__(self, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        image = _rgb_image(record)
-        image = crop_and_resize(image, center_crop_box(*image.shape[:2], self.crop_fraction), self.image_size)
-        image = normalize(image.astype(np.float32) / 255.0, self.mean, self.std).astype(self.dtype)
-        return {"image": image, "label": _label(record)}
 
 
 # --- Example order ---------------------------------------------------------------------------------------------
