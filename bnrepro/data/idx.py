@@ -7,10 +7,11 @@ elements in C order.
 
 Fashion-MNIST comes from Debian's package ``dataset-fashion-mnist``, which installs its four gzipped IDX files in
 ``/usr/share/datasets/fashion-mnist``. :func:`fetch_fashion_mnist` does without installing it (no root needed): it
-downloads the pinned ``.deb`` (with ``apt-get download``, which follows the machine's apt sources, else straight
-from deb.debian.org), checks its SHA-256, takes the IDX files out of it in Python (a ``.deb`` is an ``ar`` archive
-whose ``data.tar.xz`` holds the files), checks each file's SHA-256 and stores them in ``<cache>/fashion-mnist``
-(the cache is :func:`bnrepro.data.core.resolve_cache_dir`'s); the ``.deb`` is deleted.
+downloads the pinned ``.deb`` (with ``apt-get download``, which follows the machine's apt sources, else over HTTP
+from the pool of the Debian mirror that ``$BNREPRO_DEBIAN_MIRROR`` or those sources name), checks its SHA-256,
+takes the IDX files out of it in Python (a ``.deb`` is an ``ar`` archive whose ``data.tar.xz`` holds the files),
+checks each file's SHA-256 and stores them in ``<cache>/fashion-mnist`` (the cache is
+:func:`bnrepro.data.core.resolve_cache_dir`'s); the ``.deb`` is deleted.
 """
 
 import gzip
@@ -21,10 +22,12 @@ import logging
 import lzma
 import math
 import os
+import re
 import shutil
 import subprocess
 import tarfile
 import tempfile
+import urllib.parse
 import urllib.request
 import zlib
 from collections.abc import Mapping
@@ -42,10 +45,10 @@ FASHION_MNIST_DEBIAN_DIR = Path("/") / FASHION_MNIST_PACKAGE_DIR
 FASHION_MNIST_ENV = "BNREPRO_FASHION_MNIST_DIR"
 FASHION_MNIST_FETCH_COMMAND = "python -m bnrepro.data.fetch --dataset=fashion_mnist"
 FASHION_MNIST_CACHE_SUBDIR = "fashion-mnist"  # inside the data cache directory
-# The pinned package (Debian bookworm/main): its version, file name, URL in the archive, and SHA-256.
+# The pinned package (Debian bookworm/main): its version, file name, folder in a mirror, and SHA-256.
 FASHION_MNIST_DEB_VERSION = "0.0~git20200523.55506a9-1"
 FASHION_MNIST_DEB = f"{FASHION_MNIST_APT_PACKAGE}_{FASHION_MNIST_DEB_VERSION}_all.deb"
-FASHION_MNIST_POOL_URL = f"http://deb.debian.org/debian/pool/main/d/{FASHION_MNIST_APT_PACKAGE}"
+FASHION_MNIST_POOL_PATH = f"pool/main/d/{FASHION_MNIST_APT_PACKAGE}"
 FASHION_MNIST_DEB_SHA256 = "39e172fe32dd318ebb3e512220c3beea2fa47d7e20bab348fb4e0922d6beefc0"
 # The IDX files the package installs into FASHION_MNIST_DEBIAN_DIR, and their SHA-256.
 FASHION_MNIST_SHA256: Mapping[str, str] = {
@@ -70,6 +73,15 @@ _TAR_MODES: Mapping[str, str] = {
     "data.tar.xz": "r:xz",
     "data.tar.bz2": "r:bz2",
 }
+
+# The Debian mirror to download the .deb from over HTTP (the URL whose pool/ holds the packages); without it,
+# the mirrors of the machine's apt sources under APT_DIR.
+DEBIAN_MIRROR_ENV = "BNREPRO_DEBIAN_MIRROR"
+APT_DIR = Path("/etc/apt")
+# The URL schemes of apt sources that urllib opens (apt's cdrom:, mirror+http: and the like it does not).
+_URL_SCHEMES = ("http", "https", "ftp", "file")
+# A one-line-style binary source, `deb [options] URL suite [components]`; its URL is the group.
+_ONE_LINE_DEB = re.compile(r"^[ \t]*deb[ \t]+(?:\[[^]\n]*\][ \t]*)?([^\s#]+)", re.MULTILINE)
 
 _log = logging.getLogger(__name__)
 
@@ -229,27 +241,97 @@ def _run_apt_get_download(dest_dir: Path, version: str) -> Path:
     return debs[0]
 
 
-def download_deb_http(dest_dir: Path, url: str = f"{FASHION_MNIST_POOL_URL}/{FASHION_MNIST_DEB}") -> Path:
-    """Downloads ``url`` into ``dest_dir`` with urllib (no apt needed) and returns the file's path.
+def _deb822_sources(text: str) -> list[str]:
+    """The ``URIs:`` of the stanzas of a deb822-style ``.sources`` file whose ``Types:`` include ``deb``, but for
+    those with ``Enabled: no``."""
+    urls = []
+    for stanza in re.split(r"\n[ \t]*\n", text):
+        fields: dict[str, str] = {}
+        name = None
+        for line in stanza.splitlines():
+            if line.startswith("#"):
+                continue
+            if line[:1] in (" ", "\t") and name is not None:  # a folded field's continuation line
+                fields[name] += " " + line.strip()
+            elif ":" in line:
+                name, _, value = line.partition(":")
+                name = name.strip().lower()
+                fields[name] = value.strip()
+        if "deb" in fields.get("types", "").split() and fields.get("enabled", "yes").lower() != "no":
+            urls += fields.get("uris", "").split()
+    return urls
+
+
+def apt_mirrors(apt_dir: str | os.PathLike[str] = APT_DIR) -> list[str]:
+    """The archive URLs of the binary (``deb``) sources configured under ``apt_dir``, in the order apt reads them.
+
+    That is ``sources.list``, then the files of ``sources.list.d`` by name: ``*.list`` in the one-line style
+    (``deb [options] URL suite [components]``), ``*.sources`` in the deb822 style (``Types: deb``, ``URIs: URL``);
+    other files there are ignored, as apt ignores them. Only URLs that urllib opens are kept, each once.
+    """
+    apt_dir = Path(apt_dir)
+    listed = [apt_dir / "sources.list", *sorted((apt_dir / "sources.list.d").glob("*"))]
+    urls = []
+    for path in listed:
+        if not path.is_file():
+            continue
+        if path.name == "sources.list" or path.suffix == ".list":
+            urls += _ONE_LINE_DEB.findall(path.read_text(errors="replace"))
+        elif path.suffix == ".sources":
+            urls += _deb822_sources(path.read_text(errors="replace"))
+    kept = [url for url in urls if urllib.parse.urlsplit(url).scheme in _URL_SCHEMES]
+    return list(dict.fromkeys(kept))
+
+
+def debian_mirrors(apt_dir: str | os.PathLike[str] = APT_DIR) -> list[str]:
+    """The mirrors to download the .deb from over HTTP: ``$BNREPRO_DEBIAN_MIRROR`` if set, else
+    :func:`apt_mirrors`.
 
     Raises:
-      DataError: if the download fails.
+      DataError: naming both when neither gives a mirror.
     """
-    target = dest_dir / url.rpartition("/")[2]
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(target, "wb") as f:
-            shutil.copyfileobj(response, f)
-    except (OSError, http.client.HTTPException) as e:  # urllib's URLError and HTTPError are OSErrors
-        raise DataError(f"Downloading {url} failed ({e}).") from e
-    return target
+    mirror = os.environ.get(DEBIAN_MIRROR_ENV)
+    if mirror:
+        return [mirror]
+    mirrors = apt_mirrors(apt_dir)
+    if not mirrors:
+        raise DataError(
+            f"No Debian mirror to download {FASHION_MNIST_APT_PACKAGE} from: {DEBIAN_MIRROR_ENV} is not set and "
+            f"apt's sources ({Path(apt_dir) / 'sources.list'}, {Path(apt_dir) / 'sources.list.d'}/) list no `deb` "
+            f"entry. Set {DEBIAN_MIRROR_ENV} to a Debian mirror's URL (the one whose pool/ holds the packages)."
+        )
+    return mirrors
+
+
+def download_deb_http(
+    dest_dir: Path, version: str = FASHION_MNIST_DEB_VERSION, apt_dir: str | os.PathLike[str] = APT_DIR
+) -> Path:
+    """Downloads the ``dataset-fashion-mnist`` .deb of ``version`` into ``dest_dir`` with urllib (no apt needed)
+    from the pool of each of :func:`debian_mirrors` in turn, until one has it; returns the file's path.
+
+    Raises:
+      DataError: if there is no mirror, or the download failed from each, with each one's error.
+    """
+    deb = f"{FASHION_MNIST_APT_PACKAGE}_{version}_all.deb"
+    errors = []
+    for mirror in debian_mirrors(apt_dir):
+        url = f"{mirror.rstrip('/')}/{FASHION_MNIST_POOL_PATH}/{deb}"
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, open(dest_dir / deb, "wb") as f:
+                shutil.copyfileobj(response, f)
+            return dest_dir / deb
+        except (OSError, http.client.HTTPException) as e:  # urllib's URLError and HTTPError are OSErrors
+            errors.append(f"Downloading {url} failed ({e}).")
+    raise DataError("\n".join(errors))
 
 
 def download_deb(dest_dir: Path, version: str = FASHION_MNIST_DEB_VERSION) -> Path:
     """Downloads (never installs) the ``dataset-fashion-mnist`` .deb of ``version`` into ``dest_dir``.
 
     ``apt-get download`` is used where apt-get exists, so the machine's apt sources and proxies apply; where it
-    does not, or it fails (no package lists, say), the file is fetched from deb.debian.org over HTTP. Either way
-    the caller checks the file's SHA-256.
+    does not, or it fails (no package lists, say), the file is fetched over HTTP (:func:`download_deb_http`) from
+    ``$BNREPRO_DEBIAN_MIRROR`` or the mirrors of the machine's apt sources. Either way the caller checks the
+    file's SHA-256.
 
     Raises:
       DataError: if every way failed, with each one's error.
@@ -261,7 +343,7 @@ def download_deb(dest_dir: Path, version: str = FASHION_MNIST_DEB_VERSION) -> Pa
         except DataError as e:
             errors.append(str(e))
     try:
-        return download_deb_http(dest_dir, f"{FASHION_MNIST_POOL_URL}/{FASHION_MNIST_APT_PACKAGE}_{version}_all.deb")
+        return download_deb_http(dest_dir, version)
     except DataError as e:
         errors.append(str(e))
     raise DataError(
