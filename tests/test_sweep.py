@@ -238,7 +238,7 @@ def _training(workdir: Path, sweeper: subprocess.Popen, other_than: int, after: 
 
 def _latest_step(workdir: Path) -> int:
     """The step of the point's latest finished checkpoint (0 if none), as the sweep reads it."""
-    return sweep._latest_checkpoint(workdir / "seed=0") or 0
+    return sweep.latest_checkpoint(workdir / "seed=0") or 0
 
 
 def _gone_within(pid: int, seconds: float) -> bool:
