@@ -123,6 +123,8 @@ def load_sweep(spec: str) -> Sweep:
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     sweep = module.get_sweep(arg) if arg else module.get_sweep()
+    if not sweep.points:
+        raise ValueError(f"--sweep={spec}: the sweep has no points.")
     if sweep.names and len(sweep.names) != len(sweep.points):
         raise ValueError(f"--sweep={spec}: {len(sweep.names)} names for {len(sweep.points)} points.")
     names = [sweep.run_name(i) for i in range(len(sweep.points))]
