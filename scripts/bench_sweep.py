@@ -48,11 +48,12 @@ from pathlib import Path
 
 from absl import app, flags
 
-from bnrepro import sweep
+from bnrepro.sweep.points import load_sweep, point_name
+from bnrepro.sweep.run import DEFAULT_GROUP_SIZE
 from bnrepro.training.run_dir import METRICS_FILE
 
 _STEPS = flags.DEFINE_integer("steps", 10_000, "SGD steps per point.")
-_GROUP_SIZE = flags.DEFINE_integer("group_size", sweep.DEFAULT_GROUP_SIZE, "Most points per vmapped group.")
+_GROUP_SIZE = flags.DEFINE_integer("group_size", DEFAULT_GROUP_SIZE, "Most points per vmapped group.")
 _JOBS = flags.DEFINE_integer("jobs", 0, "Groups trained at once (0: one per core).")
 _OLD_POOL = flags.DEFINE_string(
     "old_pool_checkout", "", "A checkout of commit 01e0599 (the pinned-process pool) to time too; empty: skipped."
@@ -121,7 +122,7 @@ def main(argv: list[str]) -> None:
     for point in points:
         command = [
             sys.executable, "-m", "bnrepro.main", "--config=configs/mnist_mlp.py:bn",
-            f"--workdir={root / 'cli' / sweep.point_name(point)}", f"--config.num_steps={steps}",
+            f"--workdir={root / 'cli' / point_name(point)}", f"--config.num_steps={steps}",
             f"--config.checkpoint_every={steps}", f"--config.learning_rate={point['learning_rate']}",
             f"--config.seed={point['seed']}",
         ]  # fmt: skip
@@ -141,7 +142,7 @@ def main(argv: list[str]) -> None:
         walls[f"quick_{name}"] = timed(quick, cwd, run_env)
         print(f"quick sweep, {name}: {walls[f'quick_{name}']:.1f} s")
 
-    quick_spec = sweep.load_sweep(str(REPO / QUICK))
+    quick_spec = load_sweep(str(REPO / QUICK))
     quick_steps = len(quick_spec.points) * quick_spec.base.num_steps
     rows = [
         ("cli", "16 points: single-run CLI, one after another", 16 * steps),
@@ -159,7 +160,7 @@ def main(argv: list[str]) -> None:
             print(f"| {label} | {walls[key]:.1f} | {model_steps / walls[key]:.0f} | {speed_up} |")
 
     ways = [w for w in ("cli", "ray", "pool") if w in walls]
-    accuracies = [[final_accuracy(workdirs[w] / sweep.point_name(p)) for w in ways] for p in points]
+    accuracies = [[final_accuracy(workdirs[w] / point_name(p)) for w in ways] for p in points]
     gap = max(max(a) - min(a) for a in accuracies)
     print(f"\nLargest gap in a point's final test accuracy between {', '.join(ways)}: {100 * gap:.2f} points", end="")
     if checkout:

@@ -18,7 +18,10 @@ import matplotlib
 from absl import app, flags
 
 matplotlib.use("Agg")  # PNG files only: choose the backend before `figures` imports pyplot
-from bnrepro import figures, sweep
+from bnrepro import figures
+from bnrepro.sweep.plan import changed_points
+from bnrepro.sweep.points import Sweep, load_sweep, point_name
+from bnrepro.sweep.summary import SUMMARY_MD, evaluations, summarize
 from bnrepro.training.run_dir import config_json, flatten
 
 _SWEEP = flags.DEFINE_string("sweep", None, "The sweep file the workdir was trained with, PATH.py[:ARG].")
@@ -27,20 +30,20 @@ OVERLAID = ("seed",)  # axes drawn as several lines of one colour, not as panels
 ALL = "all"  # the value of a panel axis the sweep does not have
 
 
-def mismatch(spec: sweep.Sweep, workdir: Path) -> str | None:
+def mismatch(spec: Sweep, workdir: Path) -> str | None:
     """Why the sweep `spec` is not the one trained in `workdir`, if it is not."""
-    names = [sweep.point_name(point) for point in spec.points]
+    names = [point_name(point) for point in spec.points]
     missing = [name for name in names if not (workdir / name).is_dir()]
     if missing:
         return f"{len(missing)} of its {len(names)} points have no run directory there (e.g. {missing[0]})"
-    changed = sweep.changed_points(spec, workdir)
+    changed = changed_points(spec, workdir)
     if changed:
         index, description = next(iter(changed.items()))
         return f"{len(changed)} of its points were trained with another config (e.g. {names[index]}: {description})"
     return None
 
 
-def axes(spec: sweep.Sweep) -> tuple[list[str], str | None]:
+def axes(spec: Sweep) -> tuple[list[str], str | None]:
     """The keys the sweep varies, in their order, but for the numeric one drawn as colour and x (the learning
     rate if it varies); and that one, if any."""
     keys = list(dict.fromkeys(key for point in spec.points for key in point))
@@ -55,7 +58,7 @@ def axes(spec: sweep.Sweep) -> tuple[list[str], str | None]:
     return [key for key in varying if key != colour], colour
 
 
-def point_values(spec: sweep.Sweep, keys: list[str]) -> dict[str, list]:
+def point_values(spec: Sweep, keys: list[str]) -> dict[str, list]:
     """Each key's value at every point: the point's override, else the base config's."""
     base = flatten(config_json(spec.base))
     return {key: [point[key] if key in point else base.get(key) for point in spec.points] for key in keys}
@@ -63,7 +66,7 @@ def point_values(spec: sweep.Sweep, keys: list[str]) -> dict[str, list]:
 
 def main(argv: list[str]) -> int:
     del argv
-    workdir, spec = Path(_WORKDIR.value), sweep.load_sweep(_SWEEP.value)
+    workdir, spec = Path(_WORKDIR.value), load_sweep(_SWEEP.value)
     problem = None if workdir.is_dir() else "it does not exist"
     problem = problem or mismatch(spec, workdir)
     if problem:
@@ -71,7 +74,7 @@ def main(argv: list[str]) -> int:
         return 2
     keys, colour = axes(spec)
     grid = tuple(([key for key in keys if key not in OVERLAID] + ["sweep", "points"])[:2])
-    rows = sweep.summarize(spec, workdir)  # read from the run directories; no summary file is written
+    rows = summarize(spec, workdir)  # read from the run directories; no summary file is written
     values = point_values(spec, [key for key in [*keys, colour] if key is not None])
     for index, row in enumerate(rows):
         for key, at_points in values.items():
@@ -79,7 +82,7 @@ def main(argv: list[str]) -> int:
         row.setdefault("sweep", ALL)
         row.setdefault("points", ALL)
         row["point"] = index
-    curves = [sweep.evaluations(workdir / sweep.point_name(point)) for point in spec.points]
+    curves = [evaluations(workdir / point_name(point)) for point in spec.points]
     figures.plot_sweep_curves(rows, curves, grid=grid, colour=colour or "point").savefig(
         workdir / "sweep_curves.png", dpi=110
     )
@@ -89,7 +92,7 @@ def main(argv: list[str]) -> int:
         written.append(workdir / "sweep_final.png")
     else:
         print("the sweep varies no numeric key: no final-accuracy plot.")
-    summary = workdir / sweep.SUMMARY_MD
+    summary = workdir / SUMMARY_MD
     print(summary.read_text() if summary.exists() else f"({summary} not written yet: the sweep has not ended)")
     print(f"wrote {' and '.join(map(str, written))}")
     return 0

@@ -20,9 +20,8 @@ import time
 from pathlib import Path
 
 import configs
-from bnrepro import sweep
 from bnrepro.cli import config_overrides, quiet_orbax, user_errors_in_one_line
-from bnrepro.sweep import points
+from bnrepro.sweep import points, run, summary
 
 SWEEP_FILE = Path(configs.__file__).resolve().parent / "sweeps" / "figure1.py"
 
@@ -40,9 +39,9 @@ def main(extra_flags: list[str]) -> int:
     start = time.perf_counter()
     runs = Path(os.environ.get("RUNS_DIR", "runs"))
     seeds, overrides = seeds_argument(extra_flags)
-    figure1 = points.with_overrides(sweep.load_sweep(f"{SWEEP_FILE}:{seeds}"), config_overrides(overrides))
+    figure1 = points.with_overrides(points.load_sweep(f"{SWEEP_FILE}:{seeds}"), config_overrides(overrides))
     quiet_orbax()
-    if sweep.report_unfinished(figure1, runs, sweep.run_sweep(figure1, runs)):
+    if summary.report_unfinished(figure1, runs, run.run_sweep(figure1, runs)):
         return 1
     plot = [sys.executable, "scripts/plot_figure1.py", f"--baseline={runs / 'mnist_baseline'}",
             f"--bn={runs / 'mnist_bn'}", f"--out={runs / 'figure1.png'}"]  # fmt: skip

@@ -21,9 +21,9 @@ from pathlib import Path
 from absl import app, flags
 
 import configs
-from bnrepro import figures, sweep
+from bnrepro import figures
 from bnrepro.cli import config_overrides, quiet_orbax, user_errors_in_one_line, workdir_path
-from bnrepro.sweep import points
+from bnrepro.sweep import points, run, summary
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/table2", "Directory holding one run directory per variant.")
 _QUICK = flags.DEFINE_bool("quick", False, "The few-hundred-step variants (a smoke test, not the result).")
@@ -36,8 +36,8 @@ SWEEP_FILE = Path(configs.__file__).resolve().parent / "sweeps" / "table2.py"
 def train_all(workdir: Path, arg: str, jobs: int, overrides: dict, address: str | None) -> list[str]:
     """Trains every variant (the sweep file's `arg`) as one sweep; prints each failed run's error and log, returns
     their names."""
-    spec = points.with_overrides(sweep.load_sweep(f"{SWEEP_FILE}:{arg}"), overrides)
-    return sweep.report_unfinished(spec, workdir, sweep.run_sweep(spec, workdir, jobs, address=address))
+    spec = points.with_overrides(points.load_sweep(f"{SWEEP_FILE}:{arg}"), overrides)
+    return summary.report_unfinished(spec, workdir, run.run_sweep(spec, workdir, jobs, address=address))
 
 
 @user_errors_in_one_line

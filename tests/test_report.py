@@ -24,7 +24,7 @@ from training_run import small_config, train_and_evaluate
 
 from bnrepro import figures, report
 from bnrepro.report import experiments, runs
-from bnrepro.sweep import points
+from bnrepro.sweep.status import STATUS_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -415,7 +415,7 @@ def test_a_damaged_run_is_named_and_the_other_experiments_are_shown(tmp_path):
 
 
 def test_the_sweep_status_file_is_the_sweeps():
-    assert runs.SWEEP_STATUS_FILE == points.STATUS_FILE
+    assert runs.SWEEP_STATUS_FILE == STATUS_FILE
 
 
 def test_the_report_loads_no_jax():

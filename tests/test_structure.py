@@ -1,5 +1,5 @@
-"""The package's shape: no import circle in `bnrepro/`; reading run directories and plotting stay light (no jax,
-no orbax); no module chooses a matplotlib backend at import (scripts choose Agg; notebooks keep Jupyter's inline
+"""The package's shape: no import circle in `bnrepro/`; reading run directories, plotting and a sweep's spec stay
+light (no jax, no orbax, no ray); no module chooses a matplotlib backend at import (scripts choose Agg; notebooks keep Jupyter's inline
 backend and so show their figures)."""
 
 from __future__ import annotations
@@ -17,9 +17,16 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = "bnrepro"
-# What reading a run directory or plotting must not load: the trainer's stack.
-HEAVY = ("jax", "jaxlib", "flax", "optax", "orbax", "grain", "tensorflow", "tensorflow_datasets")
-LIGHT_MODULES = ("bnrepro.figures", "bnrepro.training.run_dir")
+# What reading a run directory, plotting or reading a sweep's spec must not load: the trainer's stack and Ray.
+HEAVY = ("jax", "jaxlib", "flax", "optax", "orbax", "grain", "tensorflow", "tensorflow_datasets", "ray")
+LIGHT_MODULES = (
+    "bnrepro.figures",
+    "bnrepro.training.run_dir",
+    "bnrepro.sweep",
+    "bnrepro.sweep.points",
+    "bnrepro.sweep.status",
+    "bnrepro.sweep.summary",
+)
 
 
 # --- The import graph -------------------------------------------------------------------------------------------
@@ -198,6 +205,14 @@ def heavy_modules_loaded(statement: str) -> list[str]:
 @pytest.mark.parametrize("module", LIGHT_MODULES)
 def test_reading_run_directories_and_plotting_load_no_jax_or_orbax(module):
     assert heavy_modules_loaded(f"import {module}") == []
+
+
+def test_a_sweep_file_reads_the_spec_without_jax_or_ray_and_the_other_names_load_their_modules():
+    """`from bnrepro.sweep import Sweep, product` (a sweep file's import) loads neither jax nor ray; every other
+    name the package exports imports its module when first read (`run_sweep`: the Ray engine)."""
+    assert heavy_modules_loaded("from bnrepro.sweep import Sweep, product") == []
+    every_name = "import bnrepro.sweep\nfor name in bnrepro.sweep.__all__:\n    getattr(bnrepro.sweep, name)"
+    assert {"jax", "ray"} <= set(heavy_modules_loaded(every_name))
 
 
 def test_the_command_line_imports_tensorflow_datasets_only_to_read_a_tfds_dataset():

@@ -52,6 +52,15 @@ def get_sweep():
     return Sweep(base, [{{"seed": 0}}], threshold=0.5)
 """
 
+EMPTY_SWEEP_FILE = """
+from bnrepro.sweep import Sweep
+from configs import mnist_mlp
+
+
+def get_sweep():
+    return Sweep(mnist_mlp.get_config("bn"), [], threshold=0.5)
+"""
+
 
 def test_product_and_point_names():
     points = sweep.product({"model.activation": ("sigmoid", "relu"), "learning_rate": (0.1, 3.0)})
@@ -89,6 +98,13 @@ def test_default_sweeps():
         config_schema.validate(sweep.point_config(full.base, point))
     with pytest.raises(ValueError, match="bad argument 'slow'"):
         sweep.load_sweep("configs/sweeps/mnist_activation_bn.py:slow")
+
+
+def test_a_sweep_file_without_points_is_refused_in_one_line(tmp_path):
+    spec = tmp_path / "empty.py"
+    spec.write_text(EMPTY_SWEEP_FILE)
+    with pytest.raises(ValueError, match=r"^--sweep=.*empty\.py: the sweep has no points\.$"):
+        sweep.load_sweep(str(spec))
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +254,7 @@ def _training(workdir: Path, sweeper: subprocess.Popen, other_than: int, after: 
 
 def _latest_step(workdir: Path) -> int:
     """The step of the point's latest finished checkpoint (0 if none), as the sweep reads it."""
-    return sweep._latest_checkpoint(workdir / "seed=0") or 0
+    return sweep.latest_checkpoint(workdir / "seed=0") or 0
 
 
 def _gone_within(pid: int, seconds: float) -> bool:

@@ -11,15 +11,17 @@ import time
 
 from absl import app, flags
 
-from bnrepro import sweep
 from bnrepro.cli import quiet_orbax, user_errors_in_one_line, workdir_path
 from bnrepro.sweep import engine
+from bnrepro.sweep.points import load_sweep
+from bnrepro.sweep.run import DEFAULT_GROUP_SIZE, run_sweep
+from bnrepro.sweep.summary import SUMMARY_MD
 from bnrepro.training import run_dir
 
 _SWEEP = flags.DEFINE_string("sweep", None, "Sweep file, PATH.py or PATH.py:ARG (passed to its get_sweep).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory holding one run directory per point and the summary.")
 _JOBS = flags.DEFINE_integer("jobs", 0, "Local instance: groups trained at once (0: one per CPU core).")
-_GROUP_SIZE = flags.DEFINE_integer("group_size", sweep.DEFAULT_GROUP_SIZE, "Most points in one vmapped group.")
+_GROUP_SIZE = flags.DEFINE_integer("group_size", DEFAULT_GROUP_SIZE, "Most points in one vmapped group.")
 _RESTART_CHANGED = flags.DEFINE_bool(
     "restart_changed",
     False,
@@ -44,20 +46,20 @@ def main(argv: list[str]) -> int:
     workdir = workdir_path(_WORKDIR.value)
     resources = engine.Resources(_CPUS.value, _GPUS.value, _TPUS.value, _RETRIES.value)
     start = time.perf_counter()
-    spec = sweep.load_sweep(_SWEEP.value)
+    spec = load_sweep(_SWEEP.value)
     with run_dir.locked(workdir):  # one driver per sweep directory: a second one is refused at once
         try:
-            rows = sweep.run_sweep(
+            rows = run_sweep(
                 spec, workdir, _JOBS.value, _GROUP_SIZE.value, _RESTART_CHANGED.value, resources, _ADDRESS.value
             )
         except KeyboardInterrupt:
             print(f"\nInterrupted: the groups are stopped; rerun the same command to resume them in {workdir}.")
             return 130
     print(f"\nSweep {_SWEEP.value}: {len(rows)} points, {time.perf_counter() - start:.0f} s.")
-    print((workdir / sweep.SUMMARY_MD).read_text())
+    print((workdir / SUMMARY_MD).read_text())
     failed = [spec.run_name(i) for i, row in enumerate(rows) if row["status"] == "failed"]
     if failed:
-        print(f"{len(failed)} of {len(rows)} points failed: {', '.join(failed)} (see {workdir / sweep.SUMMARY_MD}).")
+        print(f"{len(failed)} of {len(rows)} points failed: {', '.join(failed)} (see {workdir / SUMMARY_MD}).")
         return 1
     return 0
 

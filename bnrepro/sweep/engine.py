@@ -2,7 +2,7 @@
 
 `connect(address)` starts a local instance (no set-up, no dashboard, quiet: every Ray process on 127.0.0.1) or,
 with `address` ("auto" or "HOST:PORT"), joins a running cluster. `run_groups` then submits each group of points
-(`bnrepro.sweep.groups_of`) as a task that trains it with `points.run_points`, in a fresh worker process
+(`bnrepro.sweep.plan.groups_of`) as a task that trains it with `worker.run_points`, in a fresh worker process
 (`max_calls=1`: JAX starts there with the task's devices and hands them back when the task ends), with the
 resources of `Resources`:
 
@@ -43,12 +43,12 @@ import jax
 import ray
 
 from bnrepro.cpu import keep_freed_memory
-from bnrepro.sweep import points
+from bnrepro.sweep import points, worker
+from bnrepro.sweep.status import LOG_FILE
 from bnrepro.training.run_dir import write_atomically
 
 LOOPBACK = "127.0.0.1"
 TOKEN_FILE = ".sweep_token"
-LOG_FILE = "train.log"  # a group's log, in its first point's run directory (a link to it in the others')
 # The longest temp folder whose Ray socket paths (".../ray/session_<date>_<pid>/sockets/plasma_store") fit AF_UNIX's
 # 107 bytes.
 MAX_TEMP_DIR_LENGTH = 40
@@ -181,7 +181,7 @@ def _train_group(
     sweep: points.Sweep, indices: list[int], workdir: str, token: str, cpus: float, accelerated: bool
 ) -> dict[str, Any]:
     """The body of a group's Ray task: checks the workdir is the sweep's, logs into the group's `train.log`, pins
-    the process to cores of its own (CPU groups), trains the points (`points.run_points`) and records in each
+    the process to cores of its own (CPU groups), trains the points (`worker.run_points`) and records in each
     point's status where it trained (node, process, devices, backend, cores)."""
     keep_freed_memory()  # XLA:CPU's per-step temporaries (41 MB for Table 2's net) not faulted in at every step
     path = Path(workdir)
@@ -201,7 +201,7 @@ def _train_group(
         _link(path / sweep.run_name(index) / LOG_FILE, log)
     with _logging_to(log), _own_cores(0 if accelerated else int(cpus)):
         where["cores"] = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-        points.run_points(sweep, indices, path, where)
+        worker.run_points(sweep, indices, path, where)
     return where
 
 

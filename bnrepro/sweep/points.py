@@ -1,28 +1,36 @@
-"""A sweep's points: the `Sweep` a sweep file's `get_sweep(arg)` returns, each point's config and run directory
-name, and how a group of points trains and records its end (`run_points`, run inside a worker by
-`bnrepro.sweep.engine`)."""
+"""A sweep's spec: the `Sweep` a sweep file's `get_sweep(arg)` returns, the helpers that build its points
+(`product`, `seeded`, `variant_overrides`, `seed_count`), and each point's config and run directory name.
+
+Imports neither jax nor ray: a sweep file, a notebook or a plot reads a sweep without the trainer.
+"""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import itertools
-import json
 import os
-import time
-import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import ml_collections
-from absl import logging
 
-from bnrepro import config_schema
-from bnrepro.sweep.group import train_group
-from bnrepro.training import loop
-from bnrepro.training.run_dir import SWEEP_STATUS_FILE, flatten, write_atomically
+from bnrepro.training.run_dir import flatten
 
-STATUS_FILE = SWEEP_STATUS_FILE
+
+class _ImportedOnUse:
+    """The module `name`, imported when one of its attributes is first read."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(importlib.import_module(self._name), attribute)
+
+
+# The config contract imports the models (flax, jax), which a point's config needs but the spec does not.
+config_schema = _ImportedOnUse("bnrepro.config_schema")
 
 
 class Sweep(NamedTuple):
@@ -115,6 +123,8 @@ def load_sweep(spec: str) -> Sweep:
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     sweep = module.get_sweep(arg) if arg else module.get_sweep()
+    if not sweep.points:
+        raise ValueError(f"--sweep={spec}: the sweep has no points.")
     if sweep.names and len(sweep.names) != len(sweep.points):
         raise ValueError(f"--sweep={spec}: {len(sweep.names)} names for {len(sweep.points)} points.")
     names = [sweep.run_name(i) for i in range(len(sweep.points))]
@@ -133,61 +143,3 @@ def with_overrides(sweep: Sweep, overrides: Mapping[str, Any]) -> Sweep:
     point_config(sweep.base, overrides)  # names a bad key before anything trains
     names = tuple(sweep.run_name(i) for i in range(len(sweep.points)))
     return sweep._replace(points=[{**point, **overrides} for point in sweep.points], names=names)
-
-
-def read_status(run_dir: Path) -> dict[str, Any] | None:
-    """A point's `sweep_status.json`, or None if it has not ended yet."""
-    path = run_dir / STATUS_FILE
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def write_status(run_dir: Path, status: dict[str, Any]) -> None:
-    """Records how a point ended in `RUN_DIR/sweep_status.json` (atomically), and in the log with its error and
-    traceback, if any."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomically(run_dir / STATUS_FILE, json.dumps(status, indent=2) + "\n")
-    error = f": {status['error']}\n{status.get('traceback', '')}".rstrip() if status.get("error") else ""
-    logging.info("%s: %s%s", run_dir.name, status["status"], error)
-
-
-def failure(e: BaseException) -> dict[str, Any]:
-    """The status of a point stopped by `e`: its message and traceback."""
-    return {
-        "status": "failed",
-        "error": f"{type(e).__name__}: {e}",
-        "traceback": "".join(traceback.format_exception(e)),
-    }
-
-
-def run_points(sweep: Sweep, indices: Sequence[int], workdir: Path, where: Mapping[str, Any] | None = None) -> None:
-    """Trains the points `indices` to the end as one `group.train_group` (one vmapped program; resuming
-    where they can) and records how each ended in its `sweep_status.json`, with `where` it trained (node,
-    devices): finished, diverged, or failed. A point whose config is invalid fails alone; an exception while
-    training fails the whole group."""
-    start, where = time.perf_counter(), where or {}
-    configs, run_dirs = [], []
-    for index in indices:
-        overrides = sweep.points[index]
-        try:
-            config = point_config(sweep.base, overrides)
-            config_schema.validate(config)
-        except Exception as e:  # noqa: BLE001 -- a bad point must not stop the others: it is recorded
-            write_status(workdir / sweep.run_name(index), {**failure(e), "num_steps": 0, "wall_seconds": 0.0, **where})
-            continue
-        configs.append(config)
-        run_dirs.append(workdir / sweep.run_name(index))
-    if not configs:
-        return
-    try:
-        results = train_group(configs, run_dirs)
-    except Exception as e:  # noqa: BLE001
-        results = [e] * len(configs)
-    wall_seconds = time.perf_counter() - start
-    for config, run_dir, result in zip(configs, run_dirs, results):
-        if isinstance(result, loop.DivergedError):
-            status = {"status": "diverged", "error": str(result)}
-        elif isinstance(result, BaseException):
-            status = failure(result)
-        else:
-            status = {"status": "finished"}
-        write_status(run_dir, {**status, "num_steps": config.num_steps, "wall_seconds": wall_seconds, **where})

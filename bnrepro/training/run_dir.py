@@ -38,7 +38,7 @@ CONFIG_FILE = "config.json"
 DIVERGED_FILE = "DIVERGED"
 CHECKPOINT_DIR = "checkpoints"
 LOCK_FILE = ".lock"
-SWEEP_STATUS_FILE = "sweep_status.json"  # how a sweep's point ended (`bnrepro.sweep.points`)
+SWEEP_STATUS_FILE = "sweep_status.json"  # how a sweep's point ended (`bnrepro.sweep.status`)
 # Keys that may change when a run is resumed: none of them changes what is computed at a given step.
 RESUMABLE_CHANGES = (
     "num_steps", "eval_every", "checkpoint_every", "steps_per_dispatch", "cpu_cores", "data_dir", "profile_steps",
