@@ -3,7 +3,7 @@ gradient and kernel gradient, in XLA (ours, and XLA's own gradients) and in PyTo
 
 The convolutions are read from the model's own forward pass (`jax.make_jaxpr`), so the shapes are the net's: by
 default the paper's net at 224x224x3, width 1.0, batch 8, without BN (BN does not change the convolutions). Each
-is run through `bnrepro.layers.conv_general_dilated` as the model runs it (1x1 convolutions as matmuls, large ones
+is run through our `conv_general_dilated` as the model runs it (1x1 convolutions as matmuls, large ones
 with `conv_with_gemm_gradients` on CPU) and through `lax.conv_general_dilated` with XLA's own gradients; PyTorch's
 row is `conv2d` and `aten.convolution_backward` on the same shapes in NCHW. Times are the best of `--repeats`
 calls, in ms; the last rows sum each column over the net. Timed alone, a convolution pays for allocating its
@@ -12,7 +12,7 @@ column with `scripts/bench_inception.py`.
 
     python scripts/bench_convs.py --torch_path=DIR [--cpu_cores=0] [--batch_size=8] [--repeats=5]
 
-Measured 2026-12-03 (2-core VM, PyTorch 2.13 CPU): see `scripts/bench_inception.py`'s docstring.
+Results: docs/performance.md#each-convolution-of-bn-inception.
 """
 
 from __future__ import annotations

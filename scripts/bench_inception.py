@@ -8,8 +8,8 @@ only difference between the variants:
 * no BN: every convolution keeps its bias, nothing normalizes;
 * BN, paper VJP: `model.bn.backward="paper"`, Sec. 3's backward pass as a custom VJP (the default);
 * BN, XLA's conv gradients: the default, but every convolution differentiated by XLA itself
-  (`layers.GEMM_GRADIENTS_MIN_ELEMENTS` set to infinity; by default the large ones take
-  `layers.conv_with_gemm_gradients`; at the CPU scale none is large enough, so this row is the default's);
+  (the GEMM-gradient threshold set to infinity; by default the large ones take `conv_with_gemm_gradients`; at
+  the CPU scale none is large enough, so this row is the default's);
 * BN, autodiff: `model.bn.backward="autodiff"`;
 * BN, flax.linen.BatchNorm: Flax's layer in place of ours (the model unchanged, its `norm` swapped);
 * PyTorch eager (and `torch.compile` with `--torch_compile`; its first step compiles for minutes), no BN and BN:
@@ -27,162 +27,8 @@ for the 224 px net.
     python scripts/bench_inception.py [--steps=10] [--repeats=10] [--cpu_cores=1] [--torch_path=DIR]
     python scripts/bench_inception.py --cpu_cores=0 --image_size=224 --width_multiplier=1.0 --batch_size=8
 
-Measured 2026-12-03 (12:49-13:17) on the 2-core x86 VM, PyTorch 2.13 CPU wheel, nothing else running, the VM
-1.5-2x slower than the same morning (PyTorch eager's 224 px BN step: 548 ms at 07:28, 962-1045 ms now) and drifting
-within runs: read the ratios within a table, not the milliseconds across tables.
-
-    python scripts/bench_inception.py --cpu_cores=0 --image_size=224 --width_multiplier=1.0 --batch_size=8 \
-        --steps=3 --repeats=4 --torch_path=DIR
-
-    | variant | compile (s) | ms/step | overhead vs no BN | speed vs PyTorch eager BN |
-    | --- | ---: | ---: | ---: | ---: |
-    | no BN | 10.9 | 917.9 | +0.0% | 1.05x |
-    | BN, paper VJP (default) | 17.2 | 971.6 | +5.9% | 0.99x |
-    | BN, XLA's conv gradients | 16.7 | 1182.1 | +28.8% | 0.81x |
-    | BN, autodiff | 17.1 | 966.4 | +5.3% | 0.99x |
-    | BN, flax.linen.BatchNorm | 20.2 | 979.0 | +6.7% | 0.98x |
-    | PyTorch eager, no BN | 1.0 | 898.5 | +0.0% | 1.07x |
-    | PyTorch eager, BN | 0.9 | 961.5 | +7.0% | 1.00x |
-
-A second run right after it: BN 959.7 ms against PyTorch eager's 949.2 (0.99x), XLA's conv gradients 1190.2
-(0.80x), no BN 909.2 against 891.1.
-
-    python scripts/bench_inception.py --cpu_cores=0 --repeats=5 --torch_path=DIR --torch_compile
-
-    | variant | compile (s) | ms/step | overhead vs no BN | speed vs PyTorch eager BN |
-    | --- | ---: | ---: | ---: | ---: |
-    | no BN | 10.9 | 50.4 | +0.0% | 1.94x |
-    | BN, paper VJP (default) | 19.7 | 65.2 | +29.5% | 1.49x |
-    | BN, XLA's conv gradients | 19.0 | 65.2 | +29.5% | 1.50x |
-    | BN, autodiff | 17.0 | 63.3 | +25.7% | 1.54x |
-    | BN, flax.linen.BatchNorm | 16.1 | 66.2 | +31.4% | 1.47x |
-    | PyTorch eager, no BN | 0.2 | 85.4 | +0.0% | 1.14x |
-    | PyTorch eager, BN | 0.1 | 97.5 | +14.2% | 1.00x |
-    | PyTorch torch.compile, no BN | 3.8 | 74.2 | +0.0% | 1.31x |
-    | PyTorch torch.compile, BN | 4.3 | 69.1 | -6.8% | 1.41x |
-
-(torch.compile's compile times are from its warm on-disk cache; cold, 190-230 s.) The same command 25 minutes
-earlier, before `keep_freed_memory`: BN 72.8 ms, +8.0% over no BN (flax.linen.BatchNorm +38.3%), PyTorch eager
-93.8, torch.compile 65.6. So at the CPU scale our BN step is 1.29-1.49x PyTorch eager and 0.90-1.06x
-torch.compile, and BN costs +8% to +30% on two cores (XLA's conv gradients row: the same program, as none of
-this net's convolutions is large enough for `conv_with_gemm_gradients`). The morning's runs (07:13-07:28, the
-previous commit): CPU scale BN 39.3 ms against eager 47.4 (1.21x) and torch.compile 35.6 (0.91x), +16% over no BN;
-224 px 630.5 against eager 548.2 (0.87x).
-
-Two hours later (15:20-15:33), the VM slower still (PyTorch eager's 224 px BN step 1150 ms), with the median
-round beside the best (the same commands, `--repeats=10` at the CPU scale):
-
-    | variant | compile (s) | steps/s | ms/step | median ms/step | overhead vs no BN | speed vs PyTorch eager BN |
-    | --- | ---: | ---: | ---: | ---: | ---: | ---: |
-    | no BN | 13.5 | 0.9 | 1154.7 | 1213.2 | +0.0% | 1.00x |
-    | BN, paper VJP (default) | 27.7 | 0.8 | 1233.8 | 1282.5 | +6.8% | 0.93x |
-    | BN, XLA's conv gradients | 23.6 | 0.6 | 1655.1 | 1737.8 | +43.3% | 0.69x |
-    | BN, autodiff | 22.5 | 0.8 | 1200.9 | 1332.5 | +4.0% | 0.96x |
-    | BN, flax.linen.BatchNorm | 24.1 | 0.9 | 1173.8 | 1274.3 | +1.7% | 0.98x |
-    | PyTorch eager, no BN | 1.7 | 0.8 | 1197.7 | 1267.4 | +0.0% | 0.96x |
-    | PyTorch eager, BN | 1.2 | 0.9 | 1150.2 | 1208.9 | -4.0% | 1.00x |
-
-    | variant | compile (s) | steps/s | ms/step | median ms/step | overhead vs no BN | speed vs PyTorch eager BN |
-    | --- | ---: | ---: | ---: | ---: | ---: | ---: |
-    | no BN | 17.5 | 15.6 | 64.1 | 85.4 | +0.0% | 1.82x |
-    | BN, paper VJP (default) | 26.7 | 11.2 | 89.3 | 102.0 | +39.5% | 1.30x |
-    | BN, XLA's conv gradients | 24.2 | 12.9 | 77.4 | 101.5 | +20.8% | 1.51x |
-    | BN, autodiff | 29.1 | 12.9 | 77.8 | 98.6 | +21.5% | 1.50x |
-    | BN, flax.linen.BatchNorm | 23.4 | 12.2 | 82.3 | 101.4 | +28.4% | 1.42x |
-    | PyTorch eager, no BN | 0.3 | 9.2 | 108.9 | 130.3 | +0.0% | 1.07x |
-    | PyTorch eager, BN | 0.5 | 8.6 | 116.6 | 143.5 | +7.0% | 1.00x |
-    | PyTorch torch.compile, no BN | 5.1 | 11.5 | 86.6 | 121.6 | +0.0% | 1.35x |
-    | PyTorch torch.compile, BN | 5.5 | 11.7 | 85.3 | 115.7 | -1.5% | 1.37x |
-
-At the CPU scale the default's row and the XLA's-conv-gradients row run the same program: 89.3 against 77.4 ms at
-best, 102.0 against 101.5 at the median, so a best round here is worth +-15%. A run just before (`--repeats=5`): BN
-81.9 ms, no BN 69.0 (+18.8%), torch.compile BN 79.3 (0.97x), PyTorch eager BN 125.3.
-
-All the CPU-scale tables above ran with malloc's one arena for all threads, which the CPU-scale step pays for
-(`keep_freed_memory` below). Without it (`keep_freed_memory()`, as now), 16:00-16:06, the VM faster again, the
-same command (`--repeats=10`) twice:
-
-    | variant | compile (s) | steps/s | ms/step | median ms/step | overhead vs no BN | speed vs PyTorch eager BN |
-    | --- | ---: | ---: | ---: | ---: | ---: | ---: |
-    | no BN | 7.7 | 24.1 | 41.6 | 41.8 | +0.0% | 1.88x |
-    | BN, paper VJP (default) | 13.3 | 20.9 | 47.9 | 48.9 | +15.2% | 1.63x |
-    | BN, XLA's conv gradients | 14.0 | 20.7 | 48.2 | 49.0 | +15.9% | 1.62x |
-    | BN, autodiff | 12.1 | 20.5 | 48.7 | 50.0 | +17.1% | 1.61x |
-    | BN, flax.linen.BatchNorm | 12.6 | 20.1 | 49.9 | 50.8 | +19.9% | 1.57x |
-    | PyTorch eager, no BN | 0.2 | 14.3 | 70.0 | 71.6 | +0.0% | 1.12x |
-    | PyTorch eager, BN | 0.4 | 12.8 | 78.2 | 81.2 | +11.7% | 1.00x |
-    | PyTorch torch.compile, no BN | 3.5 | 16.9 | 59.3 | 60.7 | +0.0% | 1.32x |
-    | PyTorch torch.compile, BN | 3.8 | 18.5 | 54.1 | 54.9 | -8.8% | 1.45x |
-
-The second: BN 47.8 ms (median 48.7), no BN 41.1 (+16.2%), torch.compile BN 51.9 (52.7), 1.09x; PyTorch eager BN
-76.1 (1.59x). The two identical rows now agree within 1%.
-
-Targets of issue 15 and where they stand: >= PyTorch eager at 224 px: 0.93-0.99x in three runs (0.94x at the
-median), level within the VM's noise (0.42x at the start); >= torch.compile at the CPU scale: 1.09-1.13x in the
-last two runs (1.08-1.12x at the median; 0.90-1.10x with one arena; 0.74x at the start), met; BN overhead <= 10% at
-the CPU scale: +15% to +16% in the last two runs (+19% to +30% with one arena; ~20% at the start), not met. Each BN
-layer adds three passes over its feature map (sum x and sum x^2 forward, sum dy x backward) at XLA:CPU's reduction
-speed, ~0.1 ms each for the first modules' 32x28x28x8 on two cores, over 69 layers; every form of the two forward
-sums in one pass was slower (below). What changed, what did not help, and where the time goes:
-
-Kept, in the order they landed (224 px figures are one BN step, 8 images):
-* `inception.max_pool`: the max-pool gradient without XLA's select-and-scatter, which XLA:CPU runs as a serial
-  scatter (190 ms for the stem pool's gradient alone, 155 ms for the second pool's; now elementwise, ~15 ms).
-* The stem's separable convolution as one dense convolution with the product kernel (`SeparableConvBN`; the
-  grouped 7x7 convolution's kernel gradient took 650 ms as a 3-D convolution over the whole image).
-* 1x1 convolutions as matmuls (`layers.conv_general_dilated`; XLA:CPU took 3-5x longer for their kernel
-  gradients as convolutions). With the stem: 742 -> 506 ms (idle, back to back).
-* BN over a convolution's N, H, W: one-pass moments guarded by a per-layer two-pass fallback
-  (`batchnorm._guarded_moments`) and dl/dgamma as sum dy x - mu sum dy, so that x - mu is never written out
-  (XLA:CPU's reductions take no per-feature broadcast; the two-pass form wrote it at full size in 69 fusions).
-* The paper backward's whole pass under the one-pass/two-pass `cond` (`batchnorm._transform_paper_bwd`): with only
-  dl/dgamma's sum inside it XLA:CPU fused nothing across it. In one process, interleaved, one core, 30 rounds:
-  BN's overhead +22.3% -> +14.6% (best; medians +27.0% -> +11.5%), the same as with no guard at all (+15.2%).
-* Large convolutions' gradients as matmuls over im2col's patches (`layers.conv_with_gemm_gradients`, on CPU for
-  convolutions with >= 3M patches' elements: at 224 px the stem, conv2 and the 3x3 convolutions at 28x28 over
-  64+ channels). `scripts/bench_convs.py` times each of the net's convolutions alone: summed over the net,
-  forward / input gradient / kernel gradient in ms, ours 264 / 331 / 487, with XLA's own gradients
-  317 / 409 / 954, PyTorch 205 / 236 / 258 (each call pays for faulting in its fresh output, hence sums above a
-  step's time). The stem's kernel gradient: 95 against 142 ms (PyTorch 15); conv2's: 90 against 159 (PyTorch 42).
-  In the step: 0.81x -> 0.99x PyTorch eager (table above); applied to every convolution it was slower, at 224 px
-  (1190 against 1140 ms, 1369 against 1233) and at the CPU scale (8-25%, in two runs).
-* `bnrepro.cpu.keep_freed_memory` (in `bnrepro.main`, a sweep's workers and here): XLA:CPU allocates each
-  step's temporaries anew (380 MB at 224 px), which glibc mmap'ed and unmapped each time, so each step faulted
-  ~95,000 pages in. In three pairs of processes: 997-1014 against 1069-1126 ms at 224 px, PyTorch unchanged
-  (919-1005 ms). It first put all threads on one arena, which the 224 px temporaries need (over 64 MiB a thread's
-  own arena mmaps them anyway) but which costs the CPU-scale step a lock in every thread's malloc: there, in
-  pairs of processes, 84-111 ms per BN step with one arena, 70-80 with glibc's default, 49-62 with the threads'
-  own arenas and nothing mmap'ed (41 MB of temporaries); back to back at 16:08, 68.2-68.9, 61.3-62.1 and 47.6-47.7.
-  Hence one arena only for the 224 px net (`one_arena`).
-
-Tried and not kept:
-* Pools as maxima / sums over the 9 strided slices of each window (`reduce_window` alone is 2-6x slower:
-  3.6 against 1.7 ms for the stem pool, 2.7 against 0.45 ms for a 3x3 average over 8x28x28x256), with a box-sum
-  gradient for the stride-1 average pools: alone 0.9 against 5.1 ms; inside the whole step, the four combinations
-  (old/new max pool x old/new average pool) in one process were within 2% of each other at 224 px (551-561 ms) and
-  at the CPU scale (42-48 ms), so XLA:CPU's fusion of the pools with their neighbours already hid that cost.
-* Matmul forms of the 3x3 kernel gradients (9 shifted-slice GEMMs; one GEMM over concatenated slices), an earlier
-  try: slower than XLA's convolution except at 14x14. Measured then with glibc unmapping each step's temporaries,
-  and for all convolutions; kept now for the large ones only, with `keep_freed_memory` (above).
-* The forward pass as a matmul over the patches too (kept as the residual for the backward pass), at 28x28 and
-  below: the same step time (1137 against 1134 ms, 1210 against 1209).
-* `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (transparent huge pages for malloc): 95,000 -> 700 faults per step,
-  no faster.
-* A max-pool backward from an int8 argmax with interior padding (slower than the kept one in the same harness).
-* XLA:CPU flags (`xla_cpu_enable_fast_min_max`, the concurrency-optimized scheduler, oneDNN, XNNPACK off: within
-  +-4%; native instead of YNN reductions, `xla_cpu_experimental_ynn_fusion_type=`: +35% instead of +26% BN
-  overhead); the moments alone in one pass with x - mu kept as the residual (no gain).
-* sum x and sum x^2 in one reduction rather than two (YNN's, each fused with its square): over [x, x^2]
-  concatenated or stacked, or as one variadic `lax.reduce`, on two cores, batch 32: 159 / 149 / 196 us against
-  137 at 28x28x8, 108 / 122 / 142 against 45 at 14x14x24, 56 / 58 / 94 against 23 at 7x7x44 (XLA:CPU writes the
-  concatenation out, and runs the variadic reduce with its own slower emitter).
-
-Where the time goes (a `jax.profiler` trace with XLA:CPU's per-thunk TraceMe, `xla_cpu_enable_xprof_traceme`, thunks
-mapped to the optimized HLO; `scripts/bench_convs.py` per convolution): at 224 px the convolutions, where XLA:CPU's
-forward passes and the smaller convolutions' gradients are 1.3-2x PyTorch's oneDNN (the 3x3 convolutions at 28x28:
-forward 8-10 ms against 4-6); at the CPU scale BN's 69 layers over small tensors (4 to 44 channels), each with
-three more passes over its feature map (one reduction thunk each, ~0.1 ms at 32x28x28x8) and a few small fusions
-and `cond`s. `xla_cpu_use_thunk_runtime` is no longer a compile option in jax 0.10.2.
+Results, the targets they were measured against, what was kept, what was tried and where the time goes:
+docs/performance.md#bn-inception-train-step.
 """
 
 from __future__ import annotations
