@@ -1,10 +1,11 @@
 """The README and docs/ stay true. Every command in README.md and docs/*.md (code blocks and inline code that start
 with a program) is checked: the program and every file it names exist, each `--config=FILE:ARG` and
-`--sweep=FILE:ARG` loads, each `--flag` is one of the program's own (absl's flag registry) and each `--config.KEY=V` a
-key of its config. The cheap ones really run, at tiny sizes on fake MNIST: a single MLP run and the results page;
-a program whose flags no registry or `--help` lists (Figure 1's command) runs until it has read them. The README's results
-table and docs/experiments.md quote the one table of experiments (`bnrepro.report.experiments.EXPERIMENTS`);
-their links resolve; the Python examples run; the README keeps its two commands, which CI runs."""
+`--sweep=FILE:ARG` loads, each `--flag` is one of the program's own (absl's flag registry, or its `--help`) and
+each `--config.KEY=V` a key of its config. The cheap ones really run, at tiny sizes on fake MNIST: a single MLP
+run and the results page; a program whose flags neither lists (Figure 1's command) runs until it has read them.
+The README's results table and docs/experiments.md quote the one table of experiments
+(`bnrepro.report.experiments.EXPERIMENTS`); their links resolve; the Python examples run; the README keeps its
+two commands, which CI runs."""
 
 from __future__ import annotations
 
@@ -167,8 +168,10 @@ def problems(command: str) -> list[str]:
     config = None
     for word in arguments:
         name, _, value = word.partition("=")
-        if name not in ("--config", "--sweep") or PLACEHOLDER.search(value) or not (ROOT / value.split(":")[0]).exists():
-            continue  # not a file argument, one the reader fills in (FILE, NET), or a missing file (reported above)
+        if name not in ("--config", "--sweep") or PLACEHOLDER.search(value):
+            continue  # not a file argument, or one the reader fills in (FILE, NET)
+        if not (ROOT / value.split(":")[0]).exists():
+            continue  # reported above
         try:
             loaded = load(value, "get_config" if name == "--config" else "get_sweep")
         except Exception as e:  # noqa: BLE001 -- any failure to load is what this reports
