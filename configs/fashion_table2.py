@@ -23,37 +23,8 @@ the on-device set, already the "thorough" shuffling) and photometric distortions
 Not in the paper, chosen here: the base learning rate 0.01, weight decay 4e-5 (TF-slim's Inception),
 exponential decay by 0.5 every 6000 steps (every 1000 steps for the accelerated runs).
 
-Expected shape of the result (the paper's Table 2): sigmoid stays near chance (10%); bn_x5_sigmoid learns;
-bn_x5 and bn_x30 reach inception's best accuracy in fewer steps. `scripts/table2.py --seeds=3` prints the table;
-measured here (3 seeds each, mean ± std; the threshold is the mean of inception's three best accuracies, 85.4%;
-accuracy evaluated every 250 steps; ~3 h for the 18 runs on a 2-core CPU shared with other work):
-
-    | run           | seeds | steps to 85.4%           | max accuracy  | paper: steps to 72.2% | paper: max |
-    | inception     | 3     | 2625 ± 177 (2/3 reached) | 85.4% ± 1.3%  | 31.0e6                | 72.2%      |
-    | bn_baseline   | 3     | 2000 ± 0 (3/3 reached)   | 87.3% ± 0.1%  | 13.3e6                | 72.7%      |
-    | bn_x5         | 3     | 1417 ± 144 (3/3 reached) | 88.9% ± 0.1%  | 2.1e6                 | 73.0%      |
-    | bn_x30        | 3     | 2417 ± 520 (3/3 reached) | 86.7% ± 0.2%  | 2.7e6                 | 74.8%      |
-    | bn_x5_sigmoid | 3     | 1083 ± 144 (3/3 reached) | 89.7% ± 0.2%  | -                     | 69.8%      |
-    | sigmoid       | 3     | - (0/3 reached)          | 10.0% ± 0.0%  | -                     | chance     |
-
-As in the paper: sigmoid without BN never leaves chance (every seed), with BN it trains; every BN run reaches
-the baseline's best sooner (BN-x5 1.9x, BN-Baseline 1.3x); BN-x30 is slower to the threshold than BN-x5, as the
-paper's own 2.7e6 vs 2.1e6 steps. What the seeds show: inception's own best varies by 2.3 points between seeds
-(83.9% to 86.2%), the BN runs' by less than half a point; BN-x5 beats BN-x30 for every seed (its worst max, 88.8%, above
-BN-x30's best, 86.9%; sooner at the threshold in every pair), and the sigmoid BN net is the best run for every
-seed (89.5% to 89.9% against BN-x5's 88.8% to 89.0%). So at 1.6 epochs these are findings, not seed noise.
-The paper's BN-x30 overtook BN-x5 only after far longer training, and most runs here still improve at step
-3000. A 4x longer schedule (6.4 epochs, every decay 4x slower), one seed, 40 min for the two side by side:
-
-    python -m bnrepro.main --config=configs/fashion_table2.py:bn_x30 --workdir=runs/table2_long/bn_x30 \
-        --config.num_steps=12000 --config.lr_decay_steps=4000        # and :bn_x5 into runs/table2_long/bn_x5
-
-    | run    | 3000   | 6000   | 9000   | 12000  | first at 85.4% | first at 91% | ahead after 8k steps |
-    | bn_x5  | 85.7%  | 88.9%  | 89.8%  | 90.9%  | 1750           | never        | 1 of 16 evaluations  |
-    | bn_x30 | 85.8%  | 89.0%  | 90.2%  | 91.2%  | 2500           | 11000        | 15 of 16 evaluations |
-
-With time to train, BN-x30 does what the paper's did: slower at first, then ahead of BN-x5 and ahead at the end
-(by 0.4 points, about twice the seeds' spread above; one seed).
+Results and their reading (and a 4x longer schedule for BN-x5 against BN-x30):
+docs/experiments.md#table-2-at-cpu-scale; the paper's numbers: `bnrepro/report/experiments.py`.
 """
 
 import ml_collections

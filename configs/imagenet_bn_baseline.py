@@ -2,7 +2,7 @@ r"""Table 2's "BN-Baseline" run (Sec. 4.2): the Inception run with BN before eve
 
     python -m bnrepro.main --config=configs/imagenet_bn_baseline.py --workdir=runs/imagenet/bn_baseline
 
-Paper (Table 2): 72.2% after 13.3e6 mini-batches of 32 (Inception: 31.0e6); maximum 72.7%.
+The paper's numbers: `bnrepro/report/experiments.py` (the results page); docs/experiments.md#table-2-on-imagenet.
 Everything else, and the argument (the number of replicas, default 8), as in `configs/imagenet_inception.py`;
 divide the paper's steps (mini-batches of 32) by the number of replicas to compare with this run's steps.
 """

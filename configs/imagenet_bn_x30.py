@@ -2,7 +2,7 @@ r"""Table 2's "BN-x30" run (Sec. 4.2): BN-x5 with the learning rate x30 instead 
 
     python -m bnrepro.main --config=configs/imagenet_bn_x30.py --workdir=runs/imagenet/bn_x30
 
-Paper (Table 2): 72.2% after 2.7e6 mini-batches of 32 (slower than BN-x5), but the best maximum: 74.8%.
+The paper's numbers: `bnrepro/report/experiments.py` (the results page); docs/experiments.md#table-2-on-imagenet.
 Everything else, and the argument (the number of replicas, default 8), as in `configs/imagenet_inception.py`;
 divide the paper's steps (mini-batches of 32) by the number of replicas to compare with this run's steps.
 """

@@ -2,7 +2,7 @@ r"""Table 2's "BN-x5" run (Sec. 4.2): BN-Baseline with all of Sec. 4.2.1's accel
 
     python -m bnrepro.main --config=configs/imagenet_bn_x5.py --workdir=runs/imagenet/bn_x5
 
-Paper (Table 2): 72.2% after 2.1e6 mini-batches of 32, 14 times fewer than Inception's 31.0e6; maximum 73.0%.
+The paper's numbers: `bnrepro/report/experiments.py` (the results page); docs/experiments.md#table-2-on-imagenet.
 Everything else, and the argument (the number of replicas, default 8), as in `configs/imagenet_inception.py`;
 divide the paper's steps (mini-batches of 32) by the number of replicas to compare with this run's steps.
 """

@@ -2,7 +2,7 @@ r"""Table 2's "BN-x5-Sigmoid" run (Sec. 4.2): BN-x5 with sigmoid nonlinearities 
 
     python -m bnrepro.main --config=configs/imagenet_bn_x5_sigmoid.py --workdir=runs/imagenet/bn_x5_sigmoid
 
-Paper (Table 2): maximum 69.8% (it never reaches 72.2%); the same net without BN stays at chance (1/1000).
+The paper's numbers: `bnrepro/report/experiments.py` (the results page); docs/experiments.md#table-2-on-imagenet.
 Everything else, and the argument (the number of replicas, default 8), as in `configs/imagenet_inception.py`;
 divide the paper's steps (mini-batches of 32) by the number of replicas to compare with this run's steps.
 """

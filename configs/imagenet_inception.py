@@ -3,20 +3,21 @@ r"""Table 2's "Inception" run (Sec. 4.2): the BN-Inception architecture without 
     python -m bnrepro.main --config=configs/imagenet_inception.py --workdir=runs/imagenet/inception
     python -m bnrepro.main --config=configs/imagenet_inception.py:16 --workdir=...   # 16 replicas (e.g. 2 hosts)
 
-Paper (Table 2): reaches its maximum top-1 accuracy, 72.2% (single crop, validation), after 31.0e6 mini-batches
-of 32. This file also holds what the five ImageNet runs share; `imagenet_bn_baseline.py`, `imagenet_bn_x5.py`,
-`imagenet_bn_x30.py` and `imagenet_bn_x5_sigmoid.py` change a few lines each (`with_batch_norm`, `accelerated`).
+The paper's numbers (single-crop top-1 validation accuracy, steps in mini-batches of 32):
+`bnrepro/report/experiments.py` (the results page); docs/experiments.md#table-2-on-imagenet. This file also
+holds what the five ImageNet runs share; `imagenet_bn_baseline.py`, `imagenet_bn_x5.py`, `imagenet_bn_x30.py` and
+`imagenet_bn_x5_sigmoid.py` change a few lines each (`with_batch_norm`, `accelerated`).
 
 Data: tfds `imagenet2012`, prepared once in ArrayRecord format from the manual download (the run's first error
 says where to put the two tars and which `tfds build` command to run); `--config.data_dir` is tfds's data_dir.
 
 The argument is the number of replicas R (default 8: one 8-GPU host or a TPU v3-8): the paper trains "with
 mini-batches of 32" on many replicas, so the global batch is 32 R, split across `num_devices` devices (all of
-them by default; add hosts with `jax.distributed`, see the README). Where the paper is silent, chosen here:
+them by default; add hosts with `jax.distributed`, see docs/runs.md#imagenet). Where the paper is silent, chosen here:
   * Replicas are synchronous. The paper's replicas each apply their own gradient of 32 examples at rate lr;
     one synchronous step of 32 R examples moves the weights as far with rate R lr (the mean gradient), so the
     learning rate is the paper's times R. A step here is R of the paper's mini-batches: divide Table 2's
-    "steps" by R to compare (Inception: 31.0e6 / 8 = 3.9e6 steps).
+    "steps" by R to compare.
   * BN normalizes each replica's 32 examples on their own (`model.bn.virtual_batch_size = 32`), as the paper's
     replicas did; the population statistics for inference are Algorithm 2's.
   * SGD with momentum 0.9, L2 weight decay 4e-5 on the convolution and classifier weights, learning rate

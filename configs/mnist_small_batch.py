@@ -8,7 +8,7 @@ with the moving averages as Batch Renormalization intends (Ioffe 2017: the netwo
 one trained, since r and d make training use the moving averages too). `renorm` switches every BN layer to
 Batch Renormalization with Ioffe's rmax/dmax schedule (`bnrepro.batchnorm.RENORM_SCHEDULE`: plain BN for 5k
 steps, then relaxed to rmax = 3 by 40k and dmax = 5 by 25k). Learning rate 0.1 and moving-average momentum 0.99,
-as Figure 1's.
+as Figure 1's. Results: docs/experiments.md#batch-renormalization.
 """
 
 import ml_collections

@@ -16,35 +16,11 @@ gradient's global norm clipped at 1; mini-batches of 100 and 200 epochs as the a
 10,000 out for early stopping; we train on all and report the last evaluation). BN-LSTM: gamma = 0.1, separate
 statistics per time step, population statistics (Algorithm 2) at test time; in-order MNIST adds N(0, 0.1^2)
 noise to h_0 in training (their Sec. 5.1 and script), pMNIST does not. Initialization: `models.lstm`.
-Expected (the paper's sequential MNIST table, test accuracy of the early-stopped model):
-    MNIST   LSTM 98.9%   BN-LSTM 99.0%
-    pMNIST  LSTM 90.2%   BN-LSTM 95.4%
-Not run to the end here: on one CPU core a pixel-by-pixel step takes ~0.5 s (BN-LSTM, 2.0 steps/s) or ~0.3 s
-(LSTM, 3.4 steps/s), so 120,000 steps are 10-17 hours. The first 3,000 steps of pixel-by-pixel pMNIST (5 epochs;
-`--config=configs/seq_mnist.py:NET,permuted --config.num_steps=3000 --config.eval_every=250
---config.population_batches=20`, one core per net), test accuracy with population statistics:
-    step       250     500     1000    1500    2000    2500    3000
-    LSTM       30.2%   29.4%   39.6%   42.7%   51.7%   54.8%   59.5%
-    BN-LSTM    38.1%   46.8%   59.2%   66.2%   71.3%   73.3%   77.9%
-(training loss at 3,000: 1.21 vs 0.77) -- the faster start of the paper's Figure 2 (pMNIST), on the real task.
 
-CPU variant `,rows`: 28 time steps of a 28-pixel row, everything else the same, 3,000 steps (5 epochs).
-Measured test accuracy (seed 0 unless marked, one CPU core per run,
-`python -m bnrepro.main --config=configs/seq_mnist.py:NET,rows[,permuted] --workdir=...`):
-    step                    250     500     1000    2000    3000    steps/s
-    rows      LSTM          80.2%   90.6%   93.6%   95.5%   97.1%   ~100
-              BN-LSTM       87.7%   94.7%   96.7%   97.9%   98.1%   ~65
-    (seed 1)  LSTM          75.8%   88.2%   91.8%   95.6%   96.8%
-              BN-LSTM       86.1%   94.0%   96.7%   97.6%   98.4%
-    rows,permuted  LSTM     80.9%   83.7%   87.3%   91.1%   92.3%   ~100
-                   BN-LSTM  90.0%   92.8%   94.3%   95.9%   96.3%   ~65
-The BN-LSTM is ahead at every evaluation of every pair; permuting widens the gap (4 points at 3,000 steps), as
-in the paper. In-order rows need the h_0 noise as in-order pixels do: the first rows are (almost) always blank,
-so the early steps' activations vary only through rare inked pixels, the mini-batches' moments there differ
-wildly, and Algorithm 2's averages fit none of them. Without the noise (`--config.model.h0_noise=0.0`) the
-BN-LSTM trains as well (train loss 0.11 at 3,000 steps) but its test accuracy with population statistics swings
-between 27% and 77% (after 200 steps: 20%, while the same net normalizing each test mini-batch of 100 with its
-own moments scores 78%).
+CPU variant `,rows`: 28 time steps of a 28-pixel row, everything else the same, 3,000 steps (5 epochs); both nets
+on both row tasks with seeds as one sweep: `configs/sweeps/seq_rows.py`. In-order rows, like in-order pixels, get
+the h_0 noise (`model.h0_noise`): their first rows are almost always blank. Results, the paper's numbers and the
+readings: docs/experiments.md#bn-lstm.
 """
 
 import ml_collections

@@ -11,7 +11,7 @@ images themselves, unlabelled, in mini-batches of the run's `batch_size` (transd
 shifts are in `bnrepro.data.shifts`. Prints each run's table and writes it to its directory's adabn.md, then,
 with seeds, the mean ± std over them (`bnrepro.figures.adabn_table`).
 
-Expected (Figure 1's BN net, 3 seeds): the README's results table.
+Results (Figure 1's BN net, 3 seeds): docs/experiments.md#adabn.
 """
 
 from __future__ import annotations

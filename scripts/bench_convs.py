@@ -12,7 +12,7 @@ column with `scripts/bench_inception.py`.
 
     python scripts/bench_convs.py --torch_path=DIR [--cpu_cores=0] [--batch_size=8] [--repeats=5]
 
-Measured 2026-12-03 (2-core VM, PyTorch 2.13 CPU): see `scripts/bench_inception.py`'s docstring.
+Results: docs/performance.md#each-convolution-of-bn-inception.
 """
 
 from __future__ import annotations

@@ -6,17 +6,7 @@ frequencies, side by side in one run, each in a fresh process on the real MNIST.
 
 Prints, per setting: the records written, the wall time of the whole run (start-up, compilation, evaluation
 included), the training steps/s the run itself reports (diagnostics excluded: they run between dispatches), and
-the wall time each record adds over the run with diagnostics off. Measured (defaults, 2-core x86 VM, idle):
-
-    | diagnostics_every | records | wall s | train steps/s | extra s per record |
-    |---|---|---|---|---|
-    | 0 (off) | 0 | 8.5 | 3139 | - |
-    | 1000 | 10 | 10.7 | 3019 | 0.22 |
-    | 250 | 40 | 11.8 | 3097 | 0.08 |
-    | 50 | 200 | 15.3 | 2970 | 0.03 |
-
-About 2 s are fixed (compiling the diagnostics program); each record then costs ~0.02 s. Off, nothing is
-compiled or computed, and the training program is the same one (its steps/s agree within noise).
+the wall time each record adds over the run with diagnostics off. Results: docs/performance.md#cost-of-diagnostics.
 """
 
 from __future__ import annotations

@@ -19,28 +19,7 @@ images/s per fully used core and varies less than images/s on a machine shared w
 
     python scripts/bench_input.py [--num_images=512] [--batches=40] [--workers=0,1,2] [--rounds=2]
 
-Measured on the 2-core VM (2026-12-03, the defaults, torch 2.13 CPU; the VM ran slower than the day before, so
-compare within a table), two runs:
-
-    | pipeline | workers | start (s) | images/s | images per CPU-second |
-    | --- | ---: | ---: | ---: | ---: |
-    | ours: grain | 0 | 0.1-0.3 | 290-302 | 281-291 |
-    | torch DataLoader + PIL | 0 | 0.1 | 335-340 | 335-340 |
-    | ours: grain | 1 | 1.2-1.4 | 290-296 | 239-242 |
-    | torch DataLoader + PIL | 1 | 0.2 | 251-283 | 238-266 |
-    | ours: grain | 2 | 1.4-1.5 | 492-507 | 247-254 |
-    | torch DataLoader + PIL | 2 | 0.2 | 488-542 | 253-283 |
-
-Ours reads 84-86% of torch's images per CPU-second in this process and 90-100% with worker processes, and
-scales with them as torch's does. That is with one reader thread per worker, as the configs now set it. Right
-after, with the 16 threads they set before (`--read_threads=16`), ours read 64%, 77% and 68% of torch's images
-per CPU-second with 0, 1 and 2 workers (195, 183, 172 against 307, 238, 254), and 334 images/s with 2 workers:
-threads that share one GIL cost CPU, and workers already give the parallelism. With 4 threads: 77% and 93%
-(0 and 2 workers). The rest of the gap: each worker copies every batch into shared memory (~15 ms per batch of
-32), and tfds's decoding costs a little more than PIL on a file. (Having grain stack each batch straight into
-shared memory, `enable_shared_memory_output`, skips that copy, but the batches a worker holds when its
-iterator is closed are then never unlinked: 192 leaked segments in one run of this script. Not kept.) Grain
-spawns its workers (each imports JAX and tfds), torch forks them: hence the starts.
+Results and what was tried: docs/performance.md#imagenet-input.
 """
 
 from __future__ import annotations

@@ -16,24 +16,7 @@ Prints one table (wall time, model-steps/s, speed-up over the CLI runs), the lar
 accuracy between the ways, and the two bars: the Ray engine keeps >= 90% of the old pool's throughput, and its
 quick sweep's wall time stays within 10 s of the old pool's.
 
-Measured on 2026-12-02 (defaults, `--old_pool_checkout=/tmp/oldpool`, 2-core x86 VM; all rows back to back in
-one invocation; HEAD was 389cac0; no other load during this run, CPU idle outside it):
-
-    | how | wall s | model-steps/s | speed-up vs sequential |
-    |---|---|---|---|
-    | 16 points: single-run CLI, one after another | 137.7 | 1162 | 1.00x |
-    | 16 points: python -m bnrepro.sweep, Ray engine (HEAD) | 46.2 | 3463 | 2.98x |
-    | 16 points: python -m bnrepro.sweep, old pinned pool (01e0599) | 47.7 | 3355 | 2.89x |
-    | quick sweep (4 x 600): Ray engine | 19.4 | 124 | - |
-    | quick sweep (4 x 600): old pool | 13.7 | 175 | - |
-
-    Largest gap in a point's final test accuracy between cli, ray, pool: 0.00 points; quick sweep, Ray vs old
-    pool: 0.00 points. Ray engine throughput / old pool's: 103% (bar >= 90%: holds). Quick sweep, Ray engine -
-    old pool: +5.7 s (bar <= 10 s: holds).
-
-An earlier invocation the same day, while other test suites loaded the VM (load average 4-11), measured 179.6 s
-(CLI), 124.3 s (Ray), 100.9 s (old pool), 15.9 s and 10.9 s (quick, Ray and old pool): 81% and +5.0 s; its
-16-point rows are contention, not the engines (and the engine was committed anew, 1ba6ff5, during that run).
+Results: docs/performance.md#sweep-throughput.
 """
 
 from __future__ import annotations

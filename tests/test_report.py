@@ -181,6 +181,8 @@ def test_an_empty_runs_directory_lists_every_experiment_as_not_run_with_its_comm
         command = experiment.command.format(runs=root.as_posix())
         assert "not run yet — command:" in section(document, experiment.key)
         assert f"<code>{command}</code>" in section(document, experiment.key)
+        assert f"<b>Details and reading:</b> <code>{experiment.details}</code>" in section(document, experiment.key)
+        assert f"**Details and reading:** `{experiment.details}`" in markdown
         assert f"## {experiment.title}\n" in markdown and f"```\n{command}\n```" in markdown
     assert f"RUNS_DIR={root} bash scripts/reproduce_figure1.sh" in document
     assert f"python scripts/table2.py --workdir={root}/table2 --seeds=3" in document

@@ -1,6 +1,8 @@
-"""The experiments the results page shows, in the README's order: where each one's runs live under `--runs`,
-the command that makes them, what the paper (or the later paper it follows) reports, and how its figure and
-tables are drawn from the run directories (`Experiment.build`)."""
+"""The one table of experiments (`EXPERIMENTS`, in the README's order): where each one's runs live under `--runs`,
+the command that makes them, what the paper (or the later paper it follows) reports, its section of
+docs/experiments.md, and how its figure and tables are drawn from the run directories (`Experiment.build`).
+The results page reads it; the README's results table and docs/experiments.md quote it (tests/test_readme.py
+checks that they do). Each of the paper's numbers is written here once (Table 2's in `figures.TABLE2_PAPER`)."""
 
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ class Experiment(NamedTuple):
     paper: str  # what that paper reports, for the reader to compare
     command: str  # the command(s) that make its runs; `{runs}` is the --runs directory
     build: Callable[[Path], Content | None]  # its content from the --runs directory; None: not run yet
+    details: str  # its section of the docs: command, wall time, what reproduced and what did not
 
 
 class Variant(NamedTuple):
@@ -214,7 +217,7 @@ TABLE2_LABELS = {
     "bn_x5_sigmoid": "BN-x5-Sigmoid",
     "sigmoid": "Sigmoid (no BN)",
 }
-TABLE2_PAPER_COLUMNS = ("paper: steps to 72.2%", "paper: max accuracy")
+TABLE2_PAPER_COLUMNS = (f"paper: steps to {figures.TABLE2_PAPER['inception'][1]}", "paper: max accuracy")
 TABLE2_CPU = tuple(
     Variant(
         TABLE2_LABELS[name],
@@ -395,6 +398,15 @@ def sequential(root: Path) -> Content | None:
     return found[0] if found else None
 
 
+def _table2_paper() -> str:
+    """Table 2's row for each net as the paper gives it: steps to Inception's best / max accuracy."""
+    rows = []
+    for name in figures.TABLE2_RUNS:
+        steps, best = figures.TABLE2_PAPER[name]
+        rows.append(f"{TABLE2_LABELS[name]} {best}" if steps == "—" else f"{TABLE2_LABELS[name]} {steps} / {best}")
+    return ", ".join(rows)
+
+
 def _commands(variants: Sequence[Variant]) -> str:
     return "\n".join(dict.fromkeys(variant.command for variant in variants))  # a sweep that trains several, once
 
@@ -405,30 +417,33 @@ EXPERIMENTS = (
         "Figure 1: MNIST with and without BN",
         "Sec. 4.1, Figure 1",
         "A 784-100-100-100-10 sigmoid MLP, 50,000 steps of 60 examples. (a) With BN the net reaches higher test "
-        "accuracy, faster (the text gives no number; read off the plot, BN ends near 98-99%, the baseline near "
-        "95-97%). (b, c) The 15th/50th/85th percentiles of a last-hidden-layer sigmoid input: without BN they "
-        "drift over training, with BN they are stable.",
+        f"accuracy, faster (the text gives no number; read off the plot, BN ends at {FIGURE1[1].paper[0]}, the "
+        f"baseline at {FIGURE1[0].paper[0]}). (b, c) The 15th/50th/85th percentiles of a last-hidden-layer sigmoid "
+        "input: without BN they drift over training, with BN they are stable.",
         FIGURE1_COMMAND,
         figure1,
+        "docs/experiments.md#figure-1",
     ),
     Experiment(
         "table2_cpu",
         "Table 2 at CPU scale (Fashion-MNIST)",
         "Sec. 4.2.2, Table 2 (scaled down)",
-        "ImageNet single-crop top-1: steps to Inception's best (72.2%) and each net's max accuracy. Inception 31.0e6 "
-        "/ 72.2%, BN-Baseline 13.3e6 / 72.7%, BN-x5 2.1e6 / 73.0%, BN-x30 2.7e6 / 74.8%, BN-x5-Sigmoid 69.8%; "
-        "sigmoid without BN stays at chance. Here a x0.125 BN-Inception on Fashion-MNIST for 3,000 steps: compare "
-        "the shape (which nets reach the baseline's best, and how soon), not the numbers.",
+        f"ImageNet single-crop top-1: steps to Inception's best and each net's max accuracy. {_table2_paper()}. "
+        "Here a x0.125 BN-Inception on Fashion-MNIST for 3,000 steps: compare the shape (which nets reach the "
+        "baseline's best, and how soon), not the numbers.",
         "python scripts/table2.py --workdir={runs}/table2 --seeds=3",
         table2_cpu,
+        "docs/experiments.md#table-2-at-cpu-scale",
     ),
     Experiment(
         "table2_imagenet",
         "Table 2 on ImageNet",
         "Sec. 4.2.2, Table 2",
-        "The paper's five runs (numbers beside each); needs ImageNet and accelerators.",
+        f"The paper's five runs, steps to Inception's best / max accuracy: {_table2_paper()}. Needs ImageNet and "
+        "accelerators.",
         _commands(TABLE2_IMAGENET),
         table2_imagenet,
+        "docs/experiments.md#table-2-on-imagenet",
     ),
     Experiment(
         "ablation",
@@ -439,6 +454,7 @@ EXPERIMENTS = (
         "python -m bnrepro.sweep --sweep=configs/sweeps/mnist_activation_bn.py --workdir={runs}/sweeps/mnist\n"
         "python scripts/plot_sweep.py --sweep=configs/sweeps/mnist_activation_bn.py --workdir={runs}/sweeps/mnist",
         ablation,
+        "docs/experiments.md#ablation-sweep",
     ),
     Experiment(
         "ics",
@@ -451,6 +467,7 @@ EXPERIMENTS = (
         "python -m bnrepro.sweep --sweep=configs/sweeps/mnist_ics.py --workdir={runs}/sweeps/ics\n"
         "python scripts/plot_ics.py {runs}/sweeps/ics --out=ics.png",
         ics,
+        "docs/experiments.md#gradient-propagation",
     ),
     Experiment(
         "adabn",
@@ -460,6 +477,7 @@ EXPERIMENTS = (
         "on the target domain. Li et al.'s numbers are for other datasets. Needs the Figure 1 BN run.",
         "python scripts/adabn.py --workdir={runs}/mnist_bn",
         adabn,
+        "docs/experiments.md#adabn",
     ),
     Experiment(
         "small_batch",
@@ -469,15 +487,18 @@ EXPERIMENTS = (
         "are for ImageNet and not reproduced here.",
         _commands(SMALL_BATCH),
         small_batch,
+        "docs/experiments.md#batch-renormalization",
     ),
     Experiment(
         "sequential",
         "BN-LSTM vs LSTM on sequential MNIST",
         "Cooijmans et al. (2016), Sec. 5.1",
-        "Test accuracy of the early-stopped model, pixel by pixel: MNIST LSTM 98.9%, BN-LSTM 99.0%; permuted MNIST "
-        "LSTM 90.2%, BN-LSTM 95.4%. The row-by-row variants (28 steps of 28 pixels, for a CPU) are not in the "
-        "paper; the pixel-by-pixel ones are an accelerator's work.",
+        "Test accuracy of the early-stopped model, pixel by pixel: "
+        + "; ".join(f"{v.label} {v.paper[0]}" for v in SEQUENTIAL if v.paper[0] != "—")
+        + ". The row-by-row variants (28 steps of 28 pixels, for a CPU) are not in the paper; the pixel-by-pixel "
+        "ones are an accelerator's work.",
         _commands(SEQUENTIAL),
         sequential,
+        "docs/experiments.md#bn-lstm",
     ),
 )

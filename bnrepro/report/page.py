@@ -88,6 +88,7 @@ def _html_section(section: Section) -> str:
         f'<section id="{experiment.key}">\n<h2>{html.escape(experiment.title)}</h2>\n',
         f"<p><b>Reproduces:</b> {html.escape(experiment.reproduces)}</p>\n",
         f"<p><b>Paper:</b> {html.escape(experiment.paper)}</p>\n",
+        f"<p><b>Details and reading:</b> <code>{html.escape(experiment.details)}</code></p>\n",
     ]
     command = f"<pre><code>{html.escape(section.command)}</code></pre>\n"
     if section.content is None and section.error is None:
@@ -173,6 +174,7 @@ def _markdown_section(section: Section, image: Callable[[Section, int], str]) ->
         f'<a id="{experiment.key}"></a>\n## {experiment.title}\n',
         f"**Reproduces:** {experiment.reproduces}\n",
         f"**Paper:** {experiment.paper}\n",
+        f"**Details and reading:** `{experiment.details}`\n",
     ]
     command = f"```\n{section.command}\n```\n"
     if section.content is None and section.error is None:

@@ -7,6 +7,7 @@ r"""Sigmoid vs ReLU, with and without BN, at 1x, 5x and 30x the learning rate, 3
 36 points of `configs/mnist_mlp.py` (50,000 steps of SGD on mini-batches of 60; base learning rate 0.1) on
 MNIST, or on Fashion-MNIST with `fashion`; `quick` is 4 points of 600 steps (a smoke test, about a minute).
 The question (Sec. 3.3): does BN let the sigmoid net train at 30x the learning rate where the baseline cannot?
+Results: docs/experiments.md#ablation-sweep.
 """
 
 from bnrepro.sweep import Sweep, product

@@ -7,6 +7,7 @@ r"""Santurkar et al. (2018) on the Figure 1 MLP: sigmoid and ReLU, without BN, w
 18 points of `configs/mnist_ics.py` (10,000 steps each, measurements every 250 steps into each point's
 `diagnostics.jsonl`); `quick` is the six nets with one seed, 600 steps, measured every 100 (under a minute:
 what `notebooks/gradient_propagation.ipynb` runs when it is given no sweep).
+Results: docs/experiments.md#gradient-propagation.
 """
 
 from bnrepro.sweep import Sweep

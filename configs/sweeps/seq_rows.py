@@ -9,15 +9,7 @@ Seed 0's runs are the single-run commands' (`python -m bnrepro.main --config=con
 --workdir=runs/seq/bn_lstm_rows`); a net's seeds train as one vmapped group. 3,000 steps each; the summary's
 steps-to-threshold column is the first evaluation at 95% test accuracy.
 
-Measured (CPU, one core shared with other work; 1711 s for the eight runs), test accuracy with population
-statistics, mean ± std over 2 seeds:
-    step                     250           500           1000          2000          3000
-    rows       LSTM          81.1 ± 0.5%   85.8 ± 0.7%   93.1 ± 0.7%   95.6 ± 0.2%   97.09 ± 0.30%
-               BN-LSTM       86.7 ± 0.8%   94.4 ± 0.6%   96.7 ± 0.0%   97.8 ± 0.3%   98.41 ± 0.04%
-    permuted   LSTM          80.7 ± 0.8%   85.8 ± 0.5%   86.3 ± 1.6%   91.6 ± 0.5%   92.80 ± 0.68%
-               BN-LSTM       89.6 ± 0.5%   92.6 ± 0.3%   94.3 ± 0.0%   95.7 ± 0.3%   96.28 ± 0.00%
-The BN-LSTM is ahead at all 12 evaluations of every seed, by at least 1.1 points on rows and 2.8 on permuted rows.
-(`configs/seq_mnist.py`'s per-seed curves are single runs trained alone, earlier.)
+Results: docs/experiments.md#bn-lstm.
 """
 
 from bnrepro.sweep import Sweep, seed_count, seeded, variant_overrides

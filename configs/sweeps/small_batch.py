@@ -8,12 +8,7 @@ Seed 0's runs are the single-run commands' (`python -m bnrepro.main --config=con
 --workdir=runs/small_batch/bn`); a net's seeds train as one vmapped group. The summary's steps-to-threshold
 column is the first evaluation at 94% test accuracy (moving-average inference, as the nets are evaluated).
 
-Measured (CPU, one core shared with other work, 267 s for all six runs), test accuracy with the moving averages:
-    run     seeds  after 50k steps   best      first at 94%
-    BN        3    94.06% ± 0.43%    94.41%    41.7k ± 3.5k steps
-    Renorm    3    96.04% ± 0.12%    96.11%    21.3k ± 0.6k steps
-Batch Renormalization is ahead for every seed (by 1.4 to 2.3 points at 50k steps), as Ioffe (2017) reports for
-small mini-batches.
+Results: docs/experiments.md#batch-renormalization.
 """
 
 from bnrepro.sweep import Sweep, seed_count, seeded, variant_overrides

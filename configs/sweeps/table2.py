@@ -11,6 +11,7 @@ do, into `WORKDIR/<variant>`; BN-x5 and BN-x30 differ only in their learning rat
 `quick`: the smoke versions (~20 s a run on one core). `seeds=N`: seeds 0 to N-1 of every run, seed 0 in
 `WORKDIR/<variant>` and seed S in `WORKDIR/<variant>_seedS` (`bnrepro.sweep.seeded`; `figures.table2` reads them
 with `bnrepro.figures.seed_dirs`); a variant's seeds differ only in the seed and train in the same vmapped group.
+Results: docs/experiments.md#table-2-at-cpu-scale.
 """
 
 from bnrepro.sweep import Sweep, seeded, variant_overrides
