@@ -21,7 +21,7 @@ from pathlib import Path
 
 import configs
 from bnrepro import sweep
-from bnrepro.cli import config_overrides, quiet_orbax, user_errors_in_one_line
+from bnrepro.cli import parse_overrides, quiet_orbax, user_errors_in_one_line
 from bnrepro.sweep import points
 
 SWEEP_FILE = Path(configs.__file__).resolve().parent / "sweeps" / "figure1.py"
@@ -40,7 +40,8 @@ def main(extra_flags: list[str]) -> int:
     start = time.perf_counter()
     runs = Path(os.environ.get("RUNS_DIR", "runs"))
     seeds, overrides = seeds_argument(extra_flags)
-    figure1 = points.with_overrides(sweep.load_sweep(f"{SWEEP_FILE}:{seeds}"), config_overrides(overrides))
+    figure1 = sweep.load_sweep(f"{SWEEP_FILE}:{seeds}")
+    figure1 = points.with_overrides(figure1, parse_overrides(figure1.base, overrides))
     quiet_orbax()
     if sweep.report_unfinished(figure1, runs, sweep.run_sweep(figure1, runs)):
         return 1

@@ -4,6 +4,7 @@ name, and how a group of points trains and records its end (`run_points`, run in
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import itertools
 import json
@@ -86,22 +87,13 @@ def point_name(overrides: Mapping[str, Any]) -> str:
 
 
 def point_config(base: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
-    """`base` with `overrides` applied; a key the base lacks is a ValueError naming it (and its new name, if it
-    was renamed)."""
-    config = base.copy_and_resolve_references()
-    for key, value in overrides.items():
-        config_schema.check_not_renamed(key)
-        *sections, name = key.split(".")
-        node = config
-        for section in sections:
-            node = node.get(section)
-            if not isinstance(node, ml_collections.ConfigDict):
-                message = f"sweep point {dict(overrides)}: config.{key}: no such section {section!r}."
-                raise ValueError(message)  # noqa: TRY004 -- a bad key in a sweep file, not a bad argument type
-        if name not in node:
-            raise ValueError(f"sweep point {dict(overrides)}: config.{key}: unknown key.")
-        with node.ignore_type():  # an int learning rate in a sweep file is still a learning rate
-            node[name] = value
+    """`base` with `overrides` applied (`ConfigDict.update_from_flattened_dict`: an int learning rate in a sweep
+    file is still a float); a key the base lacks is a ValueError naming the point and the key (and the key's new
+    name, if it was renamed: `config_schema.check_key`)."""
+    for key in overrides:
+        config_schema.check_key(base, key, f"sweep point {dict(overrides)}: config.{key}")
+    config = copy.deepcopy(base)
+    config.update_from_flattened_dict(dict(overrides))
     return config
 
 
