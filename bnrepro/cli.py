@@ -150,7 +150,7 @@ def parse_overrides(config: ml_collections.ConfigDict, args: Sequence[str]) -> d
     except flags.IllegalFlagValueError as e:  # a value of the wrong type: absl's one line names the flag
         raise ValueError(str(e)) from None
     except flags.Error as e:  # a flag that is not an override
-        raise ValueError(f"{e}; expected --config.KEY=VALUE.") from None
+        raise ValueError(f"{e}: not a --config.KEY=VALUE override (nor a flag of this command: --help).") from None
     if rest[1:]:
         raise ValueError(f"{rest[1]}: expected --config.KEY=VALUE.")
     return parsed["config"].override_values

@@ -137,6 +137,7 @@ INPUT_FIELDS: Mapping[str, Field] = {
     "worker_count": Field(int, _at_least(0)),
 }
 
+
 class _ModelSide(NamedTuple):
     """The contract's keys under `config.model`, which the model classes define (`_model_side`)."""
 
@@ -151,9 +152,10 @@ class _ModelSide(NamedTuple):
 @functools.cache
 def _model_side() -> _ModelSide:
     """The model keys' checks and types, built on first use: they import the models, and with them JAX."""
-    from bnrepro import batchnorm, layers, models  # noqa: PLC0415 -- JAX only when a model is checked
-    from bnrepro.models.inception import FIGURE_5_MODULES  # noqa: PLC0415
-    from bnrepro.models.lstm import SEQUENCES  # noqa: PLC0415
+    # Imported here, not at the top: JAX only when a model is checked.
+    from bnrepro import batchnorm, layers, models
+    from bnrepro.models.inception import FIGURE_5_MODULES
+    from bnrepro.models.lstm import SEQUENCES
 
     # Checks of model attributes by name, shared by every model that has them; their types come from the class.
     field_checks = {
@@ -220,18 +222,17 @@ def check_key(config: ml_collections.ConfigDict, key: str, name: str) -> None:
         if not isinstance(node, ml_collections.ConfigDict):
             raise ValueError(f"{name}: no such section {section!r}.")  # noqa: TRY004 -- a user's key, not a type
     if leaf not in node:
-        known = [key for key, _ in _flat_keys(config)]
-        close = difflib.get_close_matches(key, known, n=1)
+        close = difflib.get_close_matches(key, _dotted_keys(config), n=1)
         raise ValueError(f"{name}: unknown key" + (f"; did you mean {close[0]!r}?" if close else "."))
 
 
-def _flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[tuple[str, Any]]:
-    """Every dotted key of `config` with its value, sections included."""
+def _dotted_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    """Every dotted key of `config`, sections included."""
     keys = []
     for key, value in config.items():
-        keys.append((prefix + key, value))
+        keys.append(prefix + key)
         if isinstance(value, ml_collections.ConfigDict):
-            keys += _flat_keys(value, f"{prefix}{key}.")
+            keys += _dotted_keys(value, f"{prefix}{key}.")
     return keys
 
 
