@@ -1,9 +1,10 @@
 """What the command lines share: the errors a user causes as one line and exit code 2, a full disk as two lines and
-exit code 1, `--workdir`, and orbax kept quiet on the console."""
+exit code 1, a config file found by its name in the repository wherever bnrepro is installed, `--config.KEY=VALUE`
+overrides, `--workdir`, and orbax kept quiet on the console."""
 
 from __future__ import annotations
 
-import ast
+import copy
 import errno
 import functools
 import logging as pylogging
@@ -15,8 +16,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import ml_collections
 from absl import flags, logging
+from ml_collections import config_flags
 
+import configs
+from bnrepro import config_schema
 from bnrepro.data import DataError
 from bnrepro.training.run_dir import WorkdirBusyError
 
@@ -109,21 +114,46 @@ def disk_full_message(error: BaseException) -> str | None:
     return None
 
 
-def config_overrides(args: Sequence[str]) -> dict[str, Any]:
-    """`--config.KEY=VALUE` arguments as `{KEY: VALUE}` overrides (as `bnrepro.main` takes them): a Python literal
-    is read as one (`0.5`, `True`, `(10, 10)`), `true`/`false` as booleans, anything else as a string. Any
-    other argument is a ValueError naming it."""
-    overrides = {}
+def find_config_file(path: str) -> Path | None:
+    """The file a command line names as `path`: `path` itself if it is a file; else, for a path under `configs/`
+    (a config or sweep file shipped with bnrepro, named as in the repository), that file of the installed `configs`
+    package, whatever the working directory; None if there is neither."""
+    given = Path(path).expanduser()
+    if given.is_file():
+        return given
+    parts = Path(path).parts
+    shipped = Path(configs.__file__).parent.joinpath(*parts[1:])
+    return shipped if not given.is_absolute() and parts[:1] == ("configs",) and shipped.is_file() else None
+
+
+# An override's key, as config_flags reads it: `--config.KEY=VALUE`, `--config.KEY VALUE`, `--noconfig.KEY`.
+_OVERRIDE_KEY = re.compile(r"-{1,2}(?:no)?config\.([^=]+)")
+
+
+def parse_overrides(config: ml_collections.ConfigDict, args: Sequence[str]) -> dict[str, Any]:
+    """`--config.KEY=VALUE` arguments as the flattened overrides of `config` they make (for
+    `ConfigDict.update_from_flattened_dict`), read by ml_collections' `config_flags`, as `bnrepro.main` and every
+    script read them: each VALUE by the parser for KEY's type (`0.5`, `True`, `(10, 10)`, a string).
+
+    Raises:
+      ValueError: in one line, for a KEY `config` lacks (the closest known key, or its new name: `check_key`), a
+        VALUE of the wrong type, or an argument that is not an override.
+    """
     for arg in args:
-        key, equals, text = arg.removeprefix("--config.").partition("=")
-        if not arg.startswith("--config.") or not equals or not key:
-            raise ValueError(f"{arg}: expected --config.KEY=VALUE.")
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = {"true": True, "false": False}.get(text.lower(), text)
-        overrides[key] = value
-    return overrides
+        if match := _OVERRIDE_KEY.match(arg):
+            config_schema.check_key(config, match[1], f"--config.{match[1]}")
+    argv = ["overrides", *args]
+    parsed = flags.FlagValues()
+    config_flags.DEFINE_config_dict("config", copy.deepcopy(config), flag_values=parsed, sys_argv=argv)
+    try:
+        rest = parsed(argv)
+    except flags.IllegalFlagValueError as e:  # a value of the wrong type: absl's one line names the flag
+        raise ValueError(str(e)) from None
+    except flags.Error as e:  # a flag that is not an override
+        raise ValueError(f"{e}: not a --config.KEY=VALUE override (nor a flag of this command: --help).") from None
+    if rest[1:]:
+        raise ValueError(f"{rest[1]}: expected --config.KEY=VALUE.")
+    return parsed["config"].override_values
 
 
 def workdir_path(value: str) -> Path:

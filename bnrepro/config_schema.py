@@ -4,18 +4,26 @@ These keys are the contract between config files, sweeps and notebooks. `validat
 it before anything is trained, and names the offending key in a ValueError: an unknown or missing key, a
 wrong type, or an impossible value (a batch size of 0, negative steps, an unknown activation or dataset).
 Keys under `model` other than `model.name` and `model.bn` are the attributes of the model class `model.name`
-selects; `model.bn` holds the options of every BatchNorm layer (`MODEL_BN_FIELDS`, `bnrepro.models.bn_config`).
+selects; `model.bn` holds the options of every BatchNorm layer (`bnrepro.models.bn_config`).
 A key renamed since runs were made (`RENAMED_KEYS`, e.g. `model.bn_momentum`) is refused with its new name.
 `input` holds the ImageNet input pipeline's settings; it is required for `dataset="imagenet2012"` and refused
 otherwise (MNIST-size datasets live on the device and have no pipeline to configure).
 `dtype` is the compute dtype (`layers.COMPUTE_DTYPES`), which `models.create_model` gives the model.
 `profile_steps` is "" (off) or "START:END" (`profile_range`): a range that starts at or after `num_steps` is
 refused (nothing would be traced), an END beyond `num_steps` is clipped to it (the trace ends with the run).
+
+A config file's `get_config` returns a typed, locked ConfigDict, so an override of a key it lacks (`check_key`) or
+of the wrong type is refused as it is applied. Each run is validated once, before anything trains: a single run,
+from the command line or a notebook, by `bnrepro.training.loop.train_and_evaluate`; each sweep point by
+`bnrepro.sweep.points.run_points`, before its group trains. This module imports JAX only when it checks the model
+keys (their types come from the model classes), so that a sweep's points can be read without it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
 import json
 import math
 import re
@@ -25,10 +33,8 @@ from typing import Any, NamedTuple
 
 import ml_collections
 
-from bnrepro import batchnorm, data, layers, models
+from bnrepro import data
 from bnrepro.data import imagenet
-from bnrepro.models.inception import FIGURE_5_MODULES
-from bnrepro.models.lstm import SEQUENCES
 
 EVAL_STATISTICS = ("population", "moving_average")
 OPTIMIZERS = ("sgd", "rmsprop")
@@ -115,7 +121,7 @@ TRAINING_FIELDS: Mapping[str, Field] = {
     "cpu_cores": Field(int, _at_least(0)),
     "num_devices": Field(int, _at_least(0)),
     "profile_steps": Field(str, _step_range),
-    "dtype": Field(str, _one_of(layers.COMPUTE_DTYPES)),
+    "dtype": Field(str, lambda v: _one_of(_model_side().compute_dtypes)(v)),  # the models' layers define them
 }
 
 # `config.input`, the host-fed ImageNet pipeline (`bnrepro.data.imagenet.train_dataset` / `eval_dataset`).
@@ -131,50 +137,103 @@ INPUT_FIELDS: Mapping[str, Field] = {
     "worker_count": Field(int, _at_least(0)),
 }
 
-# Checks of model attributes by name, shared by every model that has them; their types come from the class.
-MODEL_FIELD_CHECKS: Mapping[str, Callable[[Any], str | None]] = {
-    "activation": _one_of(tuple(layers.ACTIVATIONS)),
-    "hidden": _positive_ints,
-    "num_classes": _at_least(1),
-    "init_std": _positive_finite,
-    "hidden_size": _at_least(1),
-    "sequence": _one_of(SEQUENCES),
-    "gamma_init": _positive_finite,
-    "h0_noise": _non_negative,
-    "num_modules": lambda v: (
-        None if v is None or 1 <= v <= len(FIGURE_5_MODULES) else f"must lie in [1, {len(FIGURE_5_MODULES)}]"
-    ),
-}
 
-# Checks of the BatchNorm options, `config.model.bn.*` (every `models.BN_OPTIONS`; types from `layers.BatchNorm`).
-BN_OPTION_CHECKS: Mapping[str, Callable[[Any], str | None]] = {
-    "momentum": lambda v: None if 0.0 <= v <= 1.0 else "must lie in [0, 1]",
-    "eps": _positive_finite,
-    "axis_name": lambda v: None if v is None or v else "must be a non-empty string or None",
-    "virtual_batch_size": lambda v: None if v is None or v >= 1 else "must be >= 1 or None",
-    "backward": _one_of(typing.get_args(batchnorm.Backward)),
-    "noise_shift": _non_negative,
-    "noise_scale": lambda v: None if v >= 1.0 else "must be >= 1",
-}
+class _ModelSide(NamedTuple):
+    """The contract's keys under `config.model`, which the model classes define (`_model_side`)."""
 
-# Keys renamed since runs were made, old -> new (dotted, under `config.`): the BN options moved into `model.bn`.
-RENAMED_KEYS: Mapping[str, str] = {
-    **{f"model.bn_{option}": f"model.bn.{option}" for option in models.BN_OPTIONS},
-    "model.bn_gamma_init": "model.gamma_init",
-}
-# What a run made before `model.bn` existed used for the options its config did not name: BatchNorm's defaults,
-# which every model then passed on (eps 1e-5 in all three); and before `dtype` existed, every run computed in
-# float32. Such a run resumes under today's config.
-IMPLICIT_IN_OLD_RUNS: Mapping[str, Any] = {
-    **{f"model.bn.{option}": value for option, value in json.loads(models.bn_config().to_json_best_effort()).items()},
-    "dtype": "float32",
-}
+    models: Any  # the `bnrepro.models` module
+    compute_dtypes: tuple[str, ...]
+    field_checks: Mapping[str, Callable[[Any], str | None]]
+    bn_fields: Mapping[str, Field]
+    renamed_keys: Mapping[str, str]
+    implicit_in_old_runs: Mapping[str, Any]
+
+
+@functools.cache
+def _model_side() -> _ModelSide:
+    """The model keys' checks and types, built on first use: they import the models, and with them JAX."""
+    # Imported here, not at the top: JAX only when a model is checked.
+    from bnrepro import batchnorm, layers, models
+    from bnrepro.models.inception import FIGURE_5_MODULES
+    from bnrepro.models.lstm import SEQUENCES
+
+    # Checks of model attributes by name, shared by every model that has them; their types come from the class.
+    field_checks = {
+        "activation": _one_of(tuple(layers.ACTIVATIONS)),
+        "hidden": _positive_ints,
+        "num_classes": _at_least(1),
+        "init_std": _positive_finite,
+        "hidden_size": _at_least(1),
+        "sequence": _one_of(SEQUENCES),
+        "gamma_init": _positive_finite,
+        "h0_noise": _non_negative,
+        "num_modules": lambda v: (
+            None if v is None or 1 <= v <= len(FIGURE_5_MODULES) else f"must lie in [1, {len(FIGURE_5_MODULES)}]"
+        ),
+    }
+    # The BatchNorm options, `config.model.bn.*`: every `models.BN_OPTIONS`, typed by `layers.BatchNorm`'s defaults.
+    bn_checks = {
+        "momentum": lambda v: None if 0.0 <= v <= 1.0 else "must lie in [0, 1]",
+        "eps": _positive_finite,
+        "axis_name": lambda v: None if v is None or v else "must be a non-empty string or None",
+        "virtual_batch_size": lambda v: None if v is None or v >= 1 else "must be >= 1 or None",
+        "backward": _one_of(typing.get_args(batchnorm.Backward)),
+        "noise_shift": _non_negative,
+        "noise_scale": lambda v: None if v >= 1.0 else "must be >= 1",
+    }
+    # Keys renamed since runs were made, old -> new (dotted, under `config.`): the BN options moved into `model.bn`.
+    renamed = {
+        **{f"model.bn_{option}": f"model.bn.{option}" for option in models.BN_OPTIONS},
+        "model.bn_gamma_init": "model.gamma_init",
+    }
+    # What a run made before `model.bn` existed used for the options its config did not name: BatchNorm's
+    # defaults, which every model then passed on (eps 1e-5 in all three); and before `dtype` existed, every run
+    # computed in float32. Such a run resumes under today's config.
+    bn_defaults = json.loads(models.bn_config().to_json_best_effort())
+    implicit = {**{f"model.bn.{option}": value for option, value in bn_defaults.items()}, "dtype": "float32"}
+    bn_fields = attribute_fields(layers.BatchNorm, models.BN_OPTIONS, bn_checks)
+    return _ModelSide(models, tuple(layers.COMPUTE_DTYPES), field_checks, bn_fields, renamed, implicit)
+
+
+def __getattr__(name: str) -> Any:
+    """`RENAMED_KEYS` (old dotted key -> new) and `IMPLICIT_IN_OLD_RUNS` (dotted key -> the value runs made before
+    it existed used), built on first use (`_model_side`)."""
+    if name in ("RENAMED_KEYS", "IMPLICIT_IN_OLD_RUNS"):
+        return getattr(_model_side(), name.lower())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def check_not_renamed(key: str) -> None:
     """A ValueError naming the new key if the dotted `key` (e.g. "model.bn_momentum") was renamed."""
-    if key in RENAMED_KEYS:
-        raise ValueError(f"config.{key}: renamed to config.{RENAMED_KEYS[key]}.")
+    renamed = _model_side().renamed_keys
+    if key in renamed:
+        raise ValueError(f"config.{key}: renamed to config.{renamed[key]}.")
+
+
+def check_key(config: ml_collections.ConfigDict, key: str, name: str) -> None:
+    """A ValueError if the dotted `key` (e.g. "model.activation") names no value of `config`, written as `name`
+    (how the user wrote it: `--config.KEY`, a sweep point's key): the section it lacks, or the closest known key;
+    or the key's new name if it was renamed (`check_not_renamed`)."""
+    check_not_renamed(key)
+    *sections, leaf = key.split(".")
+    node = config
+    for section in sections:
+        node = node.get(section)
+        if not isinstance(node, ml_collections.ConfigDict):
+            raise ValueError(f"{name}: no such section {section!r}.")  # noqa: TRY004 -- a user's key, not a type
+    if leaf not in node:
+        close = difflib.get_close_matches(key, _dotted_keys(config), n=1)
+        raise ValueError(f"{name}: unknown key" + (f"; did you mean {close[0]!r}?" if close else "."))
+
+
+def _dotted_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    """Every dotted key of `config`, sections included."""
+    keys = []
+    for key, value in config.items():
+        keys.append(prefix + key)
+        if isinstance(value, ml_collections.ConfigDict):
+            keys += _dotted_keys(value, f"{prefix}{key}.")
+    return keys
 
 
 def _check_value(key: str, value: Any, field: Field) -> None:
@@ -206,15 +265,12 @@ def attribute_fields(
     return fields
 
 
-# `config.model.bn`: every `models.BN_OPTIONS`, typed by `layers.BatchNorm`'s defaults.
-MODEL_BN_FIELDS: Mapping[str, Field] = attribute_fields(layers.BatchNorm, models.BN_OPTIONS, BN_OPTION_CHECKS)
-
-
 def model_fields(model_config: ml_collections.ConfigDict) -> dict[str, Field]:
     """The allowed `model.*` keys for the class `model_config.name` names, typed by the class defaults, and
     `model.bn` (the BatchNorm options from which `models.create_model` builds the class's `norm`); not `dtype`,
     which `create_model` sets from `config.dtype`."""
-    cls = models.model_class(model_config.get("name"))
+    side = _model_side()
+    cls = side.models.model_class(model_config.get("name"))
     names = [
         f.name
         for f in dataclasses.fields(cls)
@@ -223,7 +279,7 @@ def model_fields(model_config: ml_collections.ConfigDict) -> dict[str, Field]:
     return {
         "name": Field(str),
         "bn": Field(ml_collections.ConfigDict),
-        **attribute_fields(cls, names, MODEL_FIELD_CHECKS),
+        **attribute_fields(cls, names, side.field_checks),
     }
 
 
@@ -268,6 +324,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if host_fed:
         _check_host_fed(config)
 
+    models = _model_side().models
     if "name" not in config.model:
         raise ValueError(f"config.model.name: missing; expected one of {sorted(models.MODELS)}.")
     if config.model.name not in models.MODELS:
@@ -282,7 +339,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _check_value(f"model.{key}", config.model[key], allowed[key])
     if "bn" not in config.model:
         raise ValueError("config.model.bn: missing; the BatchNorm options, `bnrepro.models.bn_config()`.")
-    _check_fields(config.model.bn, MODEL_BN_FIELDS, prefix="model.bn.")
+    _check_fields(config.model.bn, _model_side().bn_fields, prefix="model.bn.")
 
     profiled = profile_range(config)
     if profiled and profiled[0] >= config.num_steps:

@@ -1,6 +1,8 @@
 """Trains and evaluates one experiment: `python -m bnrepro.main --config=configs/X.py:variant --workdir=DIR`.
 
-Config keys can be overridden, e.g. `--config.learning_rate=0.1`. Re-running on the same workdir resumes.
+A shipped config is named as in the repository, from any directory (`cli.find_config_file`). Config keys can be
+overridden in ml_collections' `config_flags` syntax, e.g. `--config.learning_rate=0.1` (`cli.parse_overrides`).
+Re-running on the same workdir resumes.
 On several hosts, run the same command on each with `--multihost` (Cloud TPU, Slurm and Open MPI are detected
 by `jax.distributed.initialize`; elsewhere add `--coordinator_address=HOST:PORT --num_processes=N
 --process_id=I`); the workdir must be on a filesystem all hosts share.
@@ -17,17 +19,17 @@ _COMMAND = __name__ == "__main__"
 if _COMMAND:
     gc.disable()
 
+import importlib.util
 import os
-import re
 import sys
+from collections.abc import Sequence
 
 import jax
 import ml_collections
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-from bnrepro import config_schema, hooks
-from bnrepro.cli import quiet_orbax, user_errors_in_one_line, workdir_path
+from bnrepro import hooks
+from bnrepro.cli import find_config_file, parse_overrides, quiet_orbax, user_errors_in_one_line, workdir_path
 from bnrepro.cpu import keep_freed_memory, use_cpu_cores
 from bnrepro.training import loop
 
@@ -36,7 +38,9 @@ if _COMMAND:
     gc.enable()
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and TensorBoard events.")
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
+_CONFIG = flags.DEFINE_string(
+    "config", None, "Training config, PATH.py[:ARG]: its get_config(ARG); override a key with --config.KEY=VALUE."
+)
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Join the other processes: jax.distributed.initialize().")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-host: process 0's HOST:PORT.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: how many processes there are.")
@@ -53,54 +57,32 @@ def initialize_distributed() -> None:
         logging.info("Process %d of %d.", jax.process_index(), jax.process_count())
 
 
-@user_errors_in_one_line
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, with an unknown `--config.<key>` reported as a ValueError naming it (and its new name,
-    if it was renamed: `--config.model.bn_momentum` is `--config.model.bn.momentum`)."""
-    for arg in argv:
-        if arg.startswith("--config."):
-            config_schema.check_not_renamed(arg.removeprefix("--config.").split("=")[0])
-    try:
-        return flags.FLAGS(argv)
-    except (AttributeError, KeyError) as e:  # how config_flags reports an override of a missing key
-        message = str(e).replace("\\", "")
-        key = re.search(r"'(\w+)'", message)
-        key = key.group(1) if key else message
-        override = next((a.split("=")[0] for a in argv if re.match(rf"--config\.[\w.]*\b{key}\b", a)), key)
-        hint = re.search(r'Did you mean "(\w+)"', message)
-        raise ValueError(
-            f"{override}: unknown config key {key!r}" + (f"; did you mean {hint.group(1)!r}?" if hint else ".")
-        ) from None
-    except OSError as e:  # a config file that cannot be loaded, met while applying an override
-        given = [a.partition("=")[2] or b for a, b in zip(argv, argv[1:] + [""]) if a.partition("=")[0] == "--config"]
-        raise _unloadable_config(e, given[-1] if given else "") from e
+    """absl's parsing of this command's flags; the rest, the `--config.KEY=VALUE` overrides, is left for `main`."""
+    return flags.FLAGS(argv, known_only=True)
 
 
-def load_config() -> ml_collections.ConfigDict:
-    """The `--config` file's config; a file that cannot be loaded is a FileNotFoundError naming it."""
-    try:
-        config = _CONFIG.value
-        config.keys()  # a file that failed to load is an object that raises on first use
-        return config
-    except OSError as e:  # how config_flags reports a config file it cannot load (on first use of the flag)
-        raise _unloadable_config(e, flags.FLAGS["config"].config_filename) from e
-
-
-def _unloadable_config(error: OSError, spec: str) -> OSError:
-    """config_flags' error for a config file it cannot load, as a FileNotFoundError naming the file; any other
-    OSError as it is."""
-    if "Failed loading config file" not in str(error):
-        return error
-    return FileNotFoundError(f"--config={spec}: cannot load {spec.partition(':')[0]!r} from {os.getcwd()}.")
+def load_config(spec: str, overrides: Sequence[str]) -> ml_collections.ConfigDict:
+    """The config `--config=PATH.py[:ARG]` names, PATH's `get_config(ARG)` (PATH as `cli.find_config_file` finds
+    it: a shipped config by its name in the repository, e.g. `configs/mnist_mlp.py`), locked, with `overrides`
+    (`cli.parse_overrides`) applied. A file that is not there is a FileNotFoundError naming it."""
+    path, colon, arg = spec.partition(":")
+    found = find_config_file(path)
+    if found is None:
+        raise FileNotFoundError(f"--config={spec}: cannot load {path!r} from {os.getcwd()}.")
+    module_spec = importlib.util.spec_from_file_location(found.stem, found)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    config = module.get_config(arg) if colon else module.get_config()
+    config.lock()
+    config.update_from_flattened_dict(parse_overrides(config, overrides))
+    return config
 
 
 @user_errors_in_one_line
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     quiet_orbax()
-    config = load_config()
-    config_schema.validate(config)
+    config = load_config(_CONFIG.value, argv[1:])  # validated by train_and_evaluate, before anything is written
     workdir = workdir_path(_WORKDIR.value)
     keep_freed_memory()  # XLA:CPU's per-step temporaries kept by malloc, not faulted in anew at every step
     initialize_distributed()  # before anything starts JAX's backend (use_cpu_cores asks which one it is)

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import configs
-from bnrepro.cli import config_overrides, quiet_orbax, user_errors_in_one_line
+from bnrepro.cli import parse_overrides, quiet_orbax, user_errors_in_one_line
 from bnrepro.sweep import points, run, summary
 
 SWEEP_FILE = Path(configs.__file__).resolve().parent / "sweeps" / "figure1.py"
@@ -39,7 +39,8 @@ def main(extra_flags: list[str]) -> int:
     start = time.perf_counter()
     runs = Path(os.environ.get("RUNS_DIR", "runs"))
     seeds, overrides = seeds_argument(extra_flags)
-    figure1 = points.with_overrides(points.load_sweep(f"{SWEEP_FILE}:{seeds}"), config_overrides(overrides))
+    figure1 = points.load_sweep(f"{SWEEP_FILE}:{seeds}")
+    figure1 = points.with_overrides(figure1, parse_overrides(figure1.base, overrides))
     quiet_orbax()
     if summary.report_unfinished(figure1, runs, run.run_sweep(figure1, runs)):
         return 1

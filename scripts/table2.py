@@ -22,7 +22,7 @@ from absl import app, flags
 
 import configs
 from bnrepro import figures
-from bnrepro.cli import config_overrides, quiet_orbax, user_errors_in_one_line, workdir_path
+from bnrepro.cli import parse_overrides, quiet_orbax, user_errors_in_one_line, workdir_path
 from bnrepro.sweep import points, run, summary
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/table2", "Directory holding one run directory per variant.")
@@ -33,21 +33,21 @@ _ADDRESS = flags.DEFINE_string("address", None, "A running Ray cluster to train 
 SWEEP_FILE = Path(configs.__file__).resolve().parent / "sweeps" / "table2.py"
 
 
-def train_all(workdir: Path, arg: str, jobs: int, overrides: dict, address: str | None) -> list[str]:
-    """Trains every variant (the sweep file's `arg`) as one sweep; prints each failed run's error and log, returns
-    their names."""
-    spec = points.with_overrides(points.load_sweep(f"{SWEEP_FILE}:{arg}"), overrides)
+def train_all(workdir: Path, arg: str, jobs: int, overrides: list[str], address: str | None) -> list[str]:
+    """Trains every variant (the sweep file's `arg`) as one sweep, with the `--config.KEY=VALUE` `overrides`;
+    prints each failed run's error and log, returns their names."""
+    table2 = points.load_sweep(f"{SWEEP_FILE}:{arg}")
+    spec = points.with_overrides(table2, parse_overrides(table2.base, overrides))
     return summary.report_unfinished(spec, workdir, run.run_sweep(spec, workdir, jobs, address=address))
 
 
 @user_errors_in_one_line
 def main(argv: list[str]) -> int:
     quiet_orbax()
-    overrides = config_overrides(argv[1:])  # what followed `--`
     workdir = workdir_path(_WORKDIR.value)
     start = time.perf_counter()
     arg = ",".join(["quick"] * _QUICK.value + [f"seeds={_SEEDS.value}"])
-    failed = train_all(workdir, arg, _JOBS.value, overrides, _ADDRESS.value)
+    failed = train_all(workdir, arg, _JOBS.value, argv[1:], _ADDRESS.value)  # argv[1:]: what followed `--`
     if failed:
         count = len(figures.TABLE2_RUNS) * _SEEDS.value
         print(f"\n{len(failed)} of {count} Table 2 runs failed: {', '.join(failed)}; no table written.")

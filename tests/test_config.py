@@ -141,7 +141,7 @@ def test_an_int_learning_rate_is_fine() -> None:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("--config.learnig_rate=0.1", "--config.learnig_rate: unknown config key 'learnig_rate'"),
+        ("--config.learnig_rate=0.1", "--config.learnig_rate: unknown key; did you mean 'learning_rate'?"),
         ("--config.batch_size=0", "config.batch_size = 0: must be >= 1"),
         ("--config.model.activation=swish", "config.model.activation = 'swish'"),
         ("--config.num_devices=64", "config.num_devices = 64: only "),  # more devices than there are

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from bnrepro import config_schema, hooks
+from bnrepro import hooks
 from bnrepro.training import loop, run_dir
 from bnrepro.training.sharding import OneModel, model_axis_sharding
 from bnrepro.training.state import TrainState
@@ -99,8 +99,6 @@ def train_group(
     Returns:
       Each model's final state, or the `DivergedError` that stopped it.
     """
-    for config in configs:
-        config_schema.validate(config)
     check_group(configs)
     if len(configs) == 1:  # a models axis of size 1 would cost ~27% of the BN MLP's steps/s: train it plainly
         layout = OneModel(configs[0].num_devices, configs[0].batch_size)

@@ -6,31 +6,17 @@ Imports neither jax nor ray: a sweep file, a notebook or a plot reads a sweep wi
 
 from __future__ import annotations
 
-import importlib
+import copy
 import importlib.util
 import itertools
-import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import ml_collections
 
+from bnrepro import config_schema
+from bnrepro.cli import find_config_file
 from bnrepro.training.run_dir import flatten
-
-
-class _ImportedOnUse:
-    """The module `name`, imported when one of its attributes is first read."""
-
-    def __init__(self, name: str):
-        self._name = name
-
-    def __getattr__(self, attribute: str) -> Any:
-        return getattr(importlib.import_module(self._name), attribute)
-
-
-# The config contract imports the models (flax, jax), which a point's config needs but the spec does not.
-config_schema = _ImportedOnUse("bnrepro.config_schema")
 
 
 class Sweep(NamedTuple):
@@ -94,32 +80,25 @@ def point_name(overrides: Mapping[str, Any]) -> str:
 
 
 def point_config(base: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
-    """`base` with `overrides` applied; a key the base lacks is a ValueError naming it (and its new name, if it
-    was renamed)."""
-    config = base.copy_and_resolve_references()
-    for key, value in overrides.items():
-        config_schema.check_not_renamed(key)
-        *sections, name = key.split(".")
-        node = config
-        for section in sections:
-            node = node.get(section)
-            if not isinstance(node, ml_collections.ConfigDict):
-                message = f"sweep point {dict(overrides)}: config.{key}: no such section {section!r}."
-                raise ValueError(message)  # noqa: TRY004 -- a bad key in a sweep file, not a bad argument type
-        if name not in node:
-            raise ValueError(f"sweep point {dict(overrides)}: config.{key}: unknown key.")
-        with node.ignore_type():  # an int learning rate in a sweep file is still a learning rate
-            node[name] = value
+    """`base` with `overrides` applied (`ConfigDict.update_from_flattened_dict`: an int learning rate in a sweep
+    file is still a float); a key the base lacks is a ValueError naming the point and the key (and the key's new
+    name, if it was renamed: `config_schema.check_key`)."""
+    for key in overrides:
+        config_schema.check_key(base, key, f"sweep point {dict(overrides)}: config.{key}")
+    config = copy.deepcopy(base)
+    config.update_from_flattened_dict(dict(overrides))
     return config
 
 
 def load_sweep(spec: str) -> Sweep:
     """The `Sweep` of `PATH.py[:ARG]`: the file's `get_sweep(ARG)`. Sweep files import their base configs from
-    the installed `configs` package, whatever the working directory."""
-    path, _, arg = spec.partition(":")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--sweep={spec}: no file {path}.")
-    module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    the installed `configs` package, whatever the working directory; a shipped sweep file may be named as in the
+    repository (`configs/sweeps/NAME.py`) from any directory (`cli.find_config_file`)."""
+    name, _, arg = spec.partition(":")
+    path = find_config_file(name)
+    if path is None:
+        raise FileNotFoundError(f"--sweep={spec}: no file {name}.")
+    module_spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     sweep = module.get_sweep(arg) if arg else module.get_sweep()

@@ -49,7 +49,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, h
       ValueError: the config is invalid, or differs from the one the workdir's checkpoints were made with.
       DivergedError: the training loss became NaN or infinite (also written to `WORKDIR/DIVERGED`).
     """
-    config_schema.validate(config)
+    config_schema.validate(config)  # the one check of a single run, from the command line (main) or a notebook
     (result,) = train_models([config], [workdir], OneModel(config.num_devices, config.batch_size), hooks)
     if isinstance(result, DivergedError):
         raise result
