@@ -139,6 +139,9 @@ def parse_overrides(config: ml_collections.ConfigDict, args: Sequence[str]) -> d
       ValueError: in one line, for a KEY `config` lacks (the closest known key, or its new name: `check_key`), a
         VALUE of the wrong type, or an argument that is not an override.
     """
+    for arg in args:  # a flag that is not an override first: the keys are checked against a command's own flags
+        if arg.startswith("--") and not _OVERRIDE_KEY.match(arg):
+            raise ValueError(f"{arg}: not a --config.KEY=VALUE override (nor a flag of this command: --help).")
     for arg in args:
         if match := _OVERRIDE_KEY.match(arg):
             config_schema.check_key(config, match[1], f"--config.{match[1]}")
