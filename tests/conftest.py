@@ -57,3 +57,16 @@ def real_fashion_mnist() -> Path:
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _OWN_CACHE:
         shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
+
+# The longest files (`--durations`) start first, so that the two xdist workers (`--dist loadfile`: a file stays in
+# one worker) end together rather than one running the last long file alone.
+SLOWEST_FIRST = (
+    "test_table2.py", "test_sweep.py", "test_diagnostics.py", "test_sweep_ray.py", "test_notebooks.py",
+    "test_imagenet_training.py", "test_layers.py", "test_group.py", "test_checkpoints.py", "test_train.py",
+)  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: tests keep their order in a file
