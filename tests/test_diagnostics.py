@@ -1,6 +1,7 @@
 """bnrepro.diagnostics against a by-hand forward pass of the baseline MLP (NumPy for the preactivations, a
 plain jnp re-derivation of the loss for the gradient norms) and against BN's inference map (Algorithm 2)."""
 
+import functools
 import json
 from pathlib import Path
 
@@ -93,7 +94,8 @@ def test_internal_covariate_shift_of_a_small_baseline_net_by_hand():
     kernels = [p["DenseBN_0"]["Dense_0"]["kernel"], p["DenseBN_1"]["Dense_0"]["kernel"], p["Dense_0"]["kernel"]]
     grads, lr = jax.grad(loss)(kernels), 0.5
     order = ["DenseBN_0/Dense_0", "DenseBN_1/Dense_0", "Dense_0"]
-    got = diagnostics.internal_covariate_shift(state, {"image": images, "label": labels}, order, lr)
+    ics = functools.partial(diagnostics.internal_covariate_shift, layer_order=order, learning_rate=lr)
+    got = jax.jit(ics)(state, {"image": images, "label": labels})
     for i, layer in enumerate(order):
         stepped = [k - lr * g if j < i else k for j, (k, g) in enumerate(zip(kernels, grads))]
         shifted = jax.grad(loss)(stepped)[i]
@@ -138,7 +140,7 @@ def test_loss_landscape_of_a_small_baseline_net_by_hand():
         losses.append(float(loss(moved)))
         moved_g = np.concatenate([np.ravel(x) for x in jax.tree.leaves(jax.grad(loss)(moved))])
         changes.append(np.linalg.norm(g_flat - moved_g))
-    got = diagnostics.loss_landscape(state, batch, etas)
+    got = jax.jit(diagnostics.loss_landscape)(state, batch, etas)
     np.testing.assert_allclose(got["losses"], losses, rtol=1e-5)
     np.testing.assert_allclose(got["gradient_changes"], changes, rtol=1e-4)
     every = [float(loss(p))] + losses
@@ -168,8 +170,9 @@ def test_jacobian_singular_values_of_a_bn_layer_by_hand():
         jacobians = [(out_i * (1 - out_i) * bn["scale"] * inv)[:, None] * w.T for out_i in out]
         expected[layer] = np.stack([np.linalg.svd(j, compute_uv=False) for j in jacobians])
         u = out
-    got = diagnostics.layer_jacobian_singular_values(state, batch["image"], ["DenseBN_0", "DenseBN_1"])
-    first_two = diagnostics.layer_jacobian_singular_values(state, batch["image"], ["DenseBN_1"], num_examples=2)
+    singular_values = jax.jit(diagnostics.layer_jacobian_singular_values, static_argnums=(2, 3))
+    got = singular_values(state, batch["image"], ("DenseBN_0", "DenseBN_1"), None)
+    first_two = singular_values(state, batch["image"], ("DenseBN_1",), 2)
     for layer, values in expected.items():
         assert got[layer].shape == values.shape
         np.testing.assert_allclose(got[layer], values, rtol=2e-4, atol=1e-6)
@@ -183,9 +186,10 @@ def test_measure_records_every_quantity_per_layer():
     layers = ["DenseBN_0", "DenseBN_1", "Dense_0"]
     record = jax.jit(lambda s, b: diagnostics.measure(s, b, layers, (1.0, 2.0)))(state, batch)
     lr = float(current_learning_rate(state.opt_state))
-    ics = diagnostics.internal_covariate_shift(state, batch, layers, lr)
-    norms = diagnostics.layer_gradient_norms(state, batch)
-    landscape = diagnostics.loss_landscape(state, batch, np.array([lr, 2 * lr]))
+    ics = jax.jit(functools.partial(diagnostics.internal_covariate_shift, layer_order=layers, learning_rate=lr))
+    ics = ics(state, batch)
+    norms = jax.jit(diagnostics.layer_gradient_norms)(state, batch)
+    landscape = jax.jit(diagnostics.loss_landscape)(state, batch, np.array([lr, 2 * lr]))
     for layer in layers:
         np.testing.assert_allclose(record[f"ics_l2/{layer}"], ics[layer]["l2"], rtol=1e-4, atol=1e-7)
         np.testing.assert_allclose(record[f"ics_cosine/{layer}"], ics[layer]["cosine"], rtol=1e-4)

@@ -176,8 +176,10 @@ def test_conv_with_gemm_gradients_is_xlas_convolution_and_its_gradients(shape, w
         loss,
         lambda u, k: jax.lax.conv_general_dilated(u, k, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")),
     )
-    np.testing.assert_allclose(ours(u, kernel), xla(u, kernel), rtol=1e-5)
-    for a, b in zip(jax.grad(ours, (0, 1))(u, kernel), jax.grad(xla, (0, 1))(u, kernel), strict=True):
+    # Compiled whole, as training runs them (op by op, the im2col's many small ops took most of the test's time).
+    np.testing.assert_allclose(jax.jit(ours)(u, kernel), jax.jit(xla)(u, kernel), rtol=1e-5)
+    gradients = [jax.jit(jax.grad(loss, (0, 1)))(u, kernel) for loss in (ours, xla)]
+    for a, b in zip(*gradients, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 

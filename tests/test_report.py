@@ -455,7 +455,8 @@ def test_real_figure1_runs_fill_the_page(small_fake_mnist, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(
-    shutil.which("chromium") is None, reason="needs Debian's chromium on PATH (apt-get install chromium)"
+    shutil.which("chromium") is None,
+    reason="needs Debian's chromium on PATH: apt-get update && apt-get install -y chromium (.ci/run does it)",
 )
 def test_a_headless_browser_draws_the_page(tmp_path):
     root = tmp_path / "runs"

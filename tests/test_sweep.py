@@ -48,9 +48,13 @@ from configs import mnist_mlp
 def get_sweep():
     base = mnist_mlp.get_config("bn")
     base.data_dir = {data_dir!r}
-    base.num_steps, base.eval_every, base.checkpoint_every, base.steps_per_dispatch = 20_000, 5_000, 1_000, 1_000
+    base.num_steps, base.eval_every, base.checkpoint_every, base.steps_per_dispatch = {num_steps}, 1_000, 1_000, 1_000
     return Sweep(base, [{{"seed": 0}}], threshold=0.5)
 """
+LONG_SWEEP_EVERY = 1_000  # its eval_every = checkpoint_every: a kill may fall between an evaluation and its checkpoint
+# Steps the long point cannot reach while the test faults it, however fast the machine: it ends only when the
+# test rewrites its sweep file with a length it can reach (num_steps may change between runs: RESUMABLE_CHANGES).
+UNREACHABLE_STEPS = 10**9
 
 EMPTY_SWEEP_FILE = """
 from bnrepro.sweep import Sweep
@@ -229,12 +233,16 @@ def test_a_bad_number_of_seeds_is_refused_naming_the_sweep_file(spec):
 
 
 def _start_long_sweep(tmp_path: Path) -> tuple[list[str], Path]:
-    """The long one-point sweep's file and command; returns the command and its workdir."""
+    """The long one-point sweep's file, with a length it cannot reach, and command; returns the command and its
+    workdir."""
     data_dir = write_fake_mnist(tmp_path / "mnist", {"train": 50_000, "valid": 10_000, "test": 10_000})
-    spec = tmp_path / "long.py"
-    spec.write_text(LONG_SWEEP_FILE.format(data_dir=str(data_dir)))
+    _write_long_sweep(tmp_path, data_dir, UNREACHABLE_STEPS)
     workdir = tmp_path / "runs"
-    return [sys.executable, "-m", "bnrepro.sweep", f"--sweep={spec}", f"--workdir={workdir}"], workdir
+    return [sys.executable, "-m", "bnrepro.sweep", f"--sweep={tmp_path / 'long.py'}", f"--workdir={workdir}"], workdir
+
+
+def _write_long_sweep(tmp_path: Path, data_dir: Path, num_steps: int) -> None:
+    (tmp_path / "long.py").write_text(LONG_SWEEP_FILE.format(data_dir=str(data_dir), num_steps=num_steps))
 
 
 def _training(workdir: Path, sweeper: subprocess.Popen, other_than: int, after: int) -> int:
@@ -274,13 +282,15 @@ def _status(pid: int) -> bytes:
 
 
 def test_a_killed_worker_ctrl_c_and_a_killed_sweep_lose_nothing_and_a_rerun_finishes(tmp_path):
-    """One long point through three faults, each while it trains; every evaluation is recorded once at the end.
+    """One long point through three faults, each while it trains (it cannot reach its length meanwhile); every
+    evaluation is recorded once at the end.
     1. SIGKILL of the Ray worker training the group: Ray retries the task (`--max_retries`) in a new worker,
        which resumes from the group's checkpoint;
     2. Ctrl-C of `python -m bnrepro.sweep`: the tasks are cancelled, one line, exit 130, no traceback;
     3. SIGKILL of the same command run again: Ray stops the tasks it owned (nothing trains on unwatched, nothing
        writes into the run directory after it);
-    then the same command once more finishes the point."""
+    then the same command once more, its sweep file given a length past the point's latest checkpoint, finishes
+    the point."""
     command, workdir = _start_long_sweep(tmp_path)
     popen = functools.partial(
         subprocess.Popen, command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -288,7 +298,7 @@ def test_a_killed_worker_ctrl_c_and_a_killed_sweep_lose_nothing_and_a_rerun_fini
     sweeper = popen()
     first = _training(workdir, sweeper, other_than=0, after=1_000)  # a good checkpoint before one a kill may tear
     os.kill(first, signal.SIGKILL)
-    assert _gone_within(first, 30)
+    assert _gone_within(first, 120)
     # Past the checkpoints the killed worker left: a new worker takes the lock before it resumes from them.
     retried = _training(workdir, sweeper, other_than=first, after=_latest_step(workdir))
 
@@ -297,21 +307,26 @@ def test_a_killed_worker_ctrl_c_and_a_killed_sweep_lose_nothing_and_a_rerun_fini
     assert sweeper.returncode == 130, output[-3000:]
     assert "Interrupted: the groups are stopped; rerun the same command to resume them" in output
     assert "Traceback" not in output, output[-3000:]
-    assert _gone_within(retried, 30), f"the worker {retried} outlived the sweep"
+    assert _gone_within(retried, 120), f"the worker {retried} outlived the sweep"
 
     sweeper = popen()
     third = _training(workdir, sweeper, other_than=retried, after=_latest_step(workdir))
     sweeper.kill()
     sweeper.communicate()
-    assert _gone_within(third, 30), f"the worker {third} outlived the sweep"
+    assert _gone_within(third, 120), f"the worker {third} outlived the sweep"
     assert sweep.read_status(workdir / "seed=0") is None  # it did not finish on its own
 
+    # The next evaluation past the latest checkpoint and one more: the rerun resumes, evaluates and finishes.
+    num_steps = _latest_step(workdir) + 2 * LONG_SWEEP_EVERY
+    _write_long_sweep(tmp_path, tmp_path / "mnist", num_steps)
     rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
     status = sweep.read_status(workdir / "seed=0")
     assert status["status"] == "finished" and status["pid"] not in (first, retried, third)
     records = [json.loads(line) for line in (workdir / "seed=0" / METRICS_FILE).read_text().splitlines()]
-    assert [r["step"] for r in records] == [5_000, 10_000, 15_000, 20_000]  # every evaluation once
+    assert status["num_steps"] == num_steps
+    expected = list(range(LONG_SWEEP_EVERY, num_steps + 1, LONG_SWEEP_EVERY))
+    assert [r["step"] for r in records] == expected  # every evaluation once
     log = (workdir / "seed=0" / "train.log").read_text()
     assert log.count("--- ") == 4 and log.count("Resumed from the checkpoint") == 3  # each attempt appended
 

@@ -390,8 +390,8 @@ def test_nan_loss_stops_with_diverged_at_step(small_fake_mnist: Path, tmp_path: 
 
 # --- The CLI -----------------------------------------------------------------------------------------------
 
+CLI_STEPS = 4000  # the uninterrupted run's length
 CLI_OVERRIDES = (
-    "--config.num_steps=4000",
     "--config.eval_every=500",
     "--config.checkpoint_every=1000",
     "--config.steps_per_dispatch=500",
@@ -410,8 +410,9 @@ def cli_env(tmp_path_factory) -> dict[str, str]:
     }
 
 
-def cli(workdir: Path, data_dir: Path) -> list[str]:
+def cli(workdir: Path, data_dir: Path, num_steps: int = CLI_STEPS) -> list[str]:
     return [sys.executable, "-m", "bnrepro.main", "--config=configs/mnist_mlp.py:bn", f"--workdir={workdir}"] + [
+        f"--config.num_steps={num_steps}",
         *CLI_OVERRIDES,
         f"--config.data_dir={data_dir}",
     ]
@@ -433,9 +434,9 @@ def uninterrupted_run(full_size_fake_mnist: Path, tmp_path_factory, cli_env: dic
 
 def test_cli_writes_metrics_checkpoints_and_tensorboard_events(uninterrupted_run: Path) -> None:
     records = [json.loads(line) for line in (uninterrupted_run / METRICS_FILE).read_text().splitlines()]
-    assert [r["step"] for r in records] == list(range(500, 4001, 500))
+    assert [r["step"] for r in records] == list(range(500, CLI_STEPS + 1, 500))
     assert records[-1]["test_accuracy"] > 0.9  # the fake data is learnable
-    assert ocp.CheckpointManager((uninterrupted_run / CHECKPOINT_DIR).absolute()).latest_step() == 4000
+    assert ocp.CheckpointManager((uninterrupted_run / CHECKPOINT_DIR).absolute()).latest_step() == CLI_STEPS
     events = event_accumulator.EventAccumulator(str(uninterrupted_run))
     events.Reload()
     for tag in ("test_accuracy", "train_loss", "p15", "p50", "p85"):
@@ -450,9 +451,12 @@ def test_cli_resumes_after_sigkill_with_identical_parameters(
 ) -> None:
     workdir = tmp_path / "run"
     checkpoints = workdir / CHECKPOINT_DIR
+    # A length it cannot reach: killed while it trains however fast the machine, then resumed to a reachable one
+    # (num_steps may change on resumption).
     process = subprocess.Popen(
-        cli(workdir, full_size_fake_mnist), cwd=REPO, env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+        cli(workdir, full_size_fake_mnist, num_steps=10**9), cwd=REPO, env=cli_env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
     try:  # kill -9 as soon as the first checkpoint is complete
         deadline = time.monotonic() + 120
         while not (checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir())):
@@ -462,11 +466,17 @@ def test_cli_resumes_after_sigkill_with_identical_parameters(
     finally:
         process.wait()
     assert process.returncode == -signal.SIGKILL
-    steps_at_kill = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
-    assert steps_at_kill[-1] < 4000, "the run finished before it was killed"
+    killed_at = max(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+    num_steps, reference = CLI_STEPS, uninterrupted_run
+    if killed_at >= CLI_STEPS:  # the kill landed past the uninterrupted run's end: a longer one to compare with
+        num_steps, reference = killed_at + 1000, tmp_path / "reference"
+        subprocess.run(
+            cli(reference, full_size_fake_mnist, num_steps), cwd=REPO, env=cli_env, check=True, capture_output=True,
+            timeout=300,
+        )  # fmt: skip
 
     resumed = subprocess.run(
-        cli(workdir, full_size_fake_mnist),
+        cli(workdir, full_size_fake_mnist, num_steps),
         cwd=REPO,
         env=cli_env,
         capture_output=True,
@@ -476,20 +486,20 @@ def test_cli_resumes_after_sigkill_with_identical_parameters(
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resumed from the checkpoint at step" in resumed.stderr
-    jax.tree.map(np.testing.assert_array_equal, final_params(workdir), final_params(uninterrupted_run))
+    jax.tree.map(np.testing.assert_array_equal, final_params(workdir), final_params(reference))
 
     def evaluations(run: Path) -> list[dict]:
         records = [json.loads(line) for line in (run / METRICS_FILE).read_text().splitlines()]
         return [{k: v for k, v in r.items() if k != "steps_per_second"} for r in records]
 
-    assert evaluations(workdir) == evaluations(uninterrupted_run)
+    assert evaluations(workdir) == evaluations(reference)
 
-    def scalars(run: Path) -> list[tuple[int, float]]:  # TensorBoard drops what the killed run wrote after 1000
+    def scalars(run: Path) -> list[tuple[int, float]]:  # TensorBoard drops what the killed run wrote after it
         events = event_accumulator.EventAccumulator(str(run))
         events.Reload()
         return [(e.step, e.value) for e in events.Scalars("test_accuracy")]
 
-    assert scalars(workdir) == scalars(uninterrupted_run)
+    assert scalars(workdir) == scalars(reference)
 
 
 def test_reproduce_figure1_trains_both_nets_and_fails_loudly(
