@@ -106,7 +106,8 @@ def test_initial_parameters_are_those_of_a_default_compiled_init(config, images)
 
 
 def test_the_shuffle_compiled_for_start_up_is_the_default_compiled_one() -> None:
-    """OnDeviceSteps compiles `epoch_permutation` with run_once_compiler_options(): the order must be XLA's default's."""
+    """OnDeviceSteps compiles `epoch_permutation` with run_once_compiler_options(): the order must be XLA's
+    default's."""
     permute = functools.partial(epoch_permutation, num_examples=60_000)
     rng = jax.random.key_data(jax.random.key(5))
     for epoch in (0, 7):

@@ -50,17 +50,21 @@ def evaluate(
 ) -> list[Evaluation]:
     """The inference network of each model `layout` holds (Algorithm 2, step 11: BN with the fixed `batch_stats`)
     on every test batch of `batches`: `eval_step` (`steps.eval_step`, compiled) of each, its sums added up over the
-    batches, what the hooks collected kept for the real examples (`mask`) in order. Every batch is dispatched
-    before any result is read back. Each example's output depends on that example only (the inference network),
-    so the results do not depend on how the test set is batched."""
-    dispatched = [(eval_step(state, batch_stats, batch), batch.get("mask")) for batch in batches]
-    results = jax.device_get([result for result, _ in dispatched])
+    batches, what the hooks collected kept for the real examples (`mask`) in order. A batch's results are read
+    back while the next batch runs, so the devices hold two batches at most. Each example's output depends on that
+    example only (the inference network), so the results do not depend on how the test set is batched."""
+    results, pending = [], []  # (sums, collected) and the batch's mask: on the host, still on the devices
+    for batch in batches:
+        pending.append((eval_step(state, batch_stats, batch), batch.get("mask")))
+        if len(pending) == 2:
+            output, mask = pending.pop(0)
+            results.append((jax.device_get(output), mask))
+    results += [(jax.device_get(output), mask) for output, mask in pending]
     evaluations = []
     for i in range(layout.size):
-        sums = [layout.member(result[0], i) for result in results]
-        collected = [_real_rows(layout.member(result[1], i), mask) for result, (_, mask) in zip(results, dispatched)]
-        sums, collected = jax.tree.map(lambda *v: np.sum(v), *sums), jax.tree.map(lambda *v: np.concatenate(v), *collected)
-        evaluations.append(Evaluation(sums, collected))
+        sums = jax.tree.map(lambda *v: np.sum(v), *[layout.member(output[0], i) for output, _ in results])
+        collected = [_real_rows(layout.member(output[1], i), mask) for output, mask in results]
+        evaluations.append(Evaluation(sums, jax.tree.map(lambda *v: np.concatenate(v), *collected)))
     return evaluations
 
 
