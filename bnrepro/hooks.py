@@ -1,5 +1,15 @@
-"""The hooks a config asks the training loop for (`from_config`): Figure 1's percentiles at every evaluation
-(`config.plot_layer`) and Santurkar et al.'s measurements every N steps (`config.diagnostics_every`).
+"""What a caller adds to the training loop without the loop knowing what it is, and the hooks a config asks for.
+
+Two kinds, both traced before training (so a bad setting stops the run before its first step):
+
+* an `EvaluationHook` takes something from the inference network at every evaluation (e.g. the percentiles of
+  a layer's preactivations for Fig. 1(b, c), `Figure1Percentiles`) and adds it to the evaluation's record in
+  `metrics.jsonl`;
+* a `MeasurementHook` measures the state on the latest training mini-batch every `every` steps (e.g. Santurkar et
+  al.'s gradient measurements, `Diagnostics`) into a file of its own.
+
+`from_config` builds the ones a config asks for: Figure 1's percentiles at every evaluation (`config.plot_layer`)
+and Santurkar et al.'s measurements every N steps (`config.diagnostics_every`).
 
     loop.train_and_evaluate(config, workdir, hooks.from_config(config))
 
@@ -8,19 +18,53 @@ is what `python -m bnrepro.main` and the sweeps run.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import ml_collections
 import numpy as np
 
 from bnrepro import diagnostics
-from bnrepro.training.hooks import Hooks
 from bnrepro.training.run_dir import DIAGNOSTICS_FILE
 from bnrepro.training.state import TrainState
 
 PERCENTILES = (15, 50, 85)  # of the plotted unit's input over test examples: Fig. 1(b, c)
+
+
+class EvaluationHook(Protocol):
+    def collect(self, intermediates: Mapping[str, Any]) -> dict[str, jax.Array]:
+        """Inside the evaluation program: per-example arrays (leading axis: the batch's examples) taken from the
+        inference network's sown intermediates. May raise a ValueError naming a bad config key."""
+
+    def summarize(self, collected: dict[str, np.ndarray]) -> dict[str, Any]:
+        """On the host: the record entries from what `collect` took from every evaluated example."""
+
+
+class MeasurementHook(Protocol):
+    every: int  # steps between measurements
+    filename: str  # the JSONL file in the run directory its records go to
+
+    def measure(self, state: TrainState, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        """Jittable: the record of `state` on the latest training mini-batch `batch` (preprocessed). May raise a
+        ValueError naming a bad config key when traced."""
+
+
+class Hooks(NamedTuple):
+    """The hooks a caller gives the loop (`from_config` builds a config's)."""
+
+    evaluation: Sequence[EvaluationHook] = ()
+    measurement: Sequence[MeasurementHook] = ()
+
+
+NO_HOOKS = Hooks()
+
+
+def collect_all(hooks: Sequence[EvaluationHook]) -> Callable[[Mapping[str, Any]], tuple] | None:
+    """One `collect` for the evaluation program that runs each hook's, in order (None: there are no hooks)."""
+    if not hooks:
+        return None
+    return lambda intermediates: tuple(hook.collect(intermediates) for hook in hooks)
 
 
 def from_config(config: ml_collections.ConfigDict) -> Hooks:

@@ -16,8 +16,8 @@ only difference between the variants:
   the same net (`torch_bn_inception`, parameter counts checked equal) and step, when torch is importable
   (it is not a dependency: `pip install --target DIR torch`, then `--torch_path=DIR`).
 
-Each JAX variant trains through the loop's input (`OnDeviceInput.train`) with one step per dispatch, as the config
-trains on CPU (XLA:CPU runs convolutions several times slower inside a while loop), on random uint8 images.
+Each JAX variant trains through the loop's on-device steps (`OnDeviceSteps.train`) with one step per dispatch, as
+the config trains on CPU (XLA:CPU runs convolutions several times slower inside a while loop), on random uint8 images.
 Compile time is reported apart; then the variants take turns, `--steps` steps each, `--repeats` rounds, so that
 load from other processes hits all of them alike, and each one's best round is reported (its median round beside
 it: on a noisy machine compare both). The process is pinned to `--cpu_cores` cores before JAX starts, and malloc
@@ -54,7 +54,8 @@ from ml_collections import config_flags
 from bnrepro import convolution, data, models
 from bnrepro.cpu import keep_freed_memory, use_cpu_cores
 from bnrepro.models import inception
-from bnrepro.training.inputs import OnDeviceInput
+from bnrepro.training.inputs import OnDeviceData
+from bnrepro.training.loop import OnDeviceSteps
 from bnrepro.training.sharding import OneModel
 from bnrepro.training.state import create_train_state
 
@@ -118,7 +119,7 @@ def xla_conv_gradients() -> Iterator[None]:
 
 class Runner:
     """One variant, compiled: `run(steps)` trains that many steps, one dispatch each (the training loop's
-    `OnDeviceInput.train`, which starts a new epoch at each epoch's end), and blocks. With `xla_gradients`, the
+    `OnDeviceSteps.train`, which starts a new epoch at each epoch's end), and blocks. With `xla_gradients`, the
     step is traced and compiled inside `xla_conv_gradients`."""
 
     def __init__(
@@ -137,8 +138,9 @@ class Runner:
             bn = config.model.bn
             model = model.clone(norm=functools.partial(FlaxBatchNorm, momentum=bn.momentum, eps=bn.eps))
         layout = OneModel(config.num_devices, config.batch_size)
-        self._input = OnDeviceInput(config, model, layout, splits)
-        state = create_train_state(config, model, jax.random.key(0), self._input.example_images())
+        data = OnDeviceData(config, layout, splits)
+        self._input = OnDeviceSteps(config, layout, data)
+        state = create_train_state(config, model, jax.random.key(0), data.example_images())
         self._state = layout.place_states([state])
         self._input.start(self._state)
         chunk = self._input.train(self._state, 1)

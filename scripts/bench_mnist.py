@@ -1,6 +1,6 @@
 """Training speed of the Figure 1 MLP (batch 60, real MNIST), side by side in one run:
 
-* ours: the training loop's input (`OnDeviceInput.train`), `--steps_per_dispatch` SGD steps fused with
+* ours: the training loop's on-device steps (`OnDeviceSteps.train`), `--steps_per_dispatch` SGD steps fused with
   `lax.scan`, mini-batches drawn on the device; the BN net with the paper's backward pass (the default) and
   with autodiff, and the baseline;
 * a plain per-step `jax.jit` loop over the same net with `flax.linen.BatchNorm`, fed from host memory, as
@@ -28,7 +28,8 @@ from ml_collections import config_flags
 
 from bnrepro import data, models
 from bnrepro.cpu import use_cpu_cores
-from bnrepro.training.inputs import OnDeviceInput
+from bnrepro.training.inputs import OnDeviceData
+from bnrepro.training.loop import OnDeviceSteps
 from bnrepro.training.sharding import OneModel
 from bnrepro.training.state import create_train_state
 
@@ -53,15 +54,16 @@ def _best_rate(run_steps, steps: int, repeats: int) -> float:
 
 def bench_ours(batch_norm: bool, backward: str = "paper") -> tuple[float, float]:
     """Our training loop's input on `--config` with or without BN: (compile seconds, steps/s). The steps run as
-    `bnrepro.training.loop` runs them: `OnDeviceInput.train`, `--steps_per_dispatch` steps per program, a new
+    `bnrepro.training.loop` runs them: `OnDeviceSteps.train`, `--steps_per_dispatch` steps per program, a new
     epoch's permutation at each epoch's end."""
     config = _CONFIG.value.copy_and_resolve_references()
     config.model.batch_norm, config.model.bn.backward = batch_norm, backward
     config.steps_per_dispatch = _STEPS_PER_DISPATCH.value
     model = models.create_model(config.model, config.dtype)
     layout = OneModel(config.num_devices, config.batch_size)
-    inputs = OnDeviceInput(config, model, layout)
-    state = layout.place_states([create_train_state(config, model, jax.random.key(0), inputs.example_images())])
+    data = OnDeviceData(config, layout)
+    inputs = OnDeviceSteps(config, layout, data)
+    state = layout.place_states([create_train_state(config, model, jax.random.key(0), data.example_images())])
     inputs.start(state)
 
     def run_steps(steps: int) -> float:

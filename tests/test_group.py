@@ -11,8 +11,7 @@ import pytest
 from training_run import small_config, train_and_evaluate
 
 from bnrepro.sweep.group import check_group, train_group
-from bnrepro.training.inputs import OnDeviceInput
-from bnrepro.training.loop import DivergedError
+from bnrepro.training.loop import DivergedError, OnDeviceSteps
 from bnrepro.training.run_dir import CHECKPOINT_DIR, DIVERGED_FILE, METRICS_FILE
 from bnrepro.training.state import TrainState
 
@@ -100,14 +99,14 @@ def test_a_group_split_across_devices_trains_as_on_one(
     small_fake_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     points = [{"seed": seed, "learning_rate": lr} for seed in (0, 1, 2, 3) for lr in (0.1, 0.5)]
-    shardings, train_chunk = [], OnDeviceInput.train
+    shardings, train_chunk = [], OnDeviceSteps.train
 
     def recording_shardings(self, state, max_steps):  # of the stacked kernels, before and after each program
         chunk = train_chunk(self, state, max_steps)
         shardings.extend(s.params["DenseBN_0"]["Dense_0"]["kernel"].sharding for s in (state, chunk.state))
         return chunk
 
-    monkeypatch.setattr(OnDeviceInput, "train", recording_shardings)
+    monkeypatch.setattr(OnDeviceSteps, "train", recording_shardings)
     results = {}
     for devices in (1, 8):
         configs = [small_config(data_dir=str(small_fake_mnist), num_devices=devices, **p) for p in points]

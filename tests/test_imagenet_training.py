@@ -1,6 +1,6 @@
 """The five ImageNet runs of Table 2 as configs, and the host-fed training loop they use, on tfds mock data.
 
-The loop is `train_and_evaluate`, the same one MNIST uses; here its input is `HostFedInput` (grain
+The loop is `train_and_evaluate`, the same one MNIST uses; here its data are `HostFedData` (grain
 pipeline on the host). The network is swapped for a small MLP so that a test trains in seconds; the configs'
 own network is BN-Inception, whose shapes tests/test_inception.py checks.
 """
@@ -29,7 +29,8 @@ from training_run import train_and_evaluate
 from bnrepro import config_schema, diagnostics
 from bnrepro.data import imagenet
 from bnrepro.models import create_model
-from bnrepro.training.inputs import HostFedInput
+from bnrepro.training.inputs import HostFedData
+from bnrepro.training.loop import HostFedSteps
 from bnrepro.training.run_dir import CHECKPOINT_DIR, DIAGNOSTICS_FILE, METRICS_FILE
 from bnrepro.training.sharding import OneModel
 from bnrepro.training.state import create_train_state
@@ -176,14 +177,14 @@ def test_the_training_step_donates_the_state_it_is_given(mock_imagenet):
     rate a schedule recomputes, is left out of the program by jit, so it is neither donated nor freed.)"""
     config = small_config()
     model = create_model(config.model)
-    inputs = HostFedInput(config, model, OneModel(config.num_devices, config.batch_size))
-    state = create_train_state(config, model, jax.random.key(0), inputs.example_images())
-    inputs.compile(state, None, [])
-    inputs.start(state)
+    data = HostFedData(config, OneModel(config.num_devices, config.batch_size))
+    state = create_train_state(config, model, jax.random.key(0), data.example_images())
+    training = HostFedSteps(data, state)
+    training.start(state)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*donated buffers")
-        chunk = inputs.train(state, 2)
-    inputs.close()
+        chunk = training.train(state, 2)
+    data.close()
     assert all(leaf.is_deleted() for leaf in jax.tree.leaves((state.step, state.params, state.batch_stats)))
     assert int(chunk.state.step) == 2 and not any(leaf.is_deleted() for leaf in jax.tree.leaves(chunk.state))
     with pytest.raises(RuntimeError, match="Array has been deleted"):

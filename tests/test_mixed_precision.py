@@ -27,7 +27,7 @@ from fake_mnist import learnable_images, write_fake_mnist
 
 from bnrepro import config_schema, layers
 from bnrepro.models import create_model
-from bnrepro.training import run_dir, steps
+from bnrepro.training import evaluation, run_dir, steps
 from bnrepro.training.device_data import Dataset, epoch_permutation
 from bnrepro.training.state import TrainState, create_train_state, preprocess
 
@@ -237,7 +237,9 @@ def test_population_statistics_are_float32_moments_of_the_bfloat16_activations(m
     (`numpy_reference`) from the bfloat16 inputs of each BN layer (`_batch_norm_inputs`). (Convolutions, m = N*H*W,
     share the code path: `tests/test_layers.py` checks them in float32.)"""
     model, state, _, batches = mlps["bfloat16"]
-    population = steps.population_batch_stats(model, state, jnp.asarray(batches["image"]))
+    moments = jax.jit(functools.partial(steps.batch_moments, model))
+    images = ({"image": jnp.asarray(images)} for images in batches["image"])
+    population = evaluation.population_statistics(moments, jax.jit(steps.population), state, images)
     per_batch = [_batch_norm_inputs(model, state, jnp.asarray(images)) for images in batches["image"]]
     assert per_batch[0] and {str(x.dtype) for x, _ in per_batch[0].values()} == {"bfloat16"}
     for path in per_batch[0]:

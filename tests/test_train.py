@@ -26,12 +26,13 @@ from training_run import small_config, train_and_evaluate
 import bnrepro.data
 from bnrepro.hooks import Figure1Percentiles, unit_percentiles
 from bnrepro.models import create_model
-from bnrepro.training import steps
-from bnrepro.training.device_data import Dataset, epoch_permutation
+from bnrepro.training import evaluation, steps
+from bnrepro.training.device_data import Dataset, epoch_permutation, padded_batches
 from bnrepro.training.loop import DivergedError
 from bnrepro.training.run_dir import CHECKPOINT_DIR, CONFIG_FILE, DIVERGED_FILE, METRICS_FILE
 from bnrepro.training.state import TrainState, create_train_state, preprocess, run_once_compiler_options
-from bnrepro.training.steps import eval_step, loss_and_accuracy, population_batch_stats, train_step, train_steps
+from bnrepro.training.sharding import OneModel
+from bnrepro.training.steps import eval_step, loss_and_accuracy, train_step, train_steps
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -105,7 +106,8 @@ def test_initial_parameters_are_those_of_a_default_compiled_init(config, images)
 
 
 def test_the_shuffle_compiled_for_start_up_is_the_default_compiled_one() -> None:
-    """OnDeviceInput compiles `epoch_permutation` with run_once_compiler_options(): the order must be XLA's default's."""
+    """OnDeviceSteps compiles `epoch_permutation` with run_once_compiler_options(): the order must be XLA's
+    default's."""
     permute = functools.partial(epoch_permutation, num_examples=60_000)
     rng = jax.random.key_data(jax.random.key(5))
     for epoch in (0, 7):
@@ -137,6 +139,12 @@ def test_epoch_permutation_is_a_seeded_permutation_per_epoch() -> None:
 
 
 # --- Training ----------------------------------------------------------------------------------------------
+
+
+def population_batch_stats(model, state: TrainState, batches: jax.Array):
+    """Algorithm 2's statistics over the mini-batches `batches` (K, m, ...) (`evaluation.population_statistics`)."""
+    moments = jax.jit(functools.partial(steps.batch_moments, model))
+    return evaluation.population_statistics(moments, jax.jit(steps.population), state, ({"image": b} for b in batches))
 
 
 def full_loss(state: TrainState, model, dataset: Dataset) -> float:
@@ -231,9 +239,9 @@ def test_evaluation_does_not_depend_on_the_batch_composition() -> None:
 
 
 def test_the_test_set_evaluated_batch_by_batch_is_one_batch_of_it_all() -> None:
-    """`steps.eval_batches` (batches of 1000 after the first 2,345 examples, the last padded and masked) gives the
-    sums and the per-example values of one `eval_step` over all of them, also for 3 rows per example (a conv
-    layer's locations)."""
+    """`evaluation.evaluate` over `padded_batches` of 1000 (the first 2,345 examples, the last padded and masked)
+    gives the sums and the per-example values of one `eval_step` over all of them, also for 3 rows per example (a
+    conv layer's locations)."""
     state, _ = initial_state("bn")
     images, labels = synthetic_dataset(2345, seed=2).take(jnp.arange(2345))
     test = {"image": preprocess(images), "label": labels}
@@ -247,14 +255,18 @@ def test_the_test_set_evaluated_batch_by_batch_is_one_batch_of_it_all() -> None:
         }
 
     whole_sums, whole = jax.jit(lambda t: eval_step(state, state.batch_stats, t, collect))(test)
-    sums, taken = jax.jit(lambda t: steps.eval_batches(state, state.batch_stats, t, collect, batch_size=1000))(test)
+    batches = padded_batches(np.asarray(test["image"]), np.asarray(labels), 1000)
+    assert [len(b["label"]) for b in batches] == [1000] * 3 and [int(b["mask"].sum()) for b in batches][-1] == 345
+    step = jax.jit(functools.partial(eval_step, collect=collect))
+    ((sums, taken),) = evaluation.evaluate(step, state, state.batch_stats, batches, OneModel(1, 60))
     assert float(sums["count"]) == 2345 and float(sums["correct"]) == float(whole_sums["correct"])
     np.testing.assert_allclose(sums["loss"], whole_sums["loss"], rtol=1e-5)
     assert taken["preactivation"].shape == (2345, 100) and taken["locations"].shape == (3 * 2345, 100)
     for key in ("preactivation", "locations"):
         np.testing.assert_allclose(taken[key], whole[key], rtol=1e-5, atol=1e-6)
-    masked = {**test, "mask": jnp.arange(2345) % 2 == 0}  # a test set with a mask of its own keeps it
-    assert float(steps.eval_batches(state, state.batch_stats, masked, batch_size=1000)[0]["count"]) == 1173
+    masked = [{**batch, "mask": batch["mask"] & (np.arange(1000) % 2 == 0)} for batch in batches]
+    (result,) = evaluation.evaluate(jax.jit(eval_step), state, state.batch_stats, masked, OneModel(1, 60))
+    assert float(result.sums["count"]) == 1173
 
 
 def test_unit_percentiles_of_a_known_distribution() -> None:

@@ -55,3 +55,20 @@ def epoch_permutation(rng: jax.Array, epoch: jax.Array, num_examples: int) -> ja
     half the cost of `jax.random.permutation`'s two 32-bit rounds, and it runs once per epoch."""
     bits = jax.random.bits(jax.random.fold_in(jax.random.wrap_key_data(rng), epoch), (2, num_examples))
     return jax.lax.sort((bits[0], bits[1], jnp.arange(num_examples, dtype=jnp.int32)), num_keys=2)[-1]
+
+
+EVAL_BATCH_SIZE = 1000  # examples per evaluation batch of a test set held on the devices
+
+
+def padded_batches(images: np.ndarray, labels: np.ndarray, batch_size: int) -> list[dict[str, np.ndarray]]:
+    """A test set in batches of `min(batch_size, N)` examples, on the host: every batch of one shape (so one
+    compiled evaluation step serves all), the last padded with zeros and `mask` marking the real examples."""
+    count = len(labels)
+    size = min(batch_size, count)
+    pad = -count % size
+    padded = {
+        "image": np.pad(images, [(0, pad)] + [(0, 0)] * (images.ndim - 1)),
+        "label": np.pad(labels, (0, pad)),
+        "mask": np.arange(count + pad) < count,
+    }
+    return [{key: value[start : start + size] for key, value in padded.items()} for start in range(0, count, size)]

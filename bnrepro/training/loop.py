@@ -1,36 +1,43 @@
 """The training loop, in the shape of Flax's ImageNet example: `train_and_evaluate(config, workdir)`.
 
-Top to bottom: the model the config names → its initial `TrainState` → the input (`inputs.create_input`), which
-compiles the steps → the latest checkpoint, if the workdir has one → the loop: train up to the next boundary
+Top to bottom: the model the config names → the data (`inputs.create`: on the device, or fed from the host) →
+the initial `TrainState` → the compiled programs: the training steps (`OnDeviceSteps`: K steps fused over an index
+window; `HostFedSteps`: one step per mini-batch), the evaluation step, Algorithm 2's moments and population, the
+hooks' measurements → the latest checkpoint, if the workdir has one → the loop: train up to the next boundary
 (dispatch, evaluation, measurement, checkpoint), stop a model whose loss is NaN, evaluate the inference network
-into `metrics.jsonl` (and TensorBoard), checkpoint. A run is a function of its config: the data position and the
-RNG are part of the checkpointed state, so a run killed at any moment and resumed ends with exactly the
-parameters of an uninterrupted one.
+(`evaluation.evaluate`) into `metrics.jsonl` (and TensorBoard), checkpoint. A run is a function of its config:
+the data position and the RNG are part of the checkpointed state, so a run killed at any moment and resumed ends
+with exactly the parameters of an uninterrupted one.
+
+Every training program donates the state it is given (`donate_argnums`): it returns the next state, and the
+devices hold one copy of it. A state handed to `train` is therefore spent: only the returned one may be used.
 
 The loop trains the models a `ModelLayout` holds: one for a run (`sharding.OneModel`), several stacked on an axis
-for a sweep's group (`bnrepro.sweep.group`), each writing its own run directory. It knows nothing of what its
-hooks measure (`bnrepro.training.hooks`).
+for a sweep's group (`bnrepro.sweep.group`), each writing its own run directory; every program is mapped over
+them (`layout.over_models`). It knows nothing of what its hooks measure (`bnrepro.hooks`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 
 from bnrepro import config_schema, models
-from bnrepro.training import checkpoints, run_dir, steps
-from bnrepro.training.hooks import NO_HOOKS, Hooks, collect_all
-from bnrepro.training.inputs import Evaluation, TrainChunk, create_input
+from bnrepro.hooks import NO_HOOKS, Hooks, collect_all
+from bnrepro.training import checkpoints, evaluation, inputs, run_dir, steps
+from bnrepro.training.device_data import epoch_permutation
 from bnrepro.training.sharding import ModelLayout, OneModel
-from bnrepro.training.state import TrainState, create_train_state
+from bnrepro.training.state import TrainState, create_train_state, run_once_compiler_options
 
 
 class DivergedError(RuntimeError):
@@ -76,9 +83,20 @@ def train_models(
             for workdir in workdirs:
                 files.enter_context(run_dir.locked(Path(workdir)))
         model = models.create_model(config.model, config.dtype)
-        inputs = files.enter_context(contextlib.closing(create_input(config, model, layout)))  # stops its workers
-        initial = [create_train_state(c, model, jax.random.key(c.seed), inputs.example_images()) for c in configs]
-        inputs.compile(layout.place_states(initial), collect_all(hooks.evaluation), hooks.measurement)
+        data = files.enter_context(contextlib.closing(inputs.create(config, layout)))  # stops its workers
+        initial = [create_train_state(c, model, jax.random.key(c.seed), data.example_images()) for c in configs]
+        placed = layout.place_states(initial)
+        training = create_steps(config, layout, data, placed)
+        over_models = layout.over_models
+        eval_step = jax.jit(over_models(functools.partial(steps.eval_step, collect=collect_all(hooks.evaluation)),
+                                        (0, 0, None)))  # fmt: skip
+        moments = jax.jit(over_models(functools.partial(steps.batch_moments, model), (0, 0)))
+        population = jax.jit(over_models(steps.population, (0,)))
+        measurements = [jax.jit(over_models(hook.measure, (0, 0))) for hook in hooks.measurement]
+        # Traced now, so that a hook's bad setting stops the run before its first step.
+        jax.eval_shape(eval_step, placed, placed.batch_stats, data.test_batch_spec())
+        for measure in measurements:
+            jax.eval_shape(measure, placed, training.batch_spec(placed))
 
         runs = [files.enter_context(_Run(c, Path(w), primary, hooks)) for c, w in zip(configs, workdirs)]
         profiler = files.enter_context(_Profiler(config, Path(workdirs[0]), primary))
@@ -90,7 +108,7 @@ def train_models(
                 f"the models' checkpoints are at different steps {sorted({int(s.step) for s in restored})}."
             )
         state, step = layout.place_states(restored), int(restored[0].step)
-        inputs.start(state)
+        training.start(state)
         for run in runs:
             run.start(step)
 
@@ -99,7 +117,7 @@ def train_models(
         while step < config.num_steps and not all(run.diverged for run in runs):
             profiler.before(step)
             t = time.perf_counter()
-            chunk = inputs.train(state, _next_boundary(step, config, hooks) - step)
+            chunk = training.train(state, _next_boundary(step, config, hooks) - step)
             num_steps = chunk.losses.shape[-1]
             train_time += time.perf_counter() - t - chunk.compile_seconds
             steps_timed += num_steps
@@ -113,15 +131,21 @@ def train_models(
 
             for index, hook in enumerate(hooks.measurement):
                 if step % hook.every == 0:
-                    record = inputs.measure(state, index)
+                    record = jax.device_get(measurements[index](state, training.latest_batch(step)))
                     for i, run in enumerate(runs):
                         run.write(hook.filename, {"step": step, **layout.member(record, i)})
 
             if step % config.eval_every == 0 or step == config.num_steps:
                 t = time.perf_counter()
-                evaluation, losses = inputs.evaluate(state), np.concatenate(losses_since_eval, axis=-1)
+                batch_stats = state.batch_stats
+                if config.eval_statistics == "population":  # Algorithm 2's; else BN's moving averages
+                    batch_stats = evaluation.population_statistics(
+                        moments, population, state, training.population_batches(step)
+                    )
+                evaluations = evaluation.evaluate(eval_step, state, batch_stats, data.test_batches(), layout)
+                losses = np.concatenate(losses_since_eval, axis=-1)
                 records = [
-                    _evaluation_record(step, layout.member(losses, i), layout.member(evaluation, i), hooks)
+                    _evaluation_record(step, layout.member(losses, i), evaluations[i], hooks)
                     for i in range(layout.size)
                 ]
                 for run, record in zip(runs, records):
@@ -144,12 +168,130 @@ def train_models(
     return [run.diverged or layout.member(state, i).replace(tx=s.tx) for i, (run, s) in enumerate(zip(runs, initial))]
 
 
-def _evaluation_record(step: int, losses: np.ndarray, evaluation: Evaluation, given: Hooks) -> dict[str, Any]:
+class TrainChunk(NamedTuple):
+    """What `train` returns: the state after the steps, each step's loss (per model when stacked), and the seconds
+    spent compiling (left out of the steps/s the loop reports)."""
+
+    state: TrainState
+    losses: np.ndarray
+    compile_seconds: float
+
+
+def create_steps(
+    config: ml_collections.ConfigDict,
+    layout: ModelLayout,
+    data: inputs.OnDeviceData | inputs.HostFedData,
+    state: TrainState,
+) -> OnDeviceSteps | HostFedSteps:
+    """The training programs for where `data` lives; `state` (as the programs take it) gives their shapes."""
+    if isinstance(data, inputs.HostFedData):
+        return HostFedSteps(data, state)
+    return OnDeviceSteps(config, layout, data)
+
+
+class OnDeviceSteps:
+    """Training on `inputs.OnDeviceData`: `steps.train_steps`, the K steps of the data's next index window fused in
+    one program (one compiled program per K; there are few), the mini-batches gathered inside it by the epoch's
+    permutation, drawn on the device once an epoch (stacked models each draw their own from their own keys). The
+    mini-batches Algorithm 2 and the measurements take are gathered by the same permutation."""
+
+    def __init__(self, config: ml_collections.ConfigDict, layout: ModelLayout, data: inputs.OnDeviceData):
+        self._config, self._layout, self._data = config, layout, data
+        permute = functools.partial(epoch_permutation, num_examples=data.num_examples)
+        self._permute = jax.jit(layout.over_models(permute, (0, None)), compiler_options=run_once_compiler_options())
+        gather = functools.partial(steps.minibatch, batch_size=config.batch_size)
+        self._gather = jax.jit(layout.over_models(gather, (None, 0, None)))
+        self._programs: dict[int, Any] = {}
+        self._epoch, self._permutation = 0, None
+
+    def batch_spec(self, state: TrainState) -> Any:
+        """The shapes of a training mini-batch (one per model), as the programs take it."""
+        return jax.eval_shape(self._gather, self._data.train, jax.eval_shape(self._permute, state.rng, 0), 0)
+
+    def start(self, state: TrainState) -> None:
+        self._data.start(state)
+        self._epoch, self._permutation = self._data.epoch, None
+
+    def _permutation_of(self, state: TrainState) -> jax.Array:
+        if self._permutation is None:
+            self._permutation = self._layout.place_model_data(self._permute(state.rng, self._epoch))
+        return self._permutation
+
+    def train(self, state: TrainState, max_steps: int) -> TrainChunk:
+        """The next window's steps, at most `max_steps`, never past the end of the epoch; at its end the next
+        epoch starts, with a permutation of its own."""
+        window = self._data.next_window(max_steps)
+        if window.epoch != self._epoch:
+            state = state.replace(
+                epoch=jnp.full_like(state.epoch, window.epoch), batch_index=jnp.zeros_like(state.batch_index)
+            )
+            self._epoch, self._permutation = window.epoch, None
+        permutation = self._permutation_of(state)
+        compile_seconds = 0.0
+        if window.num_steps not in self._programs:
+            t = time.perf_counter()
+            train_steps = functools.partial(
+                steps.train_steps, batch_size=self._config.batch_size, num_steps=window.num_steps,
+                batch_sharding=self._layout.batch_sharding,
+            )  # fmt: skip
+            program = jax.jit(self._layout.over_models(train_steps, (0, None, 0)), donate_argnums=0)
+            self._programs[window.num_steps] = program.lower(state, self._data.train, permutation).compile()
+            compile_seconds = time.perf_counter() - t
+            logging.info("Compiled the %d-step training program in %.1f s.", window.num_steps, compile_seconds)
+        state, metrics = self._programs[window.num_steps](state, self._data.train, permutation)
+        losses = np.asarray(metrics["loss"])  # waits for the program; the next one needs its result anyway
+        return TrainChunk(state, losses, compile_seconds)
+
+    def population_batches(self, step: int) -> Iterator[dict[str, jax.Array]]:
+        """Algorithm 2's training mini-batches: the first `population_batches` of the current epoch."""
+        del step  # the epoch's permutation fixes them
+        return (self._gather(self._data.train, self._permutation, k) for k in range(self._config.population_batches))
+
+    def latest_batch(self, step: int) -> dict[str, jax.Array]:
+        """The mini-batch of the latest training step."""
+        del step  # the data position fixes it
+        return self._gather(self._data.train, self._permutation, self._data.batch_index - 1)
+
+
+class HostFedSteps:
+    """Training on `inputs.HostFedData`: `steps.train_step`, compiled once for the global mini-batch, one dispatch
+    per step, each on the next batch the host reads."""
+
+    def __init__(self, data: inputs.HostFedData, state: TrainState):
+        self._data = data
+        t = time.perf_counter()
+        self._step = jax.jit(steps.train_step, donate_argnums=0).lower(state, data.train_batch_spec()).compile()
+        logging.info("Compiled the training step in %.1f s.", time.perf_counter() - t)
+
+    def batch_spec(self, state: TrainState) -> Any:
+        return self._data.train_batch_spec()
+
+    def start(self, state: TrainState) -> None:
+        self._data.start(state)
+
+    def train(self, state: TrainState, max_steps: int) -> TrainChunk:
+        """`max_steps` steps, one dispatch each."""
+        losses = []
+        for _ in range(max_steps):
+            state, metrics = self._step(state, self._data.next_batch())
+            losses.append(metrics["loss"])
+        return TrainChunk(state, np.asarray(jnp.stack(losses)), 0.0)
+
+    def population_batches(self, step: int) -> Iterator[dict[str, jax.Array]]:
+        return self._data.population_batches(step)
+
+    def latest_batch(self, step: int) -> dict[str, jax.Array]:
+        return self._data.batch(step - 1)
+
+
+def _evaluation_record(
+    step: int, losses: np.ndarray, result: evaluation.Evaluation, given: Hooks
+) -> dict[str, Any]:
     """One model's `metrics.jsonl` record of an evaluation; the training loss is the mean since the last one."""
-    result = steps.loss_and_accuracy(evaluation.sums)
+    metrics = steps.loss_and_accuracy(result.sums)
     record = {"step": step, "train_loss": float(np.mean(losses))}
-    record.update(test_loss=result["loss"], test_accuracy=result["accuracy"])
-    for hook, collected in zip(given.evaluation, evaluation.collected or ()):
+    record.update(test_loss=metrics["loss"], test_accuracy=metrics["accuracy"])
+    for hook, collected in zip(given.evaluation, result.collected or ()):
         record.update(hook.summarize(collected))
     return record
 

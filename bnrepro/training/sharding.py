@@ -2,7 +2,7 @@
 
 A run trains one model; its state is replicated on the devices and each mini-batch is split across them
 (data parallelism, `data_parallel_sharding`), so BN's statistics are those of the whole mini-batch. The loop
-and the inputs see this through a `ModelLayout`: how many models a state holds, where their data and states go,
+and the data see this through a `ModelLayout`: how many models a state holds, where their data and states go,
 and how a program maps over them. `OneModel` is a single run's layout; a sweep stacks several models on a leading
 axis with a layout of its own (`bnrepro.sweep.group`), and the same loop trains them.
 """

@@ -1,14 +1,15 @@
-"""Pure, jittable steps over a `TrainState`: training (Algorithm 1 in the forward pass), the one evaluation step
-of the inference network (Algorithm 2, step 11) and the test set evaluated batch by batch, and Algorithm 2's
-population statistics for a whole model.
+"""Pure, jittable steps over a `TrainState`: one training step (Algorithm 1 in the forward pass) and K of them
+fused over an index window of an on-device dataset, the one evaluation step of the inference network (Algorithm 2,
+step 11), and the two halves of Algorithm 2's population statistics (a mini-batch's moments, their population).
 
-Inputs (`bnrepro.training.inputs`) compile these, `jax.vmap`ped over a model axis when a sweep stacks models.
+The loop (`bnrepro.training.loop`) compiles these, `jax.vmap`ped over a model axis when a sweep stacks models;
+`bnrepro.training.evaluation` runs the evaluation ones over a test set's and a training set's batches.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -95,52 +96,21 @@ def eval_step(
     return sums, (collect(intermediates.get("intermediates", {})) if collect else {})
 
 
-EVAL_BATCH_SIZE = 1000  # examples per evaluation batch of a test set held on the devices (`eval_batches`)
-
-
-def eval_batches(
-    state: TrainState,
-    batch_stats: Any,
-    test: Mapping[str, jax.Array],
-    collect: Collect | None = None,
-    batch_size: int = EVAL_BATCH_SIZE,
-) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
-    """`eval_step` over the whole test set `test`, `batch_size` examples at a time, one batch after another
-    (`lax.map`; the last padded and masked): the sums over all examples and what `collect` takes from each, as
-    one batch of them all gives (each example's output depends on it alone), with the memory of one batch."""
-    count = test["label"].shape[0]
-    size = min(batch_size, count)
-    pad = -count % size
-    padded = {key: jnp.pad(value, [(0, pad)] + [(0, 0)] * (value.ndim - 1)) for key, value in test.items()}
-    padded["mask"] = padded.get("mask", jnp.ones(count + pad, bool)).astype(bool) & (jnp.arange(count + pad) < count)
-    batches = jax.tree.map(lambda x: x.reshape((-1, size) + x.shape[1:]), padded)
-    sums, collected = jax.lax.map(lambda batch: eval_step(state, batch_stats, batch, collect), batches)
-
-    def per_example(x: jax.Array) -> jax.Array:  # (batches, size * k, ...): k rows per example, in order
-        return x.reshape((-1,) + x.shape[2:])[: count * (x.shape[1] // size)]
-
-    return jax.tree.map(lambda x: x.sum(0), sums), jax.tree.map(per_example, collected)
-
-
 def loss_and_accuracy(sums: Mapping[str, Any]) -> dict[str, float]:
     """`eval_step`'s sums (over one or many batches) as the mean loss and the top-1 accuracy."""
     count = float(np.asarray(sums["count"]))
     return {"loss": float(np.asarray(sums["loss"])) / count, "accuracy": float(np.asarray(sums["correct"])) / count}
 
 
-def batch_moments(model: nn.Module, state: TrainState, images: jax.Array) -> dict:
-    """Algorithm 2, step 9's mu_B and var_B of every BN layer on one training mini-batch (`images`, preprocessed),
-    through the training network with the current parameters and fixed noise keys (`layers.minibatch_moments`)."""
+def batch_moments(model: nn.Module, state: TrainState, batch: Mapping[str, jax.Array]) -> dict:
+    """Algorithm 2, step 9's mu_B and var_B of every BN layer on one training mini-batch (`batch["image"]`,
+    preprocessed), through the training network with the current parameters (`layers.minibatch_moments`). The
+    pass runs the training network, dropout included: its keys are fixed, so that evaluation is deterministic."""
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    return layers.minibatch_moments(model, variables, images, rngs=fixed_rngs())
+    return layers.minibatch_moments(model, variables, batch["image"], rngs=fixed_rngs())
 
 
-def population_batch_stats(model: nn.Module, state: TrainState, batches: jax.Array) -> Any:
-    """Algorithm 2, steps 8-9: E[x] = E_B[mu_B] and Var[x] = m/(m-1) E_B[var_B] over the training mini-batches
-    `batches` (K, m, ...) with the current parameters, in one program (`layers.population_statistics`, the
-    `batch_moments` of each); empty for a net without BN."""
-    if not state.batch_stats:
-        return state.batch_stats
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    # The pass runs the training network, dropout included: it gets keys, fixed so evaluation is deterministic.
-    return layers.population_statistics(model, variables, batches, rngs=fixed_rngs())
+def population(moments: Sequence[dict]) -> Any:
+    """Algorithm 2, steps 8-9: the `batch_stats` with E[x] = E_B[mu_B] and Var[x] = m/(m-1) E_B[var_B] from the
+    `batch_moments` of K training mini-batches (`layers.population_from_moments` of them stacked)."""
+    return layers.population_from_moments(jax.tree.map(lambda *m: jnp.stack(m), *moments))
