@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import errno
 import functools
+import importlib.util
 import logging as pylogging
 import os
 import re
@@ -124,6 +125,20 @@ def find_config_file(path: str) -> Path | None:
     parts = Path(path).parts
     shipped = Path(configs.__file__).parent.joinpath(*parts[1:])
     return shipped if not given.is_absolute() and parts[:1] == ("configs",) and shipped.is_file() else None
+
+
+def call_file_function(spec: str, flag: str, function: str) -> Any:
+    """The value of `function(ARG)` (`function()` without an ARG) of the Python file `PATH.py[:ARG]` that `flag`
+    names, PATH as `find_config_file` finds it: a config's `get_config`, a sweep file's `get_sweep`. A file that
+    is not there is a FileNotFoundError naming it."""
+    path, _, arg = spec.partition(":")
+    found = find_config_file(path)
+    if found is None:
+        raise FileNotFoundError(f"{flag}={spec}: cannot load {path!r} from {os.getcwd()}.")
+    module_spec = importlib.util.spec_from_file_location(found.stem, found)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return getattr(module, function)(arg) if arg else getattr(module, function)()
 
 
 # An override's key, as config_flags reads it: `--config.KEY=VALUE`, `--config.KEY VALUE`, `--noconfig.KEY`.

@@ -19,8 +19,6 @@ _COMMAND = __name__ == "__main__"
 if _COMMAND:
     gc.disable()
 
-import importlib.util
-import os
 import sys
 from collections.abc import Sequence
 
@@ -29,7 +27,7 @@ import ml_collections
 from absl import app, flags, logging
 
 from bnrepro import hooks
-from bnrepro.cli import find_config_file, parse_overrides, quiet_orbax, user_errors_in_one_line, workdir_path
+from bnrepro.cli import call_file_function, parse_overrides, quiet_orbax, user_errors_in_one_line, workdir_path
 from bnrepro.cpu import keep_freed_memory, use_cpu_cores
 from bnrepro.training import loop
 
@@ -63,17 +61,10 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def load_config(spec: str, overrides: Sequence[str]) -> ml_collections.ConfigDict:
-    """The config `--config=PATH.py[:ARG]` names, PATH's `get_config(ARG)` (PATH as `cli.find_config_file` finds
-    it: a shipped config by its name in the repository, e.g. `configs/mnist_mlp.py`), locked, with `overrides`
-    (`cli.parse_overrides`) applied. A file that is not there is a FileNotFoundError naming it."""
-    path, colon, arg = spec.partition(":")
-    found = find_config_file(path)
-    if found is None:
-        raise FileNotFoundError(f"--config={spec}: cannot load {path!r} from {os.getcwd()}.")
-    module_spec = importlib.util.spec_from_file_location(found.stem, found)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    config = module.get_config(arg) if colon else module.get_config()
+    """The config `--config=PATH.py[:ARG]` names, PATH's `get_config(ARG)` (`cli.call_file_function`: a shipped
+    config may be named as in the repository, e.g. `configs/mnist_mlp.py`, from any directory), locked, with
+    `overrides` (`cli.parse_overrides`) applied. A file that is not there is a FileNotFoundError naming it."""
+    config = call_file_function(spec, "--config", "get_config")
     config.lock()
     config.update_from_flattened_dict(parse_overrides(config, overrides))
     return config

@@ -30,8 +30,8 @@ from bnrepro.training import evaluation, steps
 from bnrepro.training.device_data import Dataset, epoch_permutation, padded_batches
 from bnrepro.training.loop import DivergedError
 from bnrepro.training.run_dir import CHECKPOINT_DIR, CONFIG_FILE, DIVERGED_FILE, METRICS_FILE
-from bnrepro.training.state import TrainState, create_train_state, preprocess, run_once_compiler_options
 from bnrepro.training.sharding import OneModel
+from bnrepro.training.state import TrainState, create_train_state, preprocess, run_once_compiler_options
 from bnrepro.training.steps import eval_step, loss_and_accuracy, train_step, train_steps
 
 REPO = Path(__file__).resolve().parent.parent

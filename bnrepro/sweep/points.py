@@ -7,7 +7,6 @@ Imports neither jax nor ray: a sweep file, a notebook or a plot reads a sweep wi
 from __future__ import annotations
 
 import copy
-import importlib.util
 import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
@@ -15,7 +14,7 @@ from typing import Any, NamedTuple
 import ml_collections
 
 from bnrepro import config_schema
-from bnrepro.cli import find_config_file
+from bnrepro.cli import call_file_function
 from bnrepro.training.run_dir import flatten
 
 
@@ -93,15 +92,8 @@ def point_config(base: ml_collections.ConfigDict, overrides: Mapping[str, Any]) 
 def load_sweep(spec: str) -> Sweep:
     """The `Sweep` of `PATH.py[:ARG]`: the file's `get_sweep(ARG)`. Sweep files import their base configs from
     the installed `configs` package, whatever the working directory; a shipped sweep file may be named as in the
-    repository (`configs/sweeps/NAME.py`) from any directory (`cli.find_config_file`)."""
-    name, _, arg = spec.partition(":")
-    path = find_config_file(name)
-    if path is None:
-        raise FileNotFoundError(f"--sweep={spec}: no file {name}.")
-    module_spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    sweep = module.get_sweep(arg) if arg else module.get_sweep()
+    repository (`configs/sweeps/NAME.py`) from any directory (`cli.call_file_function`)."""
+    sweep = call_file_function(spec, "--sweep", "get_sweep")
     if not sweep.points:
         raise ValueError(f"--sweep={spec}: the sweep has no points.")
     if sweep.names and len(sweep.names) != len(sweep.points):

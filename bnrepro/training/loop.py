@@ -284,9 +284,7 @@ class HostFedSteps:
         return self._data.batch(step - 1)
 
 
-def _evaluation_record(
-    step: int, losses: np.ndarray, result: evaluation.Evaluation, given: Hooks
-) -> dict[str, Any]:
+def _evaluation_record(step: int, losses: np.ndarray, result: evaluation.Evaluation, given: Hooks) -> dict[str, Any]:
     """One model's `metrics.jsonl` record of an evaluation; the training loss is the mean since the last one."""
     metrics = steps.loss_and_accuracy(result.sums)
     record = {"step": step, "train_loss": float(np.mean(losses))}
