@@ -74,8 +74,9 @@ def quiet_orbax() -> None:
     of a full disk (`_QuietOrbax`, on absl's handler), and, through `sys.unraisablehook`, what orbax leaves behind
     when a save or restore fails (the main thread reports the failure itself): its abandoned coroutines, finalized
     at exit, and TensorStore's callbacks into the event loop orbax already closed ("Event loop is closed"), a
-    traceback each, hundreds for a full disk. Other unraisable errors go to the previous hook, and all of them do
-    with `show_tracebacks()`."""
+    traceback each, hundreds for a full disk; and a full disk met again at exit (TensorBoard's writer retries its
+    flush in an `atexit` callback). Other unraisable errors go to the previous hook, and all of them do with
+    `show_tracebacks()`."""
     logging.get_absl_handler().addFilter(_QuietOrbax())
     previous = sys.unraisablehook
 
@@ -84,7 +85,9 @@ def quiet_orbax() -> None:
         closed_loop = (
             isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"
         )
-        if show_tracebacks() or not (closed_loop or any("/orbax/" in frame.filename for frame in frames)):
+        disk_full = disk_full_message(unraisable.exc_value) is not None
+        orbax = any("/orbax/" in frame.filename for frame in frames)
+        if show_tracebacks() or not (closed_loop or disk_full or orbax):
             previous(unraisable)
 
     sys.unraisablehook = hook

@@ -152,3 +152,34 @@ def test_a_full_disk_is_two_clear_lines_and_the_run_resumes_once_space_is_freed(
         assert [r["step"] for r in run_dir.read_records(disk / "run")] == list(range(500, 3001, 500))
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_a_metrics_record_that_meets_a_full_disk_names_its_file(tmp_path: Path) -> None:
+    """A full disk can be met by the metrics record rather than the checkpoint (orbax saves in the background and
+    frees its partial checkpoint when the save fails): the message names metrics.jsonl, and TensorBoard's writer,
+    whose `atexit` callback flushes again, leaves no traceback at exit."""
+    disk = tmp_path / "disk"
+    _mount_small_disk(disk, "64k")
+    script = f"""
+import sys
+from pathlib import Path
+from bnrepro import cli
+from bnrepro.training import run_dir
+cli.quiet_orbax()
+writer = run_dir.MetricsWriter(Path({str(disk)!r}), resume_step=0)
+try:
+    (Path({str(disk)!r}) / "filler").write_bytes(b"x" * 200_000)  # more than the disk holds: it is full
+except OSError:
+    pass
+try:
+    writer.write({{"step": 1, "note": "x" * 100_000}})
+except OSError as e:
+    print(cli.disk_full_message(e))
+"""
+    try:
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+    assert result.stdout.startswith(f"no space left on device while writing {disk / METRICS_FILE}."), result
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr

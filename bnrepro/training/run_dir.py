@@ -227,12 +227,18 @@ class MetricsWriter:
         record = {
             k: np.asarray(v).tolist() if isinstance(v, (np.ndarray, np.generic)) else v for k, v in record.items()
         }
-        with self._path.open("a") as f:  # one write of a whole line
-            f.write(json.dumps(record) + "\n")
+        try:
+            with self._path.open("a") as f:  # one write of a whole line
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:  # a failed flush at close names no file: a full disk's message names this one
+            raise OSError(e.errno, e.strerror, str(self._path)) from e
         for key, value in record.items():
             if key != "step" and isinstance(value, (int, float)):
                 self._tensorboard.add_scalar(key, value, record["step"])
-        self._tensorboard.flush()
+        try:
+            self._tensorboard.flush()
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, f"{self._workdir}/events.out.tfevents.*") from e
 
     def sync(self, step: int) -> None:
         """Puts everything written so far on disk; call it before checkpointing `step`. (tensorboardX writes
