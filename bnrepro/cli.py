@@ -12,6 +12,7 @@ import logging as pylogging
 import os
 import re
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -76,7 +77,8 @@ def quiet_orbax() -> None:
     at exit, and TensorStore's callbacks into the event loop orbax already closed ("Event loop is closed"), a
     traceback each, hundreds for a full disk; and a full disk met again at exit (TensorBoard's writer retries its
     flush in an `atexit` callback). Other unraisable errors go to the previous hook, and all of them do with
-    `show_tracebacks()`."""
+    `show_tracebacks()`. Likewise, through `threading.excepthook`, the OSError of TensorBoard's writer thread when
+    its queue is closed under it at exit, after a full disk stopped its writer's `close` half-way."""
     logging.get_absl_handler().addFilter(_QuietOrbax())
     previous = sys.unraisablehook
 
@@ -91,6 +93,15 @@ def quiet_orbax() -> None:
             previous(unraisable)
 
     sys.unraisablehook = hook
+    previous_thread_hook = threading.excepthook
+
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
+        frames = traceback.extract_tb(args.exc_traceback) if args.exc_traceback else []
+        tensorboard = isinstance(args.exc_value, OSError) and any("/tensorboardX/" in f.filename for f in frames)
+        if show_tracebacks() or not tensorboard:
+            previous_thread_hook(args)
+
+    threading.excepthook = thread_hook
 
 
 def show_tracebacks() -> bool:

@@ -178,8 +178,29 @@ except OSError as e:
     print(cli.disk_full_message(e))
 """
     try:
-        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
     finally:
         subprocess.run(["umount", str(disk)], check=False)
     assert result.stdout.startswith(f"no space left on device while writing {disk / METRICS_FILE}."), result
     assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
+
+
+def test_the_console_drops_only_tensorboards_writer_thread_errors() -> None:
+    """After a full disk stopped TensorBoard's `close` half-way, its writer thread meets its queue closed at exit
+    ("handle is closed"): `cli.quiet_orbax` keeps that traceback off the console, and any other thread's error on it."""
+    script = """
+import threading
+from bnrepro import cli
+cli.quiet_orbax()
+namespace = {}
+exec(compile("def run():\\n    raise OSError('handle is closed')\\n", "/v/tensorboardX/event_file_writer.py", "exec"),
+     namespace)
+def other():
+    raise OSError("another thread's error")
+for target in (namespace["run"], other):
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert "handle is closed" not in result.stderr and "another thread's error" in result.stderr, result.stderr
