@@ -178,7 +178,9 @@ except OSError as e:
     print(cli.disk_full_message(e))
 """
     try:
-        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+        result = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+        )
     finally:
         subprocess.run(["umount", str(disk)], check=False)
     assert result.stdout.startswith(f"no space left on device while writing {disk / METRICS_FILE}."), result
