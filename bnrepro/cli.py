@@ -157,6 +157,7 @@ def call_file_function(spec: str, flag: str, function: str) -> Any:
 
 # An override's key, as config_flags reads it: `--config.KEY=VALUE`, `--config.KEY VALUE`, `--noconfig.KEY`.
 _OVERRIDE_KEY = re.compile(r"-{1,2}(?:no)?config\.([^=]+)")
+_NOT_AN_OVERRIDE = "not a --config.KEY=VALUE override (nor a flag of this command: --help)."
 
 
 def parse_overrides(config: ml_collections.ConfigDict, args: Sequence[str]) -> dict[str, Any]:
@@ -170,7 +171,7 @@ def parse_overrides(config: ml_collections.ConfigDict, args: Sequence[str]) -> d
     """
     for arg in args:  # a flag that is not an override first: the keys are checked against a command's own flags
         if arg.startswith("--") and not _OVERRIDE_KEY.match(arg):
-            raise ValueError(f"{arg}: not a --config.KEY=VALUE override (nor a flag of this command: --help).")
+            raise ValueError(f"{arg}: {_NOT_AN_OVERRIDE}")
     for arg in args:
         if match := _OVERRIDE_KEY.match(arg):
             config_schema.check_key(config, match[1], f"--config.{match[1]}")
@@ -182,7 +183,7 @@ def parse_overrides(config: ml_collections.ConfigDict, args: Sequence[str]) -> d
     except flags.IllegalFlagValueError as e:  # a value of the wrong type: absl's one line names the flag
         raise ValueError(str(e)) from None
     except flags.Error as e:  # a flag that is not an override
-        raise ValueError(f"{e}: not a --config.KEY=VALUE override (nor a flag of this command: --help).") from None
+        raise ValueError(f"{e}: {_NOT_AN_OVERRIDE}") from None
     if rest[1:]:
         raise ValueError(f"{rest[1]}: expected --config.KEY=VALUE.")
     return parsed["config"].override_values
