@@ -370,10 +370,16 @@ def test_max_pool_and_its_gradient_equal_flax_max_pool_under_autodiff(shape, str
     def flax(x):
         return jnp.sum(nn.max_pool(x, (3, 3), strides=strides, padding="SAME") * head)
 
-    np.testing.assert_array_equal(inception.max_pool(x, (3, 3), strides), nn.max_pool(x, (3, 3), strides, "SAME"))
-    np.testing.assert_allclose(jax.grad(ours)(x), jax.grad(flax)(x), rtol=1e-6, atol=1e-6)
-    batched = jax.vmap(jax.grad(ours))(jnp.stack([x, -x]))  # as a sweep's vmapped group differentiates it
-    np.testing.assert_allclose(batched[1], jax.grad(flax)(-x), rtol=1e-6, atol=1e-6)
+    @jax.jit  # one program for all of it (op by op, each primitive compiled on its own: most of the test's time)
+    def compute(x):
+        pooled = inception.max_pool(x, (3, 3), strides), nn.max_pool(x, (3, 3), strides, "SAME")
+        batched = jax.vmap(jax.grad(ours))(jnp.stack([x, -x]))  # as a sweep's vmapped group differentiates it
+        return pooled, (jax.grad(ours)(x), jax.grad(flax)(x)), (batched[1], jax.grad(flax)(-x))
+
+    pooled, grads, batched = compute(x)
+    np.testing.assert_array_equal(*pooled)
+    np.testing.assert_allclose(*grads, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(*batched, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("batch_norm", [False, True])
@@ -383,7 +389,7 @@ def test_separable_stem_equals_a_grouped_then_a_pointwise_convolution_and_its_gr
     `nn.BatchNorm`, from the same parameters: the output and the gradients of both kernels, the bias and the input."""
     u = jnp.asarray(np.random.default_rng(0).normal(size=(2, 11, 11, 3)), jnp.float32)
     ours = inception.SeparableConvBN(5, (7, 7), (2, 2), depth_multiplier=4, activation="tanh", batch_norm=batch_norm)
-    variables = ours.init(jax.random.key(0), u, train=True)
+    variables = jax.jit(functools.partial(ours.init, train=True))(jax.random.key(0), u)
 
     def reference(variables, u):
         params = variables["params"]
@@ -405,13 +411,18 @@ def test_separable_stem_equals_a_grouped_then_a_pointwise_convolution_and_its_gr
             else ours.apply(variables, u, train=True)
         )
 
+    @jax.jit  # one program (op by op, each primitive compiled on its own: most of the test's time)
+    def outputs_and_gradients(variables, u):
+        def loss(f, *a):
+            return jnp.sum(jnp.sin(f(*a)) * u[:, :6, :6, :1])
+
+        # d/d(parameters, input), ours then the reference's
+        grads = [jax.grad(functools.partial(loss, f), (0, 1))(variables, u) for f in (apply, reference)]
+        return (apply(variables, u), reference(variables, u)), grads
+
     assert variables["params"]["depthwise"]["kernel"].shape == (7, 7, 1, 12)
     assert variables["params"]["pointwise"]["kernel"].shape == (1, 1, 12, 5)
     assert ("bias" in variables["params"]["pointwise"]) is not batch_norm
-    np.testing.assert_allclose(apply(variables, u), reference(variables, u), rtol=1e-5, atol=1e-5)
-    for argnum in (0, 1):  # the parameters, the input
-        grads = [
-            jax.grad(lambda *a, f=f: jnp.sum(jnp.sin(f(*a)) * u[:, :6, :6, :1]), argnum)(variables, u)
-            for f in (apply, reference)
-        ]
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), *grads)
+    outputs, grads = outputs_and_gradients(variables, u)
+    np.testing.assert_allclose(*outputs, rtol=1e-5, atol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), *grads)
