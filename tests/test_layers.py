@@ -41,7 +41,7 @@ def _perturbed(variables, seed=5):
 def test_matches_flax_batchnorm_train_eval_running_stats_and_gradients(shape, backward):
     ours, theirs = _pair(backward=backward)
     x = _inputs(shape)
-    variables = _perturbed(theirs.init(jax.random.key(0), x, use_running_average=True))
+    variables = jax.jit(lambda x: _perturbed(theirs.init(jax.random.key(0), x, use_running_average=True)))(x)
     assert jax.tree.structure(variables["params"]) == jax.tree.structure(
         ours.init(jax.random.key(0), x, train=False)["params"]
     )
@@ -57,14 +57,19 @@ def test_matches_flax_batchnorm_train_eval_running_stats_and_gradients(shape, ba
         )
         return jnp.sum(jnp.sin(y)), (y, updates)
 
-    (_, (y_ours, upd_ours)), g_ours = jax.value_and_grad(our_loss, (0, 1), has_aux=True)(variables["params"], x)
-    (_, (y_theirs, upd_theirs)), g_theirs = jax.value_and_grad(their_loss, (0, 1), has_aux=True)(variables["params"], x)
+    # Compiled whole (op by op, each primitive compiled on its own: most of the test's time).
+    (_, (y_ours, upd_ours)), g_ours = jax.jit(jax.value_and_grad(our_loss, (0, 1), has_aux=True))(
+        variables["params"], x
+    )
+    (_, (y_theirs, upd_theirs)), g_theirs = jax.jit(jax.value_and_grad(their_loss, (0, 1), has_aux=True))(
+        variables["params"], x
+    )
     np.testing.assert_allclose(y_ours, y_theirs, rtol=1e-5, atol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), upd_ours, upd_theirs)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g_ours, g_theirs)
 
-    y_eval = ours.apply(variables, x, train=False)
-    y_eval_theirs = theirs.apply(variables, x, use_running_average=True)
+    y_eval = jax.jit(functools.partial(ours.apply, train=False))(variables, x)
+    y_eval_theirs = jax.jit(functools.partial(theirs.apply, use_running_average=True))(variables, x)
     np.testing.assert_allclose(y_eval, y_eval_theirs, rtol=1e-5, atol=1e-5)
 
 
@@ -138,12 +143,14 @@ def test_conv_general_dilated_computes_1x1_convolutions_as_matmuls(kernel_size, 
     ours = nn.Conv(4, kernel_size, strides, padding=padding, conv_general_dilated=conv_general_dilated)
     flax = nn.Conv(4, kernel_size, strides, padding=padding)
     variables = flax.init(jax.random.key(0), x)
-    np.testing.assert_allclose(ours.apply(variables, x), flax.apply(variables, x), rtol=1e-5, atol=1e-5)
-    for argnum in (0, 1):
-        grads = [
-            jax.grad(lambda v, u, m=m: jnp.sum(jnp.sin(m.apply(v, u))), argnum)(variables, x) for m in (ours, flax)
-        ]
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), *grads)
+    np.testing.assert_allclose(
+        jax.jit(ours.apply)(variables, x), jax.jit(flax.apply)(variables, x), rtol=1e-5, atol=1e-5
+    )
+    # d/d(parameters, input), compiled whole (op by op, each primitive compiled on its own)
+    grads = [
+        jax.jit(jax.grad(lambda v, u, m=m: jnp.sum(jnp.sin(m.apply(v, u))), (0, 1)))(variables, x) for m in (ours, flax)
+    ]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), *grads)
     jaxpr = jax.make_jaxpr(jax.grad(lambda v: jnp.sum(jnp.sin(ours.apply(v, x)))))(variables)
     primitives = {e.primitive.name for e in jaxpr.eqns}
     assert ("conv_general_dilated" in primitives) is not matmul
@@ -199,7 +206,7 @@ def test_large_convolutions_take_gemm_gradients_on_cpu(images, gemm, dtype):
         return jnp.sum(jnp.sin(model.apply(variables, x).astype(jnp.float32)))
 
     assert ("custom_vjp_call" in str(jax.make_jaxpr(jax.grad(functools.partial(loss, conv)))(variables))) is gemm
-    ours, flax = (jax.grad(functools.partial(loss, model))(variables)["params"] for model in (conv, reference))
+    ours, flax = (jax.jit(jax.grad(functools.partial(loss, model)))(variables)["params"] for model in (conv, reference))
     assert ours["kernel"].dtype == jnp.float32
     tolerance = (1e-3 if dtype == jnp.float32 else 3e-2) * float(jnp.max(jnp.abs(flax["kernel"])))
     for name in ("kernel", "bias"):
@@ -224,7 +231,7 @@ def test_population_statistics_is_algorithm2_over_training_batches():
     model = _TwoLayer()
     k, m = 4, 6
     batches = jnp.stack([_inputs((m, 7), seed=s) for s in range(k)])
-    variables = _perturbed(model.init(jax.random.key(0), batches[0], train=False))
+    variables = jax.jit(lambda b: _perturbed(model.init(jax.random.key(0), b, train=False)))(batches[0])
     stats = jax.jit(lambda v, b: population_statistics(model, v, b))(variables, batches)
 
     # By hand: each layer's pre-BN activations on every batch, then E_B[mu_B], m/(m-1) E_B[var_B].
