@@ -30,8 +30,10 @@ def test_equals_batch_norm_when_rmax_is_1_and_dmax_is_0(backward):
     def bn_loss(x, gamma, beta):
         return jnp.sum(jnp.sin(batchnorm.batch_norm(x, gamma, beta, axes=0, backward=backward)[0]))
 
+    renorm_loss, bn_loss = jax.jit(renorm_loss), jax.jit(bn_loss)  # compiled whole, not op by op
     np.testing.assert_allclose(renorm_loss(x, gamma, beta), bn_loss(x, gamma, beta), rtol=1e-6)
-    for a, b in zip(jax.grad(renorm_loss, (0, 1, 2))(x, gamma, beta), jax.grad(bn_loss, (0, 1, 2))(x, gamma, beta)):
+    grads = (jax.jit(jax.grad(loss, (0, 1, 2)))(x, gamma, beta) for loss in (renorm_loss, bn_loss))
+    for a, b in zip(*grads):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
@@ -57,8 +59,8 @@ def test_r_and_d_as_numpy_derives_them_and_held_constant_in_the_backward_pass():
             m, v = x.mean(0), x.var(0)
             return np.sum(weights * (gamma * ((x - m) / np.sqrt(v + eps) * r + d) + beta))
 
-        grad = jax.grad(lambda x: jnp.sum(weights * batchnorm.batch_renorm(
-            x, gamma, beta, running, axes=0, rmax=rmax, dmax=dmax, eps=eps)[0]))(x)  # fmt: skip
+        grad = jax.jit(jax.grad(lambda x: jnp.sum(weights * batchnorm.batch_renorm(
+            x, gamma, beta, running, axes=0, rmax=rmax, dmax=dmax, eps=eps)[0])))(x)  # fmt: skip
         h, numeric = 1e-6, np.zeros_like(x)
         for index in np.ndindex(x.shape):
             step = np.zeros_like(x)
