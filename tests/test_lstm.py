@@ -67,6 +67,7 @@ def _model(batch_norm: bool = True, momentum: float = 0.99, **kwargs) -> lstm.LS
     return lstm.LSTMClassifier(hidden_size=6, batch_norm=batch_norm, sequence="rows", norm=norm, **kwargs)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 2))  # one program (op by op, the init's many small ops cost seconds)
 def _random_variables(model: lstm.LSTMClassifier, xs: jax.Array, seed: int = 0) -> dict:
     """The model's variables with every parameter and statistic random (variances positive), so that no term
     of the equations hides behind its initial value."""
