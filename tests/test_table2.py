@@ -121,9 +121,9 @@ def test_quick_table_end_to_end(real_fashion_mnist: Path, tmp_path: Path) -> Non
     and 50 (the learning rates decay over 1,000 steps or more, so these are the 100-step runs' first steps): BN-x5
     is at 51% after 50 (measured), the sigmoid net still at chance."""
     num_steps, eval_every = 50, 25
-    overrides = ["--config.model.num_modules=1", f"--config.num_steps={num_steps}", f"--config.eval_every={eval_every}"]
     result = subprocess.run(
-        [sys.executable, "scripts/table2.py", "--quick", f"--workdir={tmp_path}", "--", *overrides],
+        [sys.executable, "scripts/table2.py", "--quick", f"--workdir={tmp_path}", "--", "--config.model.num_modules=1",
+         f"--config.num_steps={num_steps}", f"--config.eval_every={eval_every}"],
         cwd=REPO,
         capture_output=True,
         text=True,
