@@ -63,13 +63,15 @@ def steps(dry_run: bool, scratch: Path) -> list[Step]:
     python = sys.executable
     tests = [python, "-m", "pytest", "-q", "-m", "accelerator", "-p", "no:cacheprovider"]
     bench_mnist = [python, "scripts/bench_mnist.py", "--cpu_cores=0"]
+    if dry_run:  # a few steps, fused in one program as long as they are (a shorter one would compile again, timed)
+        bench_mnist += ["--steps=50", "--steps_per_dispatch=50", "--repeats=1"]
     bench_inception = [python, "scripts/bench_inception.py", "--cpu_cores=0", "--image_size=224"]
     bench_inception += ["--width_multiplier=1.0", "--batch_size=32", "--steps=10", "--repeats=3"]
     sweep = [python, "-m", "bnrepro.sweep", f"--sweep={QUICK_SWEEP}", f"--workdir={scratch / 'sweep'}"]
     return [
         Step("devices", [python, "-c", "import jax; print(jax.default_backend(), jax.devices())"], False),
         Step("tests", [*tests, "--collect-only"] if dry_run else tests, False),
-        Step("bench_mnist", bench_mnist + (["--steps=50", "--repeats=1"] if dry_run else []), False),
+        Step("bench_mnist", bench_mnist, False),
         Step("bench_inception", bench_inception, True),
         Step("figure1", ["bash", "scripts/reproduce_figure1.sh"], True, (("RUNS_DIR", str(scratch / "figure1")),)),
         Step("sweep", [*sweep, "--gpus_per_group=0.25"], True),  # four groups share one accelerator

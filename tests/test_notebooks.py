@@ -5,6 +5,9 @@ inline matplotlib backend, so a figure shows as an `image/png` output (a module 
 would leave none). Notebooks are saved without outputs; the executed copy is only inspected here. The kernel's
 temporary folder (TMPDIR) is a fresh one, which must be empty again when the notebook has run: a notebook removes
 what it creates.
+
+A notebook that trains runs here at a smaller size, as papermill runs one: a cell with `SMALLER[name]` is inserted
+after its cell tagged `parameters`, so the notebook a user opens is unchanged, and its own asserts run as written.
 """
 
 from __future__ import annotations
@@ -17,6 +20,10 @@ from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 CELL_TIMEOUT_S = 600
+# Steps at which each notebook's asserts still hold by a wide margin (measured: BN's median drift of the first
+# layer 0.00 against 0.12 without BN after 2,000 steps; after 1,500 steps, mean final accuracy 92% with BN against
+# 70% without, median drift 0.07 against 0.46); the step-10 gradient-norm ratios do not depend on the length.
+SMALLER = {"bn_internals": "STEPS = 2_000", "figure1": "QUICK_STEPS = 1_500"}
 
 
 def outputs(notebook: nbformat.NotebookNode) -> list[tuple[int, dict]]:
@@ -27,6 +34,13 @@ def outputs(notebook: nbformat.NotebookNode) -> list[tuple[int, dict]]:
         if cell.cell_type == "code"
         for output in cell.get("outputs", [])
     ]
+
+
+def with_parameters(notebook: nbformat.NotebookNode, source: str) -> None:
+    """Inserts a code cell of `source` after the notebook's one cell tagged `parameters`."""
+    tagged = [i for i, cell in enumerate(notebook.cells) if "parameters" in cell.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"expected one cell tagged parameters, found {len(tagged)}"
+    notebook.cells.insert(tagged[0] + 1, nbformat.v4.new_code_cell(source))
 
 
 def test_notebooks_are_found():
@@ -43,6 +57,8 @@ def test_notebook_runs_shows_its_figures_and_leaves_no_temporary_files(
     monkeypatch.setenv("TMPDIR", str(scratch))  # the kernel's tempfile.gettempdir(), and its workers'
     notebook = nbformat.read(path, as_version=4)
     assert not outputs(notebook), f"{path.name} is saved with outputs; clear them"
+    if path.stem in SMALLER:
+        with_parameters(notebook, SMALLER[path.stem])
     # Raises CellExecutionError, with the failing cell and its traceback, if a cell fails.
     NotebookClient(notebook, timeout=CELL_TIMEOUT_S, kernel_name="python3").execute(cwd=str(path.parent))
 
