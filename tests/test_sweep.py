@@ -370,8 +370,8 @@ def _summary(workdir: Path) -> list[dict[str, str]]:
 def test_an_edited_sweep_file_is_refused_or_with_restart_changed_retrained_keeping_the_old_run(
     tmp_path, local_ray, capsys, monkeypatch
 ):
-    """The trainings run in this process (`run_sweep`, on the module's Ray instance); the refusals and the final
-    rerun are the command's, whose exit status and output they check."""
+    """The sweep runs in this process (`run_sweep`, on the module's Ray instance), but for the refusal, the
+    command's (its exit status and output)."""
     data_dir = write_fake_mnist(tmp_path / "mnist", {"train": 50_000, "valid": 10_000, "test": 10_000})
     spec, workdir = tmp_path / "sweep.py", tmp_path / "runs"
     points = [{"seed": 0}, {"seed": 1}]
@@ -422,8 +422,8 @@ def test_an_edited_sweep_file_is_refused_or_with_restart_changed_retrained_keepi
         assert json.loads((workdir / name / "config.json").read_text())["learning_rate"] == 0.25
         assert sweep.read_status(workdir / name)["status"] == "finished"
     assert [r["status"] for r in _summary(workdir)] == ["finished", "finished"]
-    again = _run_sweep_command(spec, workdir)
-    assert again.returncode == 0 and "2 points: 2 already done, 0 refused, 0 to train" in again.stdout
+    assert [r["status"] for r in sweep.run_sweep(str(spec), workdir)] == ["finished", "finished"]  # once more
+    assert "2 points: 2 already done, 0 refused, 0 to train" in capsys.readouterr().out
     plotted = _plot(spec, workdir)  # a sweep of seeds only: one panel, a colour per point, no final-accuracy plot
     assert plotted.returncode == 0, plotted.stdout[-3000:] + plotted.stderr[-3000:]
     assert "no final-accuracy plot" in plotted.stdout and (workdir / "sweep_curves.png").exists()
