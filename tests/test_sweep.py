@@ -115,12 +115,12 @@ def test_a_sweep_file_without_points_is_refused_in_one_line(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
+def local_ray() -> Iterator[str]:
     """One local Ray instance (`engine.connect`, as `run_sweep` starts it) for this module's in-process sweeps,
-    which find it connected rather than each starting its own; the commands the tests run start theirs."""
+    which find it connected rather than each starting its own, and for commands given its address; yields it."""
     engine.connect(None, num_cpus=2)
     try:
-        yield
+        yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
 
@@ -370,8 +370,8 @@ def _summary(workdir: Path) -> list[dict[str, str]]:
 def test_an_edited_sweep_file_is_refused_or_with_restart_changed_retrained_keeping_the_old_run(
     tmp_path, local_ray, capsys, monkeypatch
 ):
-    """The sweep runs in this process (`run_sweep`, on the module's Ray instance), but for the refusal, the
-    command's (its exit status and output)."""
+    """The first training and the last rerun in this process (`run_sweep`, on the module's Ray instance); the
+    refusal and the restart by the command (its exit status and output), the restart on that instance too."""
     data_dir = write_fake_mnist(tmp_path / "mnist", {"train": 50_000, "valid": 10_000, "test": 10_000})
     spec, workdir = tmp_path / "sweep.py", tmp_path / "runs"
     points = [{"seed": 0}, {"seed": 1}]
@@ -410,11 +410,9 @@ def test_an_edited_sweep_file_is_refused_or_with_restart_changed_retrained_keepi
         in plotted.stderr
     )
 
-    capsys.readouterr()
-    restarted = sweep.run_sweep(str(spec), workdir, restart_changed=True)
-    assert [r["status"] for r in restarted] == ["finished", "finished"]
-    restart_lines = "its config changed (learning_rate: 0.5 -> 0.25); retraining it, the old run kept in"
-    assert capsys.readouterr().out.count(restart_lines) == 2
+    restarted = _run_sweep_command(spec, workdir, "--restart_changed", f"--address={local_ray}")
+    assert restarted.returncode == 0, restarted.stdout[-3000:] + restarted.stderr[-3000:]
+    assert restarted.stdout.count("its config changed (learning_rate: 0.5 -> 0.25); retraining it, the old run") == 2
     for name in ("seed=0", "seed=1"):
         (old,) = workdir.glob(f"{name}.old-*")
         assert (old / METRICS_FILE).read_text() == metrics[name]
