@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ import ray
 from fake_mnist import write_fake_mnist
 
 from bnrepro import config_schema, sweep
+from bnrepro.sweep import engine
 from bnrepro.training import run_dir
 from bnrepro.training.run_dir import CHECKPOINT_DIR, DIVERGED_FILE, METRICS_FILE
 
@@ -49,6 +51,7 @@ def get_sweep():
     base = mnist_mlp.get_config("bn")
     base.data_dir = {data_dir!r}
     base.num_steps, base.eval_every, base.checkpoint_every, base.steps_per_dispatch = {num_steps}, 1_000, 1_000, 1_000
+    base.population_batches = 5
     return Sweep(base, [{{"seed": 0}}], threshold=0.5)
 """
 LONG_SWEEP_EVERY = 1_000  # its eval_every = checkpoint_every: a kill may fall between an evaluation and its checkpoint
@@ -112,21 +115,29 @@ def test_a_sweep_file_without_points_is_refused_in_one_line(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def finished_sweep(tmp_path_factory) -> tuple[Path, str]:
-    """The three-point sweep, run once on a local Ray instance, two groups at once, each pinned to a core."""
+def local_ray() -> Iterator[str]:
+    """One local Ray instance (`engine.connect`, as `run_sweep` starts it) for this module's in-process sweeps,
+    which find it connected rather than each starting its own, and for commands given its address; yields it."""
+    engine.connect(None, num_cpus=2)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory) -> tuple[Path, str, subprocess.CompletedProcess]:
+    """The three-point sweep, run once by the command on a local Ray instance, two groups at once, each pinned to
+    a core; its workdir, sweep file and the command's outcome."""
     root = tmp_path_factory.mktemp("sweep")
     data_dir = write_fake_mnist(root / "mnist", {"train": 50_000, "valid": 10_000, "test": 10_000})
     spec = root / "sweep.py"
     spec.write_text(SWEEP_FILE.format(data_dir=str(data_dir)))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(REPO)  # the sweep file imports configs/ as `python -m` run from the repo root does
-        sweep.run_sweep(str(spec), root / "runs", jobs=2)
-    ray.shutdown()  # the instance this process started: other tests start their own
-    return root / "runs", str(spec)
+    return root / "runs", str(spec), _run_sweep_command(spec, root / "runs", "--jobs=2")
 
 
 def test_each_point_ends_in_its_own_directory_whatever_the_others_do(finished_sweep):
-    workdir, spec = finished_sweep
+    workdir, spec, _ = finished_sweep
     finished, diverged, failed = (workdir / sweep.point_name(p) for p in sweep.load_sweep(spec).points)
     assert sweep.read_status(finished)["status"] == "finished"
     assert [json.loads(line)["step"] for line in (finished / METRICS_FILE).read_text().splitlines()] == [
@@ -141,7 +152,7 @@ def test_each_point_ends_in_its_own_directory_whatever_the_others_do(finished_sw
 
 
 def test_summary_rows_agree_with_the_runs_metrics(finished_sweep):
-    workdir, spec = finished_sweep
+    workdir, spec, _ = finished_sweep
     with (workdir / sweep.SUMMARY_CSV).open() as f:
         rows = list(csv.DictReader(f))
     assert [r["status"] for r in rows] == ["finished", "diverged", "failed"]
@@ -160,8 +171,8 @@ def test_summary_rows_agree_with_the_runs_metrics(finished_sweep):
     assert "| steps to 50% |" in table and table.count("\n") == 2 + 3
 
 
-def test_a_rerun_skips_done_points_and_finishes_the_others(finished_sweep):
-    workdir, spec = finished_sweep
+def test_a_rerun_skips_done_points_and_finishes_the_others(finished_sweep, local_ray):
+    workdir, spec, _ = finished_sweep
     points = sweep.load_sweep(spec).points
     finished = workdir / sweep.point_name(points[0])
     metrics = (finished / METRICS_FILE).read_text()
@@ -356,13 +367,17 @@ def _summary(workdir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def test_an_edited_sweep_file_is_refused_or_with_restart_changed_retrained_keeping_the_old_run(tmp_path):
+def test_an_edited_sweep_file_is_refused_or_with_restart_changed_retrained_keeping_the_old_run(
+    tmp_path, local_ray, capsys, monkeypatch
+):
+    """The first training and the last rerun in this process (`run_sweep`, on the module's Ray instance); the
+    refusal and the restart by the command (its exit status and output), the restart on that instance too."""
     data_dir = write_fake_mnist(tmp_path / "mnist", {"train": 50_000, "valid": 10_000, "test": 10_000})
     spec, workdir = tmp_path / "sweep.py", tmp_path / "runs"
     points = [{"seed": 0}, {"seed": 1}]
     spec.write_text(EDITABLE_SWEEP_FILE.format(data_dir=str(data_dir), learning_rate=0.5, points=points))
-    first = _run_sweep_command(spec, workdir)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    monkeypatch.chdir(REPO)  # the sweep file imports configs/ as `python -m` run from the repo root does
+    assert [r["status"] for r in sweep.run_sweep(str(spec), workdir)] == ["finished", "finished"]
     metrics = {name: (workdir / name / METRICS_FILE).read_text() for name in ("seed=0", "seed=1")}
 
     # The base config edited after the sweep finished: its points are refused, named with the key, and failed.
@@ -395,9 +410,9 @@ def test_an_edited_sweep_file_is_refused_or_with_restart_changed_retrained_keepi
         in plotted.stderr
     )
 
-    restarted = _run_sweep_command(spec, workdir, "--restart_changed")
+    restarted = _run_sweep_command(spec, workdir, "--restart_changed", f"--address={local_ray}")
     assert restarted.returncode == 0, restarted.stdout[-3000:] + restarted.stderr[-3000:]
-    assert "retraining it, the old run kept in" in restarted.stdout
+    assert restarted.stdout.count("its config changed (learning_rate: 0.5 -> 0.25); retraining it, the old run") == 2
     for name in ("seed=0", "seed=1"):
         (old,) = workdir.glob(f"{name}.old-*")
         assert (old / METRICS_FILE).read_text() == metrics[name]
@@ -405,21 +420,18 @@ def test_an_edited_sweep_file_is_refused_or_with_restart_changed_retrained_keepi
         assert json.loads((workdir / name / "config.json").read_text())["learning_rate"] == 0.25
         assert sweep.read_status(workdir / name)["status"] == "finished"
     assert [r["status"] for r in _summary(workdir)] == ["finished", "finished"]
-    again = _run_sweep_command(spec, workdir)
-    assert again.returncode == 0 and "2 points: 2 already done, 0 refused, 0 to train" in again.stdout
+    assert [r["status"] for r in sweep.run_sweep(str(spec), workdir)] == ["finished", "finished"]  # once more
+    assert "2 points: 2 already done, 0 refused, 0 to train" in capsys.readouterr().out
     plotted = _plot(spec, workdir)  # a sweep of seeds only: one panel, a colour per point, no final-accuracy plot
     assert plotted.returncode == 0, plotted.stdout[-3000:] + plotted.stderr[-3000:]
     assert "no final-accuracy plot" in plotted.stdout and (workdir / "sweep_curves.png").exists()
 
 
-def test_a_sweep_with_a_failed_point_exits_non_zero_with_its_summary_written(tmp_path):
-    spec, workdir = tmp_path / "sweep.py", tmp_path / "runs"
-    points = [{"learning_rate": -1.0}]
-    spec.write_text(EDITABLE_SWEEP_FILE.format(data_dir=str(tmp_path), learning_rate=0.5, points=points))
-    result = _run_sweep_command(spec, workdir)
+def test_a_sweep_with_a_failed_point_exits_non_zero_with_its_summary_written(finished_sweep):
+    workdir, _, result = finished_sweep
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "1 of 1 points failed: learning_rate=-1" in result.stdout
-    (row,) = _summary(workdir)
+    assert "1 of 3 points failed: learning_rate=-1" in result.stdout
+    row = _summary(workdir)[2]
     assert row["status"] == "failed" and "config.learning_rate = -1.0" in row["error"]
     assert "| failed |" in (workdir / sweep.SUMMARY_MD).read_text()
 
@@ -430,7 +442,7 @@ def _plot(spec: str | Path, workdir: Path) -> subprocess.CompletedProcess:
 
 
 def test_plot_sweep_draws_the_sweeps_axes_and_refuses_another_sweep_without_touching_the_summary(finished_sweep):
-    workdir, spec = finished_sweep
+    workdir, spec, _ = finished_sweep
     summary = {name: (workdir / name).read_bytes() for name in (sweep.SUMMARY_CSV, sweep.SUMMARY_MD)}
     summary_times = {name: (workdir / name).stat().st_mtime_ns for name in summary}
     for name in ("sweep_curves.png", "sweep_final.png"):
