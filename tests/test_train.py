@@ -211,7 +211,8 @@ def test_evaluation_does_not_depend_on_the_batch_composition() -> None:
     dataset = synthetic_dataset(1200)
     state, model = initial_state("bn")
     permutation = epoch_permutation(state.rng, 0, 1200)
-    state, _ = train_steps(state, dataset, permutation, batch_size=60, num_steps=10)
+    run = jax.jit(train_steps, static_argnames=("batch_size", "num_steps"))  # one program, not op by op
+    state, _ = run(state, dataset, permutation, batch_size=60, num_steps=10)
     batches = preprocess(dataset.take(permutation[:600])[0]).reshape(10, 60, 28, 28)
     batch_stats = population_batch_stats(model, state, batches)
     assert jax.tree.structure(batch_stats) == jax.tree.structure(state.batch_stats)
@@ -229,12 +230,9 @@ def test_evaluation_does_not_depend_on_the_batch_composition() -> None:
     np.testing.assert_allclose(shuffled, whole[shuffled_order], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(alone, whole[:1], rtol=1e-5, atol=1e-5)
     # In training mode the first example's output would depend on the other 199.
-    logits_train, _ = model.apply(
-        {"params": state.params, "batch_stats": batch_stats}, images, train=True, mutable=["batch_stats"]
-    )
-    logits_alone_batch, _ = model.apply(
-        {"params": state.params, "batch_stats": batch_stats}, images[:2], train=True, mutable=["batch_stats"]
-    )
+    variables = {"params": state.params, "batch_stats": batch_stats}
+    apply_train = jax.jit(lambda x: model.apply(variables, x, train=True, mutable=["batch_stats"])[0])
+    logits_train, logits_alone_batch = apply_train(images), apply_train(images[:2])
     assert not np.allclose(logits_train[:2], logits_alone_batch, atol=1e-3)
 
 
