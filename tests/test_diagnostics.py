@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from config_files import mnist_mlp
-from fake_mnist import write_fake_mnist
+from fake_mnist import write_small_fake_mnist
 from training_run import train_and_evaluate
 
 import bnrepro.data
@@ -221,10 +221,9 @@ def _diagnostics_records(workdir: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def fake_mnist(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """conftest's `small_fake_mnist` (1,200 + 300 examples), once for the module: `diagnosed_run` trains on it."""
+    """conftest's `small_fake_mnist`, once for the module: `diagnosed_run` trains on it."""
     with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.setattr(bnrepro.data, "EXPECTED_COUNTS", {"train": 1_200, "test": 300})
-        yield write_fake_mnist(tmp_path_factory.mktemp("mnist"), {"train": 1_000, "valid": 200, "test": 300})
+        yield write_small_fake_mnist(tmp_path_factory.mktemp("mnist"), monkeypatch)
 
 
 @pytest.fixture(scope="module")
