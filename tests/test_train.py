@@ -149,15 +149,15 @@ def population_batch_stats(model, state: TrainState, batches: jax.Array):
 
 def full_loss(state: TrainState, model, dataset: Dataset) -> float:
     """The inference network's loss on all of `dataset` (population statistics over all of it)."""
-    images, labels = dataset.take(jnp.arange(len(dataset.labels)))
-    images = preprocess(images)
+    images, labels = jax.jit(Dataset.take)(dataset, jnp.arange(len(dataset.labels)))
+    images = jax.jit(preprocess)(images)
     batch_stats = population_batch_stats(model, state, images.reshape((-1, 60) + images.shape[1:]))
     return evaluate(state, batch_stats, images, labels)["loss"]
 
 
 def evaluate(state: TrainState, batch_stats, images: jax.Array, labels: jax.Array) -> dict[str, float]:
-    """The inference network's mean loss and accuracy on `images` (one `eval_step`)."""
-    return loss_and_accuracy(eval_step(state, batch_stats, {"image": images, "label": labels})[0])
+    """The inference network's mean loss and accuracy on `images` (one compiled `eval_step`)."""
+    return loss_and_accuracy(jax.jit(eval_step)(state, batch_stats, {"image": images, "label": labels})[0])
 
 
 @pytest.mark.parametrize(("variant", "factor"), [("bn", 0.1), ("baseline", 0.95)])
