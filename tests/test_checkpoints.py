@@ -105,13 +105,13 @@ def test_both_kept_checkpoints_damaged_stop_the_run(
     fake_mnist: Path, finished_run: tuple[Path, TrainState], tmp_path: Path
 ) -> None:
     config = small_config(data_dir=str(fake_mnist))
-    tmp_path = _copy(finished_run, tmp_path / "run")
-    _flip_bytes(_largest_file(tmp_path / run_dir.CHECKPOINT_DIR / "60"))
-    _truncate(_largest_file(tmp_path / run_dir.CHECKPOINT_DIR / "40"))
+    workdir = _copy(finished_run, tmp_path / "run")
+    _flip_bytes(_largest_file(workdir / run_dir.CHECKPOINT_DIR / "60"))
+    _truncate(_largest_file(workdir / run_dir.CHECKPOINT_DIR / "40"))
     with pytest.raises(ValueError, match=r"^checkpoint 60 in .* is corrupt: .*Checkpoint 40 is corrupt too") as e:
-        train_and_evaluate(config, tmp_path)
+        train_and_evaluate(config, workdir)
     assert "Traceback" not in str(e.value) and "\n" not in str(e.value)
-    assert sorted(p.name for p in (tmp_path / run_dir.CHECKPOINT_DIR).iterdir()) == ["40", "60"]  # left as they are
+    assert sorted(p.name for p in (workdir / run_dir.CHECKPOINT_DIR).iterdir()) == ["40", "60"]  # left as they are
 
 
 def test_the_config_guard_reads_the_checkpoints_config(fake_mnist: Path, tmp_path: Path) -> None:
@@ -127,11 +127,11 @@ def test_the_config_guard_reads_the_checkpoints_config(fake_mnist: Path, tmp_pat
 def test_num_steps_below_the_checkpoint_is_refused(
     fake_mnist: Path, finished_run: tuple[Path, TrainState], tmp_path: Path
 ) -> None:
-    tmp_path = _copy(finished_run, tmp_path / "run")
-    saved = (tmp_path / run_dir.CONFIG_FILE).read_text()
+    workdir = _copy(finished_run, tmp_path / "run")
+    saved = (workdir / run_dir.CONFIG_FILE).read_text()
     with pytest.raises(ValueError, match=r"config\.num_steps=40 is below step 60 of the checkpoint"):
-        train_and_evaluate(small_config(data_dir=str(fake_mnist), num_steps=40), tmp_path)
-    assert (tmp_path / run_dir.CONFIG_FILE).read_text() == saved
+        train_and_evaluate(small_config(data_dir=str(fake_mnist), num_steps=40), workdir)
+    assert (workdir / run_dir.CONFIG_FILE).read_text() == saved
 
 
 def _strip_metadata(step_dir: Path) -> None:
@@ -169,23 +169,23 @@ def test_a_checkpoint_without_digest_newer_than_one_with_it_is_corrupt(
 def test_num_steps_refused_after_a_fallback_moves_nothing(
     fake_mnist: Path, finished_run: tuple[Path, TrainState], tmp_path: Path
 ) -> None:
-    tmp_path = _copy(finished_run, tmp_path / "run")
-    _flip_bytes(_largest_file(tmp_path / run_dir.CHECKPOINT_DIR / "60"))
+    workdir = _copy(finished_run, tmp_path / "run")
+    _flip_bytes(_largest_file(workdir / run_dir.CHECKPOINT_DIR / "60"))
     with pytest.raises(ValueError, match=r"config\.num_steps=30 is below step 40 of the checkpoint"):
-        train_and_evaluate(small_config(data_dir=str(fake_mnist), num_steps=30), tmp_path)
-    assert sorted(p.name for p in (tmp_path / run_dir.CHECKPOINT_DIR).iterdir()) == ["40", "60"]
-    assert not (tmp_path / checkpoints.CORRUPT_DIR).exists()
+        train_and_evaluate(small_config(data_dir=str(fake_mnist), num_steps=30), workdir)
+    assert sorted(p.name for p in (workdir / run_dir.CHECKPOINT_DIR).iterdir()) == ["40", "60"]
+    assert not (workdir / checkpoints.CORRUPT_DIR).exists()
 
 
 def test_only_the_latest_corrupt_checkpoints_are_kept(
     fake_mnist: Path, finished_run: tuple[Path, TrainState], tmp_path: Path
 ) -> None:
     config = small_config(data_dir=str(fake_mnist))
-    tmp_path = _copy(finished_run, tmp_path / "run")
+    workdir = _copy(finished_run, tmp_path / "run")
     for _ in range(checkpoints.KEEP_CORRUPT + 1):  # a disk that corrupts checkpoint 60 again and again
-        _flip_bytes(_largest_file(tmp_path / run_dir.CHECKPOINT_DIR / "60"))
-        assert int(train_and_evaluate(config, tmp_path).step) == 60
-    assert sorted(p.name for p in (tmp_path / checkpoints.CORRUPT_DIR).iterdir()) == ["60.1", "60.2"]
+        _flip_bytes(_largest_file(workdir / run_dir.CHECKPOINT_DIR / "60"))
+        assert int(train_and_evaluate(config, workdir).step) == 60
+    assert sorted(p.name for p in (workdir / checkpoints.CORRUPT_DIR).iterdir()) == ["60.1", "60.2"]
 
 
 def test_the_command_line_falls_back_quietly(tmp_path: Path) -> None:
