@@ -4,7 +4,9 @@ train on it without downloading anything."""
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+import bnrepro.data
 from bnrepro.data import mnist_offline
 
 
@@ -26,3 +28,13 @@ def write_fake_mnist(directory: Path, sizes: dict[str, int]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     np.savez(directory / mnist_offline.CACHE_FILENAME, **arrays)
     return directory
+
+
+SMALL_SIZES = {"train": 1_000, "valid": 200, "test": 300}  # 1,200 + 300 examples
+
+
+def write_small_fake_mnist(directory: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """`SMALL_SIZES`' fake MNIST in `directory`, accepted by `load_dataset` in this process while `monkeypatch` lasts
+    (it checks the real dataset's counts)."""
+    monkeypatch.setattr(bnrepro.data, "EXPECTED_COUNTS", {"train": 1_200, "test": 300})
+    return write_fake_mnist(directory, SMALL_SIZES)

@@ -5,17 +5,20 @@ still resume."""
 import json
 import logging
 import re
+import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from fake_mnist import write_small_fake_mnist
 from training_run import small_config, train_and_evaluate
 
 from bnrepro.training import checkpoints, run_dir
+from bnrepro.training.state import TrainState
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -43,6 +46,25 @@ def _delete(path: Path) -> None:
     path.unlink()
 
 
+@pytest.fixture(scope="module")
+def fake_mnist(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """conftest's `small_fake_mnist`, once for the module: `finished_run` trains on it."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        yield write_small_fake_mnist(tmp_path_factory.mktemp("mnist"), monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def finished_run(fake_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TrainState]:
+    """`small_config`'s run (60 steps, checkpoints 40 and 60 kept), trained once: the tests copy its directory to
+    damage it, and compare with its final state."""
+    workdir = tmp_path_factory.mktemp("finished") / "run"
+    return workdir, train_and_evaluate(small_config(data_dir=str(fake_mnist)), workdir)
+
+
+def _copy(finished_run: tuple[Path, TrainState], workdir: Path) -> Path:
+    return shutil.copytree(finished_run[0], workdir)
+
+
 def _assert_same_params(a, b) -> None:
     jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
     jax.tree.map(np.testing.assert_array_equal, a.batch_stats, b.batch_stats)
@@ -50,12 +72,15 @@ def _assert_same_params(a, b) -> None:
 
 @pytest.mark.parametrize("damage", [_flip_bytes, _truncate, _empty, _delete])
 def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(
-    damage: Callable[[Path], None], small_fake_mnist: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    damage: Callable[[Path], None],
+    fake_mnist: Path,
+    finished_run: tuple[Path, TrainState],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    config = small_config(data_dir=str(small_fake_mnist))
-    reference = train_and_evaluate(config, tmp_path / "reference")
-    workdir = tmp_path / "run"
-    train_and_evaluate(config, workdir)  # checkpoints 40 and 60 kept
+    config = small_config(data_dir=str(fake_mnist))
+    reference = finished_run[1]
+    workdir = _copy(finished_run, tmp_path / "run")  # checkpoints 40 and 60 kept
     damage(_largest_file(workdir / run_dir.CHECKPOINT_DIR / "60"))
 
     with caplog.at_level(logging.WARNING):
@@ -68,41 +93,45 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(
     assert [r["step"] for r in run_dir.read_records(workdir)] == [20, 40, 60]
 
 
-def test_flipped_bytes_in_the_only_checkpoint_stop_the_run(small_fake_mnist: Path, tmp_path: Path) -> None:
-    config = small_config(data_dir=str(small_fake_mnist), num_steps=20)
+def test_flipped_bytes_in_the_only_checkpoint_stop_the_run(fake_mnist: Path, tmp_path: Path) -> None:
+    config = small_config(data_dir=str(fake_mnist), num_steps=20)
     train_and_evaluate(config, tmp_path)
     _flip_bytes(_largest_file(tmp_path / run_dir.CHECKPOINT_DIR / "20"))
     with pytest.raises(ValueError, match=r"^checkpoint 20 in .* is corrupt: its values do not match the digest"):
-        train_and_evaluate(small_config(data_dir=str(small_fake_mnist)), tmp_path)
+        train_and_evaluate(small_config(data_dir=str(fake_mnist)), tmp_path)
 
 
-def test_both_kept_checkpoints_damaged_stop_the_run(small_fake_mnist: Path, tmp_path: Path) -> None:
-    config = small_config(data_dir=str(small_fake_mnist))
-    train_and_evaluate(config, tmp_path)
-    _flip_bytes(_largest_file(tmp_path / run_dir.CHECKPOINT_DIR / "60"))
-    _truncate(_largest_file(tmp_path / run_dir.CHECKPOINT_DIR / "40"))
+def test_both_kept_checkpoints_damaged_stop_the_run(
+    fake_mnist: Path, finished_run: tuple[Path, TrainState], tmp_path: Path
+) -> None:
+    config = small_config(data_dir=str(fake_mnist))
+    workdir = _copy(finished_run, tmp_path / "run")
+    _flip_bytes(_largest_file(workdir / run_dir.CHECKPOINT_DIR / "60"))
+    _truncate(_largest_file(workdir / run_dir.CHECKPOINT_DIR / "40"))
     with pytest.raises(ValueError, match=r"^checkpoint 60 in .* is corrupt: .*Checkpoint 40 is corrupt too") as e:
-        train_and_evaluate(config, tmp_path)
+        train_and_evaluate(config, workdir)
     assert "Traceback" not in str(e.value) and "\n" not in str(e.value)
-    assert sorted(p.name for p in (tmp_path / run_dir.CHECKPOINT_DIR).iterdir()) == ["40", "60"]  # left as they are
+    assert sorted(p.name for p in (workdir / run_dir.CHECKPOINT_DIR).iterdir()) == ["40", "60"]  # left as they are
 
 
-def test_the_config_guard_reads_the_checkpoints_config(small_fake_mnist: Path, tmp_path: Path) -> None:
-    config = small_config(data_dir=str(small_fake_mnist), num_steps=40)
+def test_the_config_guard_reads_the_checkpoints_config(fake_mnist: Path, tmp_path: Path) -> None:
+    config = small_config(data_dir=str(fake_mnist), num_steps=40)
     train_and_evaluate(config, tmp_path)
     (tmp_path / run_dir.CONFIG_FILE).unlink()
-    other = small_config(data_dir=str(small_fake_mnist), learning_rate=config.learning_rate * 2)
+    other = small_config(data_dir=str(fake_mnist), learning_rate=config.learning_rate * 2)
     with pytest.raises(ValueError, match=r"config\.learning_rate: checkpoint 40 in .* was made with learning_rate="):
         train_and_evaluate(other, tmp_path)
-    train_and_evaluate(small_config(data_dir=str(small_fake_mnist)), tmp_path)  # the same config resumes
+    train_and_evaluate(small_config(data_dir=str(fake_mnist)), tmp_path)  # the same config resumes
 
 
-def test_num_steps_below_the_checkpoint_is_refused(small_fake_mnist: Path, tmp_path: Path) -> None:
-    train_and_evaluate(small_config(data_dir=str(small_fake_mnist)), tmp_path)
-    saved = (tmp_path / run_dir.CONFIG_FILE).read_text()
+def test_num_steps_below_the_checkpoint_is_refused(
+    fake_mnist: Path, finished_run: tuple[Path, TrainState], tmp_path: Path
+) -> None:
+    workdir = _copy(finished_run, tmp_path / "run")
+    saved = (workdir / run_dir.CONFIG_FILE).read_text()
     with pytest.raises(ValueError, match=r"config\.num_steps=40 is below step 60 of the checkpoint"):
-        train_and_evaluate(small_config(data_dir=str(small_fake_mnist), num_steps=40), tmp_path)
-    assert (tmp_path / run_dir.CONFIG_FILE).read_text() == saved
+        train_and_evaluate(small_config(data_dir=str(fake_mnist), num_steps=40), workdir)
+    assert (workdir / run_dir.CONFIG_FILE).read_text() == saved
 
 
 def _strip_metadata(step_dir: Path) -> None:
@@ -113,55 +142,63 @@ def _strip_metadata(step_dir: Path) -> None:
     path.write_text(json.dumps(metadata))
 
 
-def test_an_old_checkpoint_without_digest_or_config_resumes(small_fake_mnist: Path, tmp_path: Path) -> None:
-    config = small_config(data_dir=str(small_fake_mnist))
-    reference = train_and_evaluate(config, tmp_path / "reference")
+def test_an_old_checkpoint_without_digest_or_config_resumes(
+    fake_mnist: Path, finished_run: tuple[Path, TrainState], tmp_path: Path
+) -> None:
+    config = small_config(data_dir=str(fake_mnist))
+    reference = finished_run[1]
     workdir = tmp_path / "run"
-    train_and_evaluate(small_config(data_dir=str(small_fake_mnist), num_steps=40), workdir)
+    train_and_evaluate(small_config(data_dir=str(fake_mnist), num_steps=40), workdir)
     for step_dir in (workdir / run_dir.CHECKPOINT_DIR).iterdir():
         _strip_metadata(step_dir)
     _assert_same_params(train_and_evaluate(config, workdir), reference)
 
 
-def test_a_checkpoint_without_digest_newer_than_one_with_it_is_corrupt(small_fake_mnist: Path, tmp_path: Path) -> None:
-    config = small_config(data_dir=str(small_fake_mnist))
-    reference = train_and_evaluate(config, tmp_path / "reference")
-    workdir = tmp_path / "run"
-    train_and_evaluate(config, workdir)
+def test_a_checkpoint_without_digest_newer_than_one_with_it_is_corrupt(
+    fake_mnist: Path, finished_run: tuple[Path, TrainState], tmp_path: Path
+) -> None:
+    config = small_config(data_dir=str(fake_mnist))
+    reference = finished_run[1]
+    workdir = _copy(finished_run, tmp_path / "run")
     _strip_metadata(workdir / run_dir.CHECKPOINT_DIR / "60")
     _flip_bytes(_largest_file(workdir / run_dir.CHECKPOINT_DIR / "60"))
     _assert_same_params(train_and_evaluate(config, workdir), reference)
     assert (workdir / checkpoints.CORRUPT_DIR / "60").is_dir()
 
 
-def test_num_steps_refused_after_a_fallback_moves_nothing(small_fake_mnist: Path, tmp_path: Path) -> None:
-    train_and_evaluate(small_config(data_dir=str(small_fake_mnist)), tmp_path)
-    _flip_bytes(_largest_file(tmp_path / run_dir.CHECKPOINT_DIR / "60"))
+def test_num_steps_refused_after_a_fallback_moves_nothing(
+    fake_mnist: Path, finished_run: tuple[Path, TrainState], tmp_path: Path
+) -> None:
+    workdir = _copy(finished_run, tmp_path / "run")
+    _flip_bytes(_largest_file(workdir / run_dir.CHECKPOINT_DIR / "60"))
     with pytest.raises(ValueError, match=r"config\.num_steps=30 is below step 40 of the checkpoint"):
-        train_and_evaluate(small_config(data_dir=str(small_fake_mnist), num_steps=30), tmp_path)
-    assert sorted(p.name for p in (tmp_path / run_dir.CHECKPOINT_DIR).iterdir()) == ["40", "60"]
-    assert not (tmp_path / checkpoints.CORRUPT_DIR).exists()
+        train_and_evaluate(small_config(data_dir=str(fake_mnist), num_steps=30), workdir)
+    assert sorted(p.name for p in (workdir / run_dir.CHECKPOINT_DIR).iterdir()) == ["40", "60"]
+    assert not (workdir / checkpoints.CORRUPT_DIR).exists()
 
 
-def test_only_the_latest_corrupt_checkpoints_are_kept(small_fake_mnist: Path, tmp_path: Path) -> None:
-    config = small_config(data_dir=str(small_fake_mnist))
-    train_and_evaluate(config, tmp_path)
+def test_only_the_latest_corrupt_checkpoints_are_kept(
+    fake_mnist: Path, finished_run: tuple[Path, TrainState], tmp_path: Path
+) -> None:
+    config = small_config(data_dir=str(fake_mnist))
+    workdir = _copy(finished_run, tmp_path / "run")
     for _ in range(checkpoints.KEEP_CORRUPT + 1):  # a disk that corrupts checkpoint 60 again and again
-        _flip_bytes(_largest_file(tmp_path / run_dir.CHECKPOINT_DIR / "60"))
-        assert int(train_and_evaluate(config, tmp_path).step) == 60
-    assert sorted(p.name for p in (tmp_path / checkpoints.CORRUPT_DIR).iterdir()) == ["60.1", "60.2"]
+        _flip_bytes(_largest_file(workdir / run_dir.CHECKPOINT_DIR / "60"))
+        assert int(train_and_evaluate(config, workdir).step) == 60
+    assert sorted(p.name for p in (workdir / checkpoints.CORRUPT_DIR).iterdir()) == ["60.1", "60.2"]
 
 
 def test_the_command_line_falls_back_quietly(tmp_path: Path) -> None:
     """A damaged latest checkpoint under `bnrepro.main`: one warning line, none of orbax's leftover tracebacks."""
     command = [
         sys.executable, "-m", "bnrepro.main", "--config=configs/mnist_mlp.py:bn", f"--workdir={tmp_path}",
-        "--config.num_steps=1000", "--config.eval_every=500", "--config.checkpoint_every=500",
+        "--config.num_steps=40", "--config.eval_every=20", "--config.checkpoint_every=20",
+        "--config.steps_per_dispatch=20", "--config.population_batches=5",
     ]  # fmt: skip
     subprocess.run(command, cwd=REPO, capture_output=True, check=True, timeout=300)
-    _truncate(_largest_file(tmp_path / run_dir.CHECKPOINT_DIR / "1000"))
+    _truncate(_largest_file(tmp_path / run_dir.CHECKPOINT_DIR / "40"))
     resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert re.search(r"checkpoint 1000 in .* is corrupt: .* Resuming from checkpoint 500", resumed.stderr)
+    assert re.search(r"checkpoint 40 in .* is corrupt: .* Resuming from checkpoint 20", resumed.stderr)
     for noise in ("Traceback", "Exception ignored", "Event loop is closed"):
         assert noise not in resumed.stderr, resumed.stderr[-3000:]

@@ -3,6 +3,7 @@ plain jnp re-derivation of the loss for the gradient norms) and against BN's inf
 
 import functools
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import jax
@@ -10,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from config_files import mnist_mlp
+from fake_mnist import write_small_fake_mnist
 from training_run import train_and_evaluate
 
 import bnrepro.data
@@ -41,7 +43,7 @@ def test_preactivations_and_gradient_norms_of_the_baseline_by_hand():
         dense = p[f"DenseBN_{i}"]["Dense_0"]
         expected[f"DenseBN_{i}"] = u @ dense["kernel"] + dense["bias"]
         u = _sigmoid(expected[f"DenseBN_{i}"])
-    got = diagnostics.layer_preactivations(state, images)
+    got = jax.jit(diagnostics.layer_preactivations)(state, images)
     assert sorted(got) == sorted(expected)
     for name, value in expected.items():
         np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-5)
@@ -54,8 +56,8 @@ def test_preactivations_and_gradient_norms_of_the_baseline_by_hand():
         return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(8), labels])
 
     kernels = [p[f"DenseBN_{i}"]["Dense_0"]["kernel"] for i in range(3)] + [p["Dense_0"]["kernel"]]
-    grads = jax.grad(loss)(kernels)
-    norms = diagnostics.layer_gradient_norms(state, {"image": images, "label": labels})
+    grads = jax.jit(jax.grad(loss))(kernels)  # here and below: one compiled program each rather than op by op
+    norms = jax.jit(diagnostics.layer_gradient_norms)(state, {"image": images, "label": labels})
     names = [f"DenseBN_{i}/Dense_0" for i in range(3)] + ["Dense_0"]
     np.testing.assert_allclose([norms[n] for n in names], [np.linalg.norm(g) for g in grads], rtol=1e-4)
 
@@ -70,7 +72,7 @@ def test_bn_preactivations_use_the_population_statistics():
     moments = stats["DenseBN_0"]["BatchNorm_0"]
     x = images.reshape(8, -1) @ kernel
     expected = bn["scale"] * (x - moments["mean"]) / np.sqrt(moments["var"] + 1e-5) + bn["bias"]
-    got = diagnostics.layer_preactivations(state, images)["DenseBN_0"]
+    got = jax.jit(diagnostics.layer_preactivations)(state, images)["DenseBN_0"]
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
@@ -92,13 +94,14 @@ def test_internal_covariate_shift_of_a_small_baseline_net_by_hand():
         return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(6), labels])
 
     kernels = [p["DenseBN_0"]["Dense_0"]["kernel"], p["DenseBN_1"]["Dense_0"]["kernel"], p["Dense_0"]["kernel"]]
-    grads, lr = jax.grad(loss)(kernels), 0.5
+    gradient = jax.jit(jax.grad(loss))  # compiled once for the four gradients below, rather than op by op
+    grads, lr = gradient(kernels), 0.5
     order = ["DenseBN_0/Dense_0", "DenseBN_1/Dense_0", "Dense_0"]
     ics = functools.partial(diagnostics.internal_covariate_shift, layer_order=order, learning_rate=lr)
     got = jax.jit(ics)(state, {"image": images, "label": labels})
     for i, layer in enumerate(order):
         stepped = [k - lr * g if j < i else k for j, (k, g) in enumerate(zip(kernels, grads))]
-        shifted = jax.grad(loss)(stepped)[i]
+        shifted = gradient(stepped)[i]
         g = np.asarray(grads[i])
         np.testing.assert_allclose(got[layer]["l2"], np.linalg.norm(g - shifted), rtol=1e-4, atol=1e-7)
         cosine = np.sum(g * shifted) / (np.linalg.norm(g) * np.linalg.norm(shifted))
@@ -131,14 +134,15 @@ def test_loss_landscape_of_a_small_baseline_net_by_hand():
 
     p = {name: {k: state.params[name.split("/")[0]][k] if name == "Dense_0" else state.params[name.split("/")[0]][
         "Dense_0"][k] for k in ("kernel", "bias")} for name in names}  # fmt: skip
-    g = jax.grad(loss)(p)
+    loss, gradient = jax.jit(loss), jax.jit(jax.grad(loss))  # compiled once for every point, rather than op by op
+    g = gradient(p)
     g_flat = np.concatenate([np.ravel(x) for x in jax.tree.leaves(g)])
     etas = np.array([0.5, 2.0, 8.0])
     losses, changes = [], []
     for eta in etas:
         moved = jax.tree.map(lambda a, b, eta=eta: a - eta * b, p, g)
         losses.append(float(loss(moved)))
-        moved_g = np.concatenate([np.ravel(x) for x in jax.tree.leaves(jax.grad(loss)(moved))])
+        moved_g = np.concatenate([np.ravel(x) for x in jax.tree.leaves(gradient(moved))])
         changes.append(np.linalg.norm(g_flat - moved_g))
     got = jax.jit(diagnostics.loss_landscape)(state, batch, etas)
     np.testing.assert_allclose(got["losses"], losses, rtol=1e-5)
@@ -215,22 +219,37 @@ def _diagnostics_records(workdir: Path) -> list[dict]:
     return [json.loads(line) for line in (workdir / DIAGNOSTICS_FILE).read_text().splitlines()]
 
 
+@pytest.fixture(scope="module")
+def fake_mnist(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """conftest's `small_fake_mnist`, once for the module: `diagnosed_run` trains on it."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        yield write_small_fake_mnist(tmp_path_factory.mktemp("mnist"), monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def diagnosed_run(fake_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TrainState]:
+    """`_run_config`'s run, trained once for the tests that only read it: its directory and final state."""
+    workdir = tmp_path_factory.mktemp("diagnosed") / "run"
+    return workdir, train_and_evaluate(_run_config(fake_mnist), workdir)
+
+
 def test_training_records_diagnostics_on_the_latest_mini_batch_without_changing_training(
-    small_fake_mnist: Path, tmp_path: Path
+    fake_mnist: Path, diagnosed_run: tuple[Path, TrainState], tmp_path: Path
 ) -> None:
-    config = _run_config(small_fake_mnist)
-    state = train_and_evaluate(config, tmp_path / "on")
-    records = _diagnostics_records(tmp_path / "on")
+    config = _run_config(fake_mnist)
+    workdir, state = diagnosed_run
+    records = _diagnostics_records(workdir)
     assert [r["step"] for r in records] == [10, 20, 30, 40]
     assert len(records[-1]["jacobian_sv/DenseBN_2"]) == 32 and len(records[-1]["landscape/losses"]) == 4
 
     # The record at step 40 is `measure` on the state after step 40 and the mini-batch step 40 trained on.
-    split = bnrepro.data.load_dataset("mnist", "offline", data_dir=str(small_fake_mnist), validation_size=0).train
+    split = bnrepro.data.load_dataset("mnist", "offline", data_dir=str(fake_mnist), validation_size=0).train
     permutation = epoch_permutation(state.rng, state.epoch, len(split.labels))
     dataset = Dataset.create(split.images, split.labels)
     images, labels = dataset.take(permutation[(int(state.batch_index) - 1) * 60 : int(state.batch_index) * 60])
     batch = {"image": preprocess(images), "label": labels}
-    expected = diagnostics.measure(state, batch, config.diagnostics_layers, config.diagnostics_step_scales)
+    layers, scales = config.diagnostics_layers, config.diagnostics_step_scales  # one compiled program, not op by op
+    expected = jax.jit(lambda s, b: diagnostics.measure(s, b, layers, scales))(state, batch)
     for key in ("ics_l2/DenseBN_2", "grad_norm/DenseBN_1", "jacobian_sv_mean/DenseBN_0", "landscape/loss"):
         assert records[-1][key] == pytest.approx(float(expected[key]), rel=1e-4), key
 
@@ -240,17 +259,18 @@ def test_training_records_diagnostics_on_the_latest_mini_batch_without_changing_
     jax.tree.map(np.testing.assert_array_equal, plain.params, state.params)
 
 
-def test_resumed_diagnostics_equal_uninterrupted_ones(small_fake_mnist: Path, tmp_path: Path) -> None:
-    train_and_evaluate(_run_config(small_fake_mnist), tmp_path / "whole")
-    train_and_evaluate(_run_config(small_fake_mnist, num_steps=20), tmp_path / "split")
+def test_resumed_diagnostics_equal_uninterrupted_ones(
+    fake_mnist: Path, diagnosed_run: tuple[Path, TrainState], tmp_path: Path
+) -> None:
+    train_and_evaluate(_run_config(fake_mnist, num_steps=20), tmp_path / "split")
     with (tmp_path / "split" / DIAGNOSTICS_FILE).open("a") as f:  # what a run killed after step 20 wrote
         f.write(json.dumps({"step": 30, "landscape/loss": -1.0}) + "\n")
-    train_and_evaluate(_run_config(small_fake_mnist), tmp_path / "split")
-    assert _diagnostics_records(tmp_path / "split") == _diagnostics_records(tmp_path / "whole")
+    train_and_evaluate(_run_config(fake_mnist), tmp_path / "split")
+    assert _diagnostics_records(tmp_path / "split") == _diagnostics_records(diagnosed_run[0])
 
 
-def test_diagnostics_of_a_group_are_each_models_own(small_fake_mnist: Path, tmp_path: Path) -> None:
-    configs = [_run_config(small_fake_mnist, num_steps=20, seed=seed) for seed in (0, 1)]
+def test_diagnostics_of_a_group_are_each_models_own(fake_mnist: Path, tmp_path: Path) -> None:
+    configs = [_run_config(fake_mnist, num_steps=20, seed=seed) for seed in (0, 1)]
     train_group(configs, [tmp_path / "g0", tmp_path / "g1"])
     train_and_evaluate(configs[1], tmp_path / "alone")
     for together, alone in zip(_diagnostics_records(tmp_path / "g1"), _diagnostics_records(tmp_path / "alone")):
@@ -260,8 +280,8 @@ def test_diagnostics_of_a_group_are_each_models_own(small_fake_mnist: Path, tmp_
         "landscape/loss"]  # fmt: skip
 
 
-def test_a_missing_diagnostics_layer_stops_the_run_before_training(small_fake_mnist: Path, tmp_path: Path) -> None:
-    config = _run_config(small_fake_mnist, diagnostics_layers=("DenseBN_0", "DenseBN_5"))
+def test_a_missing_diagnostics_layer_stops_the_run_before_training(fake_mnist: Path, tmp_path: Path) -> None:
+    config = _run_config(fake_mnist, diagnostics_layers=("DenseBN_0", "DenseBN_5"))
     with pytest.raises(ValueError, match=r"config\.diagnostics_layers = .*no kernel at \['DenseBN_5'\]"):
         train_and_evaluate(config, tmp_path / "bad")
     assert not (tmp_path / "bad" / METRICS_FILE).exists()

@@ -149,15 +149,15 @@ def population_batch_stats(model, state: TrainState, batches: jax.Array):
 
 def full_loss(state: TrainState, model, dataset: Dataset) -> float:
     """The inference network's loss on all of `dataset` (population statistics over all of it)."""
-    images, labels = dataset.take(jnp.arange(len(dataset.labels)))
-    images = preprocess(images)
+    images, labels = jax.jit(Dataset.take)(dataset, jnp.arange(len(dataset.labels)))
+    images = jax.jit(preprocess)(images)
     batch_stats = population_batch_stats(model, state, images.reshape((-1, 60) + images.shape[1:]))
     return evaluate(state, batch_stats, images, labels)["loss"]
 
 
 def evaluate(state: TrainState, batch_stats, images: jax.Array, labels: jax.Array) -> dict[str, float]:
-    """The inference network's mean loss and accuracy on `images` (one `eval_step`)."""
-    return loss_and_accuracy(eval_step(state, batch_stats, {"image": images, "label": labels})[0])
+    """The inference network's mean loss and accuracy on `images` (one compiled `eval_step`)."""
+    return loss_and_accuracy(jax.jit(eval_step)(state, batch_stats, {"image": images, "label": labels})[0])
 
 
 @pytest.mark.parametrize(("variant", "factor"), [("bn", 0.1), ("baseline", 0.95)])
@@ -211,7 +211,8 @@ def test_evaluation_does_not_depend_on_the_batch_composition() -> None:
     dataset = synthetic_dataset(1200)
     state, model = initial_state("bn")
     permutation = epoch_permutation(state.rng, 0, 1200)
-    state, _ = train_steps(state, dataset, permutation, batch_size=60, num_steps=10)
+    run = jax.jit(train_steps, static_argnames=("batch_size", "num_steps"))  # one program, not op by op
+    state, _ = run(state, dataset, permutation, batch_size=60, num_steps=10)
     batches = preprocess(dataset.take(permutation[:600])[0]).reshape(10, 60, 28, 28)
     batch_stats = population_batch_stats(model, state, batches)
     assert jax.tree.structure(batch_stats) == jax.tree.structure(state.batch_stats)
@@ -229,12 +230,9 @@ def test_evaluation_does_not_depend_on_the_batch_composition() -> None:
     np.testing.assert_allclose(shuffled, whole[shuffled_order], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(alone, whole[:1], rtol=1e-5, atol=1e-5)
     # In training mode the first example's output would depend on the other 199.
-    logits_train, _ = model.apply(
-        {"params": state.params, "batch_stats": batch_stats}, images, train=True, mutable=["batch_stats"]
-    )
-    logits_alone_batch, _ = model.apply(
-        {"params": state.params, "batch_stats": batch_stats}, images[:2], train=True, mutable=["batch_stats"]
-    )
+    variables = {"params": state.params, "batch_stats": batch_stats}
+    apply_train = jax.jit(lambda x: model.apply(variables, x, train=True, mutable=["batch_stats"])[0])
+    logits_train, logits_alone_batch = apply_train(images), apply_train(images[:2])
     assert not np.allclose(logits_train[:2], logits_alone_batch, atol=1e-3)
 
 
