@@ -7,7 +7,8 @@ r"""Table 2 at CPU scale as a sweep: the six runs of `configs/fashion_table2.py`
 
 Each point is its variant's config written as overrides of the `inception` run
 (`bnrepro.sweep.variant_overrides`), so the runs train as the single-run commands of `configs/fashion_table2.py`
-do, into `WORKDIR/<variant>`; BN-x5 and BN-x30 differ only in their learning rate and train as one vmapped group.
+do, into `WORKDIR/<variant>`. BN-x5 and BN-x30 differ only in their learning rate, but it decays, and a group shares
+one schedule (`bnrepro.sweep.group.check_group`): each run trains in a group of its own.
 `quick`: the smoke versions (~20 s a run on one core). `seeds=N`: seeds 0 to N-1 of every run, seed 0 in
 `WORKDIR/<variant>` and seed S in `WORKDIR/<variant>_seedS` (`bnrepro.sweep.seeded`; `figures.table2` reads them
 with `bnrepro.figures.seed_dirs`); a variant's seeds differ only in the seed and train in the same vmapped group.
