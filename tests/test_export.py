@@ -5,8 +5,9 @@ Programs, built by the functions the loop builds them with (`loop.training_progr
 the layouts of `sharding` and `sweep.group`), from the states' shapes (`state.initializer` under `jax.eval_shape`:
 nothing is computed): the single and the fused (K steps) training step, the evaluation step, Algorithm 2's
 moments and population, a sweep group's vmapped training step and the data-parallel training step on the 8
-simulated devices (tests/conftest.py), for the Figure 1 MLP, the x0.125 BN-Inception of Table 2 (cut after
-module 3b: the modules after it repeat the same layers) and the BN-LSTM of sequential MNIST, in float32 and bfloat16.
+simulated devices (tests/conftest.py; each device a mini-batch of the config's size), for the Figure 1 MLP, the
+x0.125 BN-Inception of Table 2 (its quick variant, cut after module 3c: the modules after it repeat the same
+layers) and the BN-LSTM of sequential MNIST (784 time steps), in float32 and bfloat16.
 
 What is checked on every program: no host callback; the training steps donate the state and nothing else, the
 other programs donate nothing; convolutions stay convolutions (every forward convolution has its two gradients as
@@ -19,10 +20,10 @@ global-batch BN on 8 devices reduces its moments across them, unless `virtual_ba
 from __future__ import annotations
 
 import functools
+import math
 import re
 from collections import Counter
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,19 +47,21 @@ TRAINING = ("train_1", "train_k", "group", "data_parallel")  # the programs that
 K, GROUP, DEVICES = 3, 2, 8  # fused steps (the scan's length changes nothing in the program), models in a group
 NUM_EXAMPLES = 60_000  # the training set's rows (MNIST, Fashion-MNIST), 28x28 uint8 images
 # The custom calls a program may hold: sharding annotations. A host callback (jax.pure_callback, jax.debug.*,
-# io_callback) would be an xla_*python*_callback target.
+# io_callback) would be an xla_*python*_callback target; from this machine one does not even lower for cuda or tpu
+# ("the platform for the specified backend cpu is different from the lowering platform"), so export would fail.
 ALLOWED_CUSTOM_CALLS = {"Sharding", "SPMDFullToShardShape", "SPMDShardToFullShape"}
 
 
-def config_of(model: str, dtype: str, data_parallel: bool = False):
+def config_of(model: str, dtype: str, data_parallel: bool = False, virtual_batch_size: int | None = None):
     config = {
         "mlp": lambda: mnist_mlp.get_config("bn"),
         "inception": lambda: fashion_table2.get_config("bn_x5,quick"),  # the net cut after module 3c
         "lstm": lambda: seq_mnist.get_config("bn_lstm"),
     }[model]()
     config.dtype = dtype
-    if data_parallel:  # a mini-batch that splits evenly across the devices
-        config.batch_size -= config.batch_size % DEVICES
+    if data_parallel:  # each device takes a mini-batch of the config's size (the paper's per-replica batches)
+        config.batch_size *= DEVICES
+    config.model.bn.virtual_batch_size = virtual_batch_size
     return config
 
 
@@ -68,9 +71,9 @@ def replicated(tree, sharding):
 
 
 @functools.cache
-def program(model_name: str, dtype: str, name: str):
+def program(model_name: str, dtype: str, name: str, virtual_batch_size: int | None = None):
     """The jitted program `name` and the shapes of its arguments, as the loop builds and calls it."""
-    config = config_of(model_name, dtype, data_parallel=name == "data_parallel")
+    config = config_of(model_name, dtype, name == "data_parallel", virtual_batch_size)
     model = models.create_model(config.model, config.dtype)
     images = jax.ShapeDtypeStruct((config.batch_size, 28, 28), jnp.uint8)
     state = jax.eval_shape(initializer(config, model), jax.random.key(0), images)
@@ -151,7 +154,9 @@ BN_SCOPE = re.compile(r"/(BatchNorm_\d+|bn_hidden|bn_input|bn_cell)/")
 def bn_sum_types(text: str) -> list[str]:
     """The element types of the additive reductions (BN's means and variances) located in a BN layer."""
     names = named_locations(text)
-    found = re.findall(r"stablehlo\.reduce\(.*applies stablehlo\.add .*: \(tensor<(?:[\dx]*x)?(\w+)>.* loc\((#loc\d+)\)", text)
+    found = re.findall(
+        r"stablehlo\.reduce\(.*applies stablehlo\.add .*: \(tensor<(?:[\dx]*x)?(\w+)>.* loc\((#loc\d+)\)", text
+    )
     return [dtype for dtype, location in found if BN_SCOPE.search(names.get(location, ""))]
 
 
@@ -188,3 +193,84 @@ def test_every_program_lowers_for_gpu_and_tpu(model_name: str, dtype: str, name:
                 assert statistics and set(statistics) == {"f32"}, (platform, Counter(statistics))
             if name in TRAINING:
                 assert any(o[1].endswith("['loss']") and o[0] == "f32" for o in outputs), (platform, outputs)
+
+        if name == "data_parallel":  # one program for the 8 devices, each mini-batch split along "batch"
+            assert "mhlo.num_partitions = 8" in text and 'sdy.mesh @mesh = <["batch"=8]>' in text, platform
+            assert re.search(r'sdy\.sharding_constraint %\w+ <@mesh, \[\{"batch"\}, \{\}, \{\}\]>', text), platform
+
+
+def test_only_the_cpu_program_differentiates_a_large_convolution_as_matmuls() -> None:
+    """A ConvBN layer, 3x3 from 64 channels over two 64x64 images (4.7M patches' elements, above
+    `GEMM_GRADIENTS_MIN_ELEMENTS`), differentiated: lowered for CPU its two gradients are matmuls over the
+    patches (`convolution.conv_with_gemm_gradients`), for GPU and TPU they are XLA's convolutions."""
+    assert 2 * 64 * 64 * 3 * 3 * 64 >= convolution.GEMM_GRADIENTS_MIN_ELEMENTS
+    layer = layers.ConvBN(8, (3, 3))
+    images = jax.ShapeDtypeStruct((2, 64, 64, 64), jnp.float32)
+    variables = jax.eval_shape(functools.partial(layer.init, train=False), jax.random.key(0), images)
+
+    def loss(variables: dict, images: jax.Array) -> jax.Array:
+        y, _ = layer.apply(variables, images, train=True, mutable=["batch_stats"])
+        return jnp.sum(jnp.sin(y))
+
+    gradients = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    counts = {}
+    for platform in ("cpu", *PLATFORMS):
+        text = jax.export.export(gradients, platforms=(platform,))(variables, images).mlir_module()
+        counts[platform] = (count("stablehlo.convolution", text), count("stablehlo.dot_general", text))
+    assert counts == {"cpu": (1, 2), "cuda": (3, 0), "tpu": (3, 0)}
+
+    # The Table-2 net's data-parallel step: at 8 x 32 images its larger 3x3 convolutions are above the threshold,
+    # and on CPU only they become matmuls (the GPU and TPU programs have all 3F - 1, checked above).
+    forward = count("stablehlo.convolution", exported("inception", "float32", "eval", "cuda"))
+    cpu = exported("inception", "float32", "data_parallel", "cpu")
+    cuda = exported("inception", "float32", "data_parallel", "cuda")
+    assert count("stablehlo.convolution", cuda) == 3 * forward - 1 > count("stablehlo.convolution", cpu)
+    assert count("stablehlo.dot_general", cpu) > count("stablehlo.dot_general", cuda)
+
+
+def all_reduces(hlo: str) -> list[tuple[int, int, list[str]]]:
+    """Every all-reduce of a compiled (SPMD-partitioned) program's text: the elements it reduces, the devices in
+    each of its groups, and the ops whose results it reduces (from its metadata; several when XLA combined them)."""
+    found = []
+    for line in hlo.splitlines():
+        line = re.sub(r"/\*index=\d+\*/", "", line)
+        match = re.search(r"= \(?([^=]*?)\)? all-reduce(?:-start)?\(", line)
+        if not match:
+            continue
+        shapes = re.findall(r"\[([\d,]*)\]", match[1])
+        elements = sum(math.prod(int(d) for d in dims.split(",") if d) for dims in shapes)
+        groups = re.search(r"replica_groups=(\{\{[\d,]*\}|\[\d+,(\d+)\]<=|mesh\[([^\]]*)\] \{([^}]*)\})", line)
+        if groups[1].startswith("{{"):
+            size = len(groups[1][2:-1].split(","))
+        elif groups[2]:
+            size = int(groups[2])
+        else:
+            axes = dict(re.findall(r"'(\w+)'=(\d+)", groups[3]))
+            size = math.prod(int(axes[axis]) for axis in re.findall(r"'(\w+)'", groups[4]))
+        name = re.search(r'op_name="([^"]*)"', line)[1]
+        combined = re.fullmatch(r"(.*?/)\((.*)\)", name)  # "prefix/(op:op:...)"
+        found.append((elements, size, combined[2].split(":") if combined else [name]))
+    return found
+
+
+def test_global_batch_bn_reduces_its_moments_across_the_devices_and_virtual_batches_do_not() -> None:
+    """The MLP's data-parallel training step compiled for the 8 CPU devices: the SPMD-partitioned program (the
+    exported one is the program before partitioning, without its collectives; GPUs and TPUs partition it alike).
+    With global-batch BN each BN layer all-reduces its two moments over the 8 devices in the forward pass, on
+    their own: normalizing waits for them. With `virtual_batch_size` = the per-device batch no forward-pass sum is
+    reduced on its own: BN's sums reach the other devices only in the one all-reduce that carries the gradient
+    (for the moving averages, which no step reads)."""
+    config = config_of("mlp", "float32", data_parallel=True)
+    num_params = 784 * 100 + 2 * 100 * 100 + 100 * 10 + 10 + 3 * 2 * 100  # W, b and BN's gamma, beta
+    forward_moments = {}
+    for virtual in (None, config.batch_size // DEVICES):
+        jitted, args = program("mlp", "float32", "data_parallel", virtual)
+        reduces = all_reduces(jitted.lower(*args).compile().as_text())
+        assert reduces and all(size == DEVICES for _, size, _ in reduces), reduces
+        assert sum(elements for elements, _, _ in reduces) >= num_params  # the gradient
+        forward = [
+            ops for _, _, ops in reduces if all(re.search(r"\bjvp\(MLP\)/DenseBN_\d/BatchNorm", op) for op in ops)
+        ]
+        forward_moments[virtual] = Counter(re.search(r"DenseBN_\d", op)[0] for ops in forward for op in ops)
+    per_layer = {"DenseBN_0": 2, "DenseBN_1": 2, "DenseBN_2": 2}
+    assert forward_moments == {None: per_layer, config.batch_size // DEVICES: {}}
