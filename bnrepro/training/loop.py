@@ -26,6 +26,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, Self
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -184,7 +185,7 @@ class EvaluationPrograms(NamedTuple):
     measurements: list[Any]
 
 
-def evaluation_programs(model: Any, layout: ModelLayout, hooks: Hooks = NO_HOOKS) -> EvaluationPrograms:
+def evaluation_programs(model: nn.Module, layout: ModelLayout, hooks: Hooks = NO_HOOKS) -> EvaluationPrograms:
     """`EvaluationPrograms` of `model` for the models `layout` holds."""
     over_models = layout.over_models
     collect = collect_all(hooks.evaluation)
