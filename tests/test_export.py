@@ -110,10 +110,17 @@ def program(model_name: str, dtype: str, name: str, virtual_batch_size: int | No
 
 
 @functools.cache
-def exported(model_name: str, dtype: str, name: str, platform: str) -> str:
-    """The StableHLO text of program `name` lowered for `platform`."""
+def traced(model_name: str, dtype: str, name: str) -> jax.stages.Traced:
+    """Program `name` traced once, for every platform (what `jax.export.export` does before it lowers)."""
     jitted, args = program(model_name, dtype, name)
-    return jax.export.export(jitted, platforms=(platform,))(*args).mlir_module()
+    return jitted.trace(*args)
+
+
+@functools.cache
+def exported(model_name: str, dtype: str, name: str, platform: str) -> str:
+    """The StableHLO text of program `name` lowered for `platform`, as `jax.export.export(jitted,
+    platforms=(platform,))` lowers it."""
+    return traced(model_name, dtype, name).lower(lowering_platforms=(platform,)).as_text(debug_info=True)
 
 
 def custom_call_targets(text: str) -> set[str]:
