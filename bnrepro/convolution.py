@@ -37,7 +37,8 @@ def conv_general_dilated(
       is 3-5x slower than the matmul u^T dy (8 images at 224x224: 16 ms against 5 ms for 24 -> 64 channels at
       112x112, 14 ms against 3 ms for 320 -> 128 at 28x28), and BN-Inception has 1x1 convolutions in every module;
     * on CPU, a 2-D convolution with at least `GEMM_GRADIENTS_MIN_ELEMENTS` patches' elements is differentiated
-      as matmuls (`conv_with_gemm_gradients`). Below that, XLA's own gradients are as fast, and the extra
+      as matmuls (`conv_with_gemm_gradients`), chosen by `jax.lax.platform_dependent` as the program is lowered
+      (a GPU or TPU program, even one exported from a CPU machine, keeps XLA's convolution). Below that, XLA's own gradients are as fast, and the extra
       operations cost more than they save (Table 2's CPU-scale step was 8-25% slower with all its convolutions
       differentiated so).
     """
@@ -58,13 +59,22 @@ def conv_general_dilated(
         pads = tuple((int(lo), int(hi)) for lo, hi in pads)
         if window == (1,) * spatial and tuple(window_strides) == (1,) * spatial and pads == ((0, 0),) * spatial:
             return jax.lax.dot_general(lhs, rhs.reshape(rhs.shape[-2:]), (((lhs.ndim - 1,), (0,)), ((), ())), precision)
-        if spatial == 2 and jax.default_backend() == "cpu":
+        if spatial == 2:
             rows = lhs.shape[0] * math.prod(
                 (size + lo + hi - k) // stride + 1
                 for size, (lo, hi), k, stride in zip(lhs.shape[1:3], pads, window, window_strides)
             )
             if rows * math.prod(rhs.shape[:3]) >= GEMM_GRADIENTS_MIN_ELEMENTS:
-                return conv_with_gemm_gradients(lhs, rhs, tuple(window_strides), pads, precision)
+                # The choice is made per platform when the program is lowered, not here from the backend of this
+                # process: a program exported for cuda or tpu from a CPU machine gets their convolution.
+                return jax.lax.platform_dependent(
+                    lhs,
+                    rhs,
+                    cpu=lambda u, w: conv_with_gemm_gradients(u, w, tuple(window_strides), pads, precision),
+                    default=lambda u, w: jax.lax.conv_general_dilated(
+                        u, w, window_strides, pads, dimension_numbers=_NHWC, precision=precision
+                    ),
+                )
     return jax.lax.conv_general_dilated(
         lhs,
         rhs,

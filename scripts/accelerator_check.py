@@ -4,6 +4,8 @@ which ends with one table of what ran, how long it took and what it printed.
     bash scripts/accelerator_check.sh [--dry_run]
 
 Steps, each a subprocess of this interpreter run from the repository root:
+0. export: tests/test_export.py on the CPU (seconds): every program a run or sweep compiles, lowered for GPU and
+   TPU and checked (convolutions, precisions, donation, collectives), before anything needs the device;
 1. devices: JAX's default backend and its devices;
 2. tests: the tests marked `accelerator` (`pytest -m accelerator`) on the default backend: BN numerics against
    NumPy, bfloat16 with float32 statistics, data-parallel BN over all local devices, a sweep group given an
@@ -14,7 +16,7 @@ Steps, each a subprocess of this interpreter run from the repository root:
 6. sweep: the quick activation x BN sweep, each group on a share of the accelerator.
 
 Without an accelerator (JAX's default backend is the CPU), or with `--dry_run`, it is a dry run: step 1 runs,
-step 2 only collects the tests (the full suite runs them on the CPU anyway), step 3 runs a few steps (so the
+steps 0 and 2 only collect their tests (the full suite runs them on the CPU anyway), step 3 runs a few steps (so the
 script and its flags are exercised), and the rest are reported as skipped; CI runs this dry run
 (tests/test_accelerator.py). Exit status 1 if a step that ran failed.
 """
@@ -62,13 +64,15 @@ def default_backend() -> str:
 def steps(dry_run: bool, scratch: Path) -> list[Step]:
     python = sys.executable
     tests = [python, "-m", "pytest", "-q", "-m", "accelerator", "-p", "no:cacheprovider"]
+    export = [python, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", "tests/test_export.py"]
     bench_mnist = [python, "scripts/bench_mnist.py", "--cpu_cores=0"]
     if dry_run:  # a few steps, fused in one program as long as they are (a shorter one would compile again, timed)
         bench_mnist += ["--steps=50", "--steps_per_dispatch=50", "--repeats=1"]
     bench_inception = [python, "scripts/bench_inception.py", "--cpu_cores=0", "--image_size=224"]
     bench_inception += ["--width_multiplier=1.0", "--batch_size=32", "--steps=10", "--repeats=3"]
     sweep = [python, "-m", "bnrepro.sweep", f"--sweep={QUICK_SWEEP}", f"--workdir={scratch / 'sweep'}"]
-    return [
+    return [  # the export test lowers for GPU and TPU from the CPU, as in CI, whatever devices are here
+        Step("export", [*export, "--collect-only"] if dry_run else export, False, (("JAX_PLATFORMS", "cpu"),)),
         Step("devices", [python, "-c", "import jax; print(jax.default_backend(), jax.devices())"], False),
         Step("tests", [*tests, "--collect-only"] if dry_run else tests, False),
         Step("bench_mnist", bench_mnist, False),

@@ -26,6 +26,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, Self
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -87,12 +88,7 @@ def train_models(
         initial = [create_train_state(c, model, jax.random.key(c.seed), data.example_images()) for c in configs]
         placed = layout.place_states(initial)
         training = create_steps(config, layout, data, placed)
-        over_models = layout.over_models
-        eval_step = jax.jit(over_models(functools.partial(steps.eval_step, collect=collect_all(hooks.evaluation)),
-                                        (0, 0, None)))  # fmt: skip
-        moments = jax.jit(over_models(functools.partial(steps.batch_moments, model), (0, 0)))
-        population = jax.jit(over_models(steps.population, (0,)))
-        measurements = [jax.jit(over_models(hook.measure, (0, 0))) for hook in hooks.measurement]
+        eval_step, moments, population, measurements = evaluation_programs(model, layout, hooks)
         # Traced now, so that a hook's bad setting stops the run before its first step.
         jax.eval_shape(eval_step, placed, placed.batch_stats, data.test_batch_spec())
         for measure in measurements:
@@ -168,6 +164,39 @@ def train_models(
     return [run.diverged or layout.member(state, i).replace(tx=s.tx) for i, (run, s) in enumerate(zip(runs, initial))]
 
 
+def training_program(config: ml_collections.ConfigDict, layout: ModelLayout, num_steps: int) -> Any:
+    """`steps.train_steps`, `num_steps` steps of an on-device dataset fused in one program, mapped over the models
+    `layout` holds (each mini-batch split across the devices where the layout splits it), jitted with the state
+    donated: it returns the next state, and the devices hold one copy of it."""
+    train_steps = functools.partial(
+        steps.train_steps, batch_size=config.batch_size, num_steps=num_steps, batch_sharding=layout.batch_sharding
+    )
+    return jax.jit(layout.over_models(train_steps, (0, None, 0)), donate_argnums=0)
+
+
+class EvaluationPrograms(NamedTuple):
+    """The jitted programs around training, each mapped over the models a layout holds: the inference network's
+    `steps.eval_step` (with what the evaluation hooks collect), Algorithm 2's `steps.batch_moments` and
+    `steps.population`, and each measurement hook's `measure`."""
+
+    eval_step: Any
+    moments: Any
+    population: Any
+    measurements: list[Any]
+
+
+def evaluation_programs(model: nn.Module, layout: ModelLayout, hooks: Hooks = NO_HOOKS) -> EvaluationPrograms:
+    """`EvaluationPrograms` of `model` for the models `layout` holds."""
+    over_models = layout.over_models
+    collect = collect_all(hooks.evaluation)
+    return EvaluationPrograms(
+        eval_step=jax.jit(over_models(functools.partial(steps.eval_step, collect=collect), (0, 0, None))),
+        moments=jax.jit(over_models(functools.partial(steps.batch_moments, model), (0, 0))),
+        population=jax.jit(over_models(steps.population, (0,))),
+        measurements=[jax.jit(over_models(hook.measure, (0, 0))) for hook in hooks.measurement],
+    )
+
+
 class TrainChunk(NamedTuple):
     """What `train` returns: the state after the steps, each step's loss (per model when stacked), and the seconds
     spent compiling (left out of the steps/s the loop reports)."""
@@ -230,11 +259,7 @@ class OnDeviceSteps:
         compile_seconds = 0.0
         if window.num_steps not in self._programs:
             t = time.perf_counter()
-            train_steps = functools.partial(
-                steps.train_steps, batch_size=self._config.batch_size, num_steps=window.num_steps,
-                batch_sharding=self._layout.batch_sharding,
-            )  # fmt: skip
-            program = jax.jit(self._layout.over_models(train_steps, (0, None, 0)), donate_argnums=0)
+            program = training_program(self._config, self._layout, window.num_steps)
             self._programs[window.num_steps] = program.lower(state, self._data.train, permutation).compile()
             compile_seconds = time.perf_counter() - t
             logging.info("Compiled the %d-step training program in %.1f s.", window.num_steps, compile_seconds)

@@ -8,7 +8,7 @@ resume a run exactly.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -57,7 +57,17 @@ def preprocess(images: jax.Array) -> jax.Array:
 def create_train_state(
     config: ml_collections.ConfigDict, model: nn.Module, rng: jax.Array, example_images: jax.Array
 ) -> TrainState:
-    """Initial parameters, BN statistics, optimizer state and data position."""
+    """Initial parameters, BN statistics, optimizer state and data position (`initializer`, compiled)."""
+    # One compiled program: op by op, initialization (the key split, each initializer, the optimizer's state)
+    # compiles dozens of small ones (seconds on CPU). Its cost is LLVM compiling one random-number generator per
+    # weight (~70 in the small BN-Inception: 17 s on one core, 54 s at XLA's default -O3), hence
+    # run_once_compiler_options.
+    return jax.jit(initializer(config, model), compiler_options=run_once_compiler_options())(rng, example_images)
+
+
+def initializer(config: ml_collections.ConfigDict, model: nn.Module) -> Callable[[jax.Array, jax.Array], TrainState]:
+    """The pure function `(rng, example_images) -> TrainState` that `create_train_state` compiles; under
+    `jax.eval_shape` it gives the state's shapes without computing it."""
 
     def initial_state(rng: jax.Array, images: jax.Array) -> TrainState:
         init_rng, data_rng = jax.random.split(rng)
@@ -72,11 +82,7 @@ def create_train_state(
             batch_index=jnp.zeros((), jnp.int32),
         ).replace(step=jnp.zeros((), jnp.int32))
 
-    # One compiled program: op by op, initialization (the key split, each initializer, the optimizer's state)
-    # compiles dozens of small ones (seconds on CPU). Its cost is LLVM compiling one random-number generator per
-    # weight (~70 in the small BN-Inception: 17 s on one core, 54 s at XLA's default -O3), hence
-    # run_once_compiler_options.
-    return jax.jit(initial_state, compiler_options=run_once_compiler_options())(rng, example_images)
+    return initial_state
 
 
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
