@@ -62,8 +62,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 # The longest files (`--durations`) start first, so that the two xdist workers (`--dist loadfile`: a file stays in
 # one worker) end together rather than one running the last long file alone.
 SLOWEST_FIRST = (
-    "test_table2.py", "test_sweep.py", "test_diagnostics.py", "test_sweep_ray.py", "test_notebooks.py",
-    "test_imagenet_training.py", "test_layers.py", "test_group.py", "test_checkpoints.py", "test_train.py",
+    "test_table2.py", "test_train.py", "test_sweep.py", "test_notebooks.py", "test_sweep_ray.py",
+    "test_inception.py", "test_diagnostics.py", "test_layers.py", "test_imagenet_training.py", "test_group.py",
+    "test_export.py", "test_lstm.py",
 )  # fmt: skip
 
 
