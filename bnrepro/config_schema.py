@@ -177,6 +177,7 @@ def _model_side() -> _ModelSide:
         "eps": _positive_finite,
         "axis_name": lambda v: None if v is None or v else "must be a non-empty string or None",
         "virtual_batch_size": lambda v: None if v is None or v >= 1 else "must be >= 1 or None",
+        "device_group_size": lambda v: None if v is None or v >= 1 else "must be >= 1 or None",
         "backward": _one_of(typing.get_args(batchnorm.Backward)),
         "noise_shift": _non_negative,
         "noise_scale": lambda v: None if v >= 1.0 else "must be >= 1",

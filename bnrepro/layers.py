@@ -64,6 +64,13 @@ class BatchNorm(nn.Module):
       unbiased_running_var: store m/(m-1) var_B in the moving average, as Algorithm 2 and
         PyTorch do (default); False averages the biased var_B, as Flax does.
       axis_name, virtual_batch_size, backward: as in `batchnorm.batch_norm`.
+      device_group_size: with the mini-batch split across `batch_shards` devices (data parallelism,
+        `config.num_devices`), normalize over groups of this many devices rather than over all of them: each
+        group's shares of the mini-batch, together, are one virtual batch (`virtual_batch_size` = the group's
+        examples), so the moments are reduced within a group only. What pod-scale training does when the
+        per-device batch is small (e.g. 4 devices x 32 = 128 examples). None: over all devices.
+      batch_shards: how many devices the mini-batch is split across; `bnrepro.models.create_model` binds it from
+        the run's layout (1: not split).
       renorm: train with Batch Renormalization (`batchnorm.batch_renorm`, Ioffe 2017) against the moving
         averages, rmax and dmax relaxed by `batchnorm.renorm_limits` over the layer's training steps (counted in
         `batch_stats/renorm_steps`); inference is unchanged.
@@ -84,6 +91,8 @@ class BatchNorm(nn.Module):
     unbiased_running_var: bool = True
     axis_name: str | None = None
     virtual_batch_size: int | None = None
+    device_group_size: int | None = None
+    batch_shards: int = 1
     backward: batchnorm.Backward = "paper"
     renorm: bool = False
     noise_shift: float = 0.0
@@ -120,8 +129,9 @@ class BatchNorm(nn.Module):
             # as dropout's inference network scales by the keep probability.
             return y * ((1.0 + self.noise_scale) / 2.0) if self.noise_scale > 1.0 else y
 
+        virtual_batch_size = self._virtual_batch_size(x.shape[0])
         if self.renorm:
-            if self.virtual_batch_size is not None:
+            if virtual_batch_size is not None:
                 raise ValueError("BatchNorm: renorm=True does not combine with virtual_batch_size.")
             steps = self.variable("batch_stats", "renorm_steps", jnp.zeros, (), jnp.float32)
             rmax, dmax = batchnorm.renorm_limits(steps.value)
@@ -139,11 +149,11 @@ class BatchNorm(nn.Module):
                 axes=reduced_axes,
                 eps=self.eps,
                 axis_name=self.axis_name,
-                virtual_batch_size=self.virtual_batch_size,
+                virtual_batch_size=virtual_batch_size,
                 backward=self.backward,
             )
         moments = jax.tree.map(jax.lax.stop_gradient, moments)
-        count = self._values_per_statistic(x, reduced_axes)
+        count = self._values_per_statistic(x, reduced_axes, virtual_batch_size)
         if self.is_mutable_collection(MOMENTS_COLLECTION):
             self.put_variable(MOMENTS_COLLECTION, "mean", moments.mean)
             self.put_variable(MOMENTS_COLLECTION, "var", moments.var)
@@ -170,13 +180,27 @@ class BatchNorm(nn.Module):
         shift = jax.random.uniform(shift_key, shape, jnp.float32, -self.noise_shift, self.noise_shift)
         return (y * scale + shift).astype(y.dtype)
 
-    def _values_per_statistic(self, x: jax.Array, reduced_axes: tuple[int, ...]) -> int:
+    def _virtual_batch_size(self, batch: int) -> int | None:
+        """The examples each normalized group holds: `virtual_batch_size`, or a group of devices' shares of the
+        mini-batch of `batch` examples (`device_group_size`), or None (the whole mini-batch)."""
+        if self.device_group_size is None:
+            return self.virtual_batch_size
+        if self.virtual_batch_size is not None:
+            raise ValueError("BatchNorm: set device_group_size or virtual_batch_size, not both.")
+        if self.device_group_size < 1 or self.batch_shards % self.device_group_size:
+            raise ValueError(
+                f"BatchNorm: device_group_size = {self.device_group_size} (config.model.bn.device_group_size) does "
+                f"not divide the {self.batch_shards} device(s) the mini-batch is split across (config.num_devices)."
+            )
+        return batch // (self.batch_shards // self.device_group_size)
+
+    def _values_per_statistic(self, x: jax.Array, reduced_axes: tuple[int, ...], virtual_batch_size: int | None) -> int:
         """m of Algorithm 2: values behind one mini-batch statistic (one group's, if virtual)."""
         count = 1
         for a in reduced_axes:
             count *= x.shape[a]
-        if self.virtual_batch_size is not None:
-            return count // x.shape[0] * self.virtual_batch_size
+        if virtual_batch_size is not None:
+            return count // x.shape[0] * virtual_batch_size
         if self.axis_name is not None:
             count *= jax.lax.axis_size(self.axis_name)
         return count

@@ -14,7 +14,8 @@ other programs donate nothing; convolutions stay convolutions (every forward con
 convolutions: no CPU rewrite into matmuls); in bfloat16, every matmul and convolution takes bfloat16 operands while
 BN's statistics, the parameters, the optimizer state and the loss stay float32. Then, on their own: the CPU
 program of a large convolution still gets the matmul gradients (`convolution.conv_general_dilated`), and
-global-batch BN on 8 devices reduces its moments across them, unless `virtual_batch_size` is the per-device batch.
+global-batch BN on 8 devices reduces its moments across them, BN over groups of 4 devices within the groups, and
+not at all when `virtual_batch_size` is the per-device batch.
 """
 
 from __future__ import annotations
@@ -52,7 +53,10 @@ NUM_EXAMPLES = 60_000  # the training set's rows (MNIST, Fashion-MNIST), 28x28 u
 ALLOWED_CUSTOM_CALLS = {"Sharding", "SPMDFullToShardShape", "SPMDShardToFullShape"}
 
 
-def config_of(model: str, dtype: str, data_parallel: bool = False, virtual_batch_size: int | None = None):
+def config_of(
+    model: str, dtype: str, data_parallel: bool = False, virtual_batch_size: int | None = None,
+    device_group_size: int | None = None,
+):  # fmt: skip
     config = {
         "mlp": lambda: mnist_mlp.get_config("bn"),
         "inception": lambda: fashion_table2.get_config("bn_x5,quick"),  # the net cut after module 3c
@@ -62,6 +66,7 @@ def config_of(model: str, dtype: str, data_parallel: bool = False, virtual_batch
     if data_parallel:  # each device takes a mini-batch of the config's size (the paper's per-replica batches)
         config.batch_size *= DEVICES
     config.model.bn.virtual_batch_size = virtual_batch_size
+    config.model.bn.device_group_size = device_group_size
     return config
 
 
@@ -71,10 +76,14 @@ def replicated(tree, sharding):
 
 
 @functools.cache
-def program(model_name: str, dtype: str, name: str, virtual_batch_size: int | None = None):
+def program(
+    model_name: str, dtype: str, name: str, virtual_batch_size: int | None = None,
+    device_group_size: int | None = None,
+):  # fmt: skip
     """The jitted program `name` and the shapes of its arguments, as the loop builds and calls it."""
-    config = config_of(model_name, dtype, name == "data_parallel", virtual_batch_size)
-    model = models.create_model(config.model, config.dtype)
+    config = config_of(model_name, dtype, name == "data_parallel", virtual_batch_size, device_group_size)
+    layout = OneModel(DEVICES if name == "data_parallel" else 1, config.batch_size)
+    model = models.create_model(config.model, config.dtype, batch_shards=layout.batch_shards)
     images = jax.ShapeDtypeStruct((config.batch_size, 28, 28), jnp.uint8)
     state = jax.eval_shape(initializer(config, model), jax.random.key(0), images)
     data = Dataset(
@@ -91,7 +100,6 @@ def program(model_name: str, dtype: str, name: str, virtual_batch_size: int | No
         stacked = jax.tree.map(lambda x: jax.ShapeDtypeStruct((GROUP, *x.shape), x.dtype), (state, permutation))
         return loop.training_program(config, VmappedGroup(GROUP, 1), K), (stacked[0], data, stacked[1])
     if name == "data_parallel":
-        layout = OneModel(DEVICES, config.batch_size)
         everywhere = layout.batch_sharding.update(spec=jax.sharding.PartitionSpec())
         return loop.training_program(config, layout, K), replicated((state, data, permutation), everywhere)
     programs = loop.evaluation_programs(model, one)
@@ -260,24 +268,35 @@ def all_reduces(hlo: str) -> list[tuple[int, int, list[str]]]:
     return found
 
 
-def test_global_batch_bn_reduces_its_moments_across_the_devices_and_virtual_batches_do_not() -> None:
+def test_global_batch_bn_reduces_its_moments_across_the_devices_groups_within_groups_virtual_batches_not() -> None:
     """The MLP's data-parallel training step compiled for the 8 CPU devices: the SPMD-partitioned program (the
     exported one is the program before partitioning, without its collectives; GPUs and TPUs partition it alike).
     With global-batch BN each BN layer all-reduces its two moments over the 8 devices in the forward pass, on
-    their own: normalizing waits for them. With `virtual_batch_size` = the per-device batch no forward-pass sum is
-    reduced on its own: BN's sums reach the other devices only in the one all-reduce that carries the gradient
-    (for the moving averages, which no step reads)."""
+    their own: normalizing waits for them. With `device_group_size = 4` it all-reduces them within groups of 4
+    devices only. With `virtual_batch_size` = the per-device batch no forward-pass sum is reduced on its own: BN's
+    sums reach the other devices only in the one all-reduce that carries the gradient (for the moving averages,
+    which no step reads)."""
     config = config_of("mlp", "float32", data_parallel=True)
     num_params = 784 * 100 + 2 * 100 * 100 + 100 * 10 + 10 + 3 * 2 * 100  # W, b and BN's gamma, beta
+    variants = {"global": {}, "groups of 4": {"device_group_size": 4},
+                "per device": {"virtual_batch_size": config.batch_size // DEVICES}}  # fmt: skip
     forward_moments = {}
-    for virtual in (None, config.batch_size // DEVICES):
-        jitted, args = program("mlp", "float32", "data_parallel", virtual)
+    for variant, options in variants.items():
+        jitted, args = program("mlp", "float32", "data_parallel", **options)
         reduces = all_reduces(jitted.lower(*args).compile().as_text())
-        assert reduces and all(size == DEVICES for _, size, _ in reduces), reduces
         assert sum(elements for elements, _, _ in reduces) >= num_params  # the gradient
+        if variant != "groups of 4":  # (with groups, XLA sums gamma's and beta's gradients in the group first)
+            assert all(size == DEVICES for _, size, _ in reduces), reduces
         forward = [
-            ops for _, _, ops in reduces if all(re.search(r"\bjvp\(MLP\)/DenseBN_\d/BatchNorm", op) for op in ops)
+            (size, ops)
+            for _, size, ops in reduces
+            if all(re.search(r"\bjvp\(MLP\)/DenseBN_\d/BatchNorm", op) for op in ops)
         ]
-        forward_moments[virtual] = Counter(re.search(r"DenseBN_\d", op)[0] for ops in forward for op in ops)
-    per_layer = {"DenseBN_0": 2, "DenseBN_1": 2, "DenseBN_2": 2}
-    assert forward_moments == {None: per_layer, config.batch_size // DEVICES: {}}
+        forward_moments[variant] = Counter(
+            (re.search(r"DenseBN_\d", op)[0], size) for size, ops in forward for op in ops
+        )
+    assert forward_moments == {
+        "global": {(f"DenseBN_{i}", DEVICES): 2 for i in range(3)},
+        "groups of 4": {(f"DenseBN_{i}", 4): 2 for i in range(3)},
+        "per device": {},
+    }

@@ -220,6 +220,12 @@ def test_global_bn_on_8_devices_equals_one_device(mock_imagenet, tmp_path):
     per_device = small_config(num_devices=8, **common, **{"model.bn.virtual_batch_size": 2})
     per_device = train_and_evaluate(per_device, tmp_path / "per_device")
     assert not np.allclose(one.params["Dense_0"]["kernel"], per_device.params["Dense_0"]["kernel"], atol=1e-5)
+    # BN over groups of 4 devices (2 x 4): as one device normalizing each half of the batch on its own.
+    groups = small_config(num_devices=8, **common, **{"model.bn.device_group_size": 4})
+    groups = train_and_evaluate(groups, tmp_path / "groups")
+    halves = train_and_evaluate(small_config(**common, **{"model.bn.virtual_batch_size": 8}), tmp_path / "halves")
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), groups.params, halves.params)
+    assert not np.allclose(groups.params["Dense_0"]["kernel"], one.params["Dense_0"]["kernel"], atol=1e-5)
 
 
 def test_two_processes_train_as_one_with_the_whole_batch(tmp_path):

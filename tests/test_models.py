@@ -28,6 +28,7 @@ OPTIONS = {
     "unbiased_running_var": False,
     "axis_name": "replicas",
     "virtual_batch_size": 2,
+    "device_group_size": 2,
     "backward": "autodiff",
     "renorm": True,
     "noise_shift": 0.25,

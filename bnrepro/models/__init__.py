@@ -31,6 +31,7 @@ BN_OPTIONS: tuple[str, ...] = (
     "unbiased_running_var",
     "axis_name",
     "virtual_batch_size",
+    "device_group_size",
     "backward",
     "renorm",
     "noise_shift",
@@ -74,9 +75,11 @@ def bound_batch_norm(**options: Any) -> Callable[..., nn.Module]:
     return functools.partial(layers.BatchNorm, **options)
 
 
-def create_model(model_config: ml_collections.ConfigDict, dtype: str = "float32") -> nn.Module:
+def create_model(model_config: ml_collections.ConfigDict, dtype: str = "float32", batch_shards: int = 1) -> nn.Module:
     """The network `model_config.name` names, computing in `dtype` (a run's `config.dtype`), its BN layers
-    `layers.BatchNorm` with the options of `model_config.bn`, bound here once and passed as the model's `norm`;
+    `layers.BatchNorm` with the options of `model_config.bn`, bound here once and passed as the model's `norm`
+    (with `batch_shards`, the devices each mini-batch is split across, for `model.bn.device_group_size`);
     the other keys (but `name`, a Flax Module attribute) are the model's attributes."""
     attributes = {key: value for key, value in model_config.items() if key not in ("name", "bn")}
-    return model_class(model_config.name)(norm=bound_batch_norm(**model_config.bn), dtype=dtype, **attributes)
+    norm = bound_batch_norm(**model_config.bn, batch_shards=batch_shards)
+    return model_class(model_config.name)(norm=norm, dtype=dtype, **attributes)

@@ -59,7 +59,7 @@ class VmappedGroup:
     program `jax.vmap`ped over it; with several devices (`num_devices`) the models are split across them, each
     device training its share on whole mini-batches."""
 
-    batch_sharding = None
+    batch_sharding, batch_shards = None, 1  # each model trains on whole mini-batches
 
     def __init__(self, size: int, num_devices: int):
         self.size = size

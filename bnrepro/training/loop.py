@@ -83,7 +83,7 @@ def train_models(
         if primary:  # one holder per workdir, also on several hosts
             for workdir in workdirs:
                 files.enter_context(run_dir.locked(Path(workdir)))
-        model = models.create_model(config.model, config.dtype)
+        model = models.create_model(config.model, config.dtype, batch_shards=layout.batch_shards)
         data = files.enter_context(contextlib.closing(inputs.create(config, layout)))  # stops its workers
         initial = [create_train_state(c, model, jax.random.key(c.seed), data.example_images()) for c in configs]
         placed = layout.place_states(initial)

@@ -24,10 +24,13 @@ class ModelLayout(Protocol):
     Attributes:
       size: how many models the state holds.
       batch_sharding: how each training mini-batch is split across the devices (None: not split).
+      batch_shards: how many devices each mini-batch is split across (1: not split); BN's
+        `model.bn.device_group_size` groups them (`bnrepro.models.create_model`).
     """
 
     size: int
     batch_sharding: jax.sharding.Sharding | None
+    batch_shards: int
 
     def place_data(self, tree: Any) -> Any:
         """Data all models share (datasets), put on the devices."""
@@ -54,6 +57,7 @@ class OneModel:
 
     def __init__(self, num_devices: int, batch_size: int):
         self.batch_sharding = data_parallel_sharding(num_devices, batch_size)
+        self.batch_shards = 1 if self.batch_sharding is None else self.batch_sharding.num_devices
         self._replicated = (
             None if self.batch_sharding is None else self.batch_sharding.update(spec=jax.sharding.PartitionSpec())
         )
