@@ -30,20 +30,26 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))  # a size limit makes JAX lock the folder:
 # processes that compile one program at once (a sweep's groups) then never read each other's half-written entry
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fake_mnist import write_fake_mnist
+from fake_mnist import write_small_fake_mnist
 
-import bnrepro.data
 from bnrepro.data import idx
 
 
 @pytest.fixture
 def small_fake_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """1,200 + 300 fake examples, accepted by `load_dataset` in this process."""
-    monkeypatch.setattr(bnrepro.data, "EXPECTED_COUNTS", {"train": 1_200, "test": 300})
-    return write_fake_mnist(tmp_path / "mnist", {"train": 1_000, "valid": 200, "test": 300})
+    return write_small_fake_mnist(tmp_path / "mnist", monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def module_fake_mnist(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """`small_fake_mnist`, once for a module: for the module-scoped runs its tests share."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        yield write_small_fake_mnist(tmp_path_factory.mktemp("mnist"), monkeypatch)
 
 
 @pytest.fixture(scope="session")

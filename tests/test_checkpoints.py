@@ -8,13 +8,12 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
-from fake_mnist import write_small_fake_mnist
 from training_run import small_config, train_and_evaluate
 
 from bnrepro.training import checkpoints, run_dir
@@ -47,18 +46,11 @@ def _delete(path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def fake_mnist(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """conftest's `small_fake_mnist`, once for the module: `finished_run` trains on it."""
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        yield write_small_fake_mnist(tmp_path_factory.mktemp("mnist"), monkeypatch)
-
-
-@pytest.fixture(scope="module")
-def finished_run(fake_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TrainState]:
+def finished_run(module_fake_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TrainState]:
     """`small_config`'s run (60 steps, checkpoints 40 and 60 kept), trained once: the tests copy its directory to
     damage it, and compare with its final state."""
     workdir = tmp_path_factory.mktemp("finished") / "run"
-    return workdir, train_and_evaluate(small_config(data_dir=str(fake_mnist)), workdir)
+    return workdir, train_and_evaluate(small_config(data_dir=str(module_fake_mnist)), workdir)
 
 
 def _copy(finished_run: tuple[Path, TrainState], workdir: Path) -> Path:
@@ -73,12 +65,12 @@ def _assert_same_params(a, b) -> None:
 @pytest.mark.parametrize("damage", [_flip_bytes, _truncate, _empty, _delete])
 def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(
     damage: Callable[[Path], None],
-    fake_mnist: Path,
+    module_fake_mnist: Path,
     finished_run: tuple[Path, TrainState],
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    config = small_config(data_dir=str(fake_mnist))
+    config = small_config(data_dir=str(module_fake_mnist))
     reference = finished_run[1]
     workdir = _copy(finished_run, tmp_path / "run")  # checkpoints 40 and 60 kept
     damage(_largest_file(workdir / run_dir.CHECKPOINT_DIR / "60"))
@@ -93,18 +85,18 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(
     assert [r["step"] for r in run_dir.read_records(workdir)] == [20, 40, 60]
 
 
-def test_flipped_bytes_in_the_only_checkpoint_stop_the_run(fake_mnist: Path, tmp_path: Path) -> None:
-    config = small_config(data_dir=str(fake_mnist), num_steps=20)
+def test_flipped_bytes_in_the_only_checkpoint_stop_the_run(module_fake_mnist: Path, tmp_path: Path) -> None:
+    config = small_config(data_dir=str(module_fake_mnist), num_steps=20)
     train_and_evaluate(config, tmp_path)
     _flip_bytes(_largest_file(tmp_path / run_dir.CHECKPOINT_DIR / "20"))
     with pytest.raises(ValueError, match=r"^checkpoint 20 in .* is corrupt: its values do not match the digest"):
-        train_and_evaluate(small_config(data_dir=str(fake_mnist)), tmp_path)
+        train_and_evaluate(small_config(data_dir=str(module_fake_mnist)), tmp_path)
 
 
 def test_both_kept_checkpoints_damaged_stop_the_run(
-    fake_mnist: Path, finished_run: tuple[Path, TrainState], tmp_path: Path
+    module_fake_mnist: Path, finished_run: tuple[Path, TrainState], tmp_path: Path
 ) -> None:
-    config = small_config(data_dir=str(fake_mnist))
+    config = small_config(data_dir=str(module_fake_mnist))
     workdir = _copy(finished_run, tmp_path / "run")
     _flip_bytes(_largest_file(workdir / run_dir.CHECKPOINT_DIR / "60"))
     _truncate(_largest_file(workdir / run_dir.CHECKPOINT_DIR / "40"))
@@ -114,23 +106,23 @@ def test_both_kept_checkpoints_damaged_stop_the_run(
     assert sorted(p.name for p in (workdir / run_dir.CHECKPOINT_DIR).iterdir()) == ["40", "60"]  # left as they are
 
 
-def test_the_config_guard_reads_the_checkpoints_config(fake_mnist: Path, tmp_path: Path) -> None:
-    config = small_config(data_dir=str(fake_mnist), num_steps=40)
+def test_the_config_guard_reads_the_checkpoints_config(module_fake_mnist: Path, tmp_path: Path) -> None:
+    config = small_config(data_dir=str(module_fake_mnist), num_steps=40)
     train_and_evaluate(config, tmp_path)
     (tmp_path / run_dir.CONFIG_FILE).unlink()
-    other = small_config(data_dir=str(fake_mnist), learning_rate=config.learning_rate * 2)
+    other = small_config(data_dir=str(module_fake_mnist), learning_rate=config.learning_rate * 2)
     with pytest.raises(ValueError, match=r"config\.learning_rate: checkpoint 40 in .* was made with learning_rate="):
         train_and_evaluate(other, tmp_path)
-    train_and_evaluate(small_config(data_dir=str(fake_mnist)), tmp_path)  # the same config resumes
+    train_and_evaluate(small_config(data_dir=str(module_fake_mnist)), tmp_path)  # the same config resumes
 
 
 def test_num_steps_below_the_checkpoint_is_refused(
-    fake_mnist: Path, finished_run: tuple[Path, TrainState], tmp_path: Path
+    module_fake_mnist: Path, finished_run: tuple[Path, TrainState], tmp_path: Path
 ) -> None:
     workdir = _copy(finished_run, tmp_path / "run")
     saved = (workdir / run_dir.CONFIG_FILE).read_text()
     with pytest.raises(ValueError, match=r"config\.num_steps=40 is below step 60 of the checkpoint"):
-        train_and_evaluate(small_config(data_dir=str(fake_mnist), num_steps=40), workdir)
+        train_and_evaluate(small_config(data_dir=str(module_fake_mnist), num_steps=40), workdir)
     assert (workdir / run_dir.CONFIG_FILE).read_text() == saved
 
 
@@ -143,21 +135,21 @@ def _strip_metadata(step_dir: Path) -> None:
 
 
 def test_an_old_checkpoint_without_digest_or_config_resumes(
-    fake_mnist: Path, finished_run: tuple[Path, TrainState], tmp_path: Path
+    module_fake_mnist: Path, finished_run: tuple[Path, TrainState], tmp_path: Path
 ) -> None:
-    config = small_config(data_dir=str(fake_mnist))
+    config = small_config(data_dir=str(module_fake_mnist))
     reference = finished_run[1]
     workdir = tmp_path / "run"
-    train_and_evaluate(small_config(data_dir=str(fake_mnist), num_steps=40), workdir)
+    train_and_evaluate(small_config(data_dir=str(module_fake_mnist), num_steps=40), workdir)
     for step_dir in (workdir / run_dir.CHECKPOINT_DIR).iterdir():
         _strip_metadata(step_dir)
     _assert_same_params(train_and_evaluate(config, workdir), reference)
 
 
 def test_a_checkpoint_without_digest_newer_than_one_with_it_is_corrupt(
-    fake_mnist: Path, finished_run: tuple[Path, TrainState], tmp_path: Path
+    module_fake_mnist: Path, finished_run: tuple[Path, TrainState], tmp_path: Path
 ) -> None:
-    config = small_config(data_dir=str(fake_mnist))
+    config = small_config(data_dir=str(module_fake_mnist))
     reference = finished_run[1]
     workdir = _copy(finished_run, tmp_path / "run")
     _strip_metadata(workdir / run_dir.CHECKPOINT_DIR / "60")
@@ -167,20 +159,20 @@ def test_a_checkpoint_without_digest_newer_than_one_with_it_is_corrupt(
 
 
 def test_num_steps_refused_after_a_fallback_moves_nothing(
-    fake_mnist: Path, finished_run: tuple[Path, TrainState], tmp_path: Path
+    module_fake_mnist: Path, finished_run: tuple[Path, TrainState], tmp_path: Path
 ) -> None:
     workdir = _copy(finished_run, tmp_path / "run")
     _flip_bytes(_largest_file(workdir / run_dir.CHECKPOINT_DIR / "60"))
     with pytest.raises(ValueError, match=r"config\.num_steps=30 is below step 40 of the checkpoint"):
-        train_and_evaluate(small_config(data_dir=str(fake_mnist), num_steps=30), workdir)
+        train_and_evaluate(small_config(data_dir=str(module_fake_mnist), num_steps=30), workdir)
     assert sorted(p.name for p in (workdir / run_dir.CHECKPOINT_DIR).iterdir()) == ["40", "60"]
     assert not (workdir / checkpoints.CORRUPT_DIR).exists()
 
 
 def test_only_the_latest_corrupt_checkpoints_are_kept(
-    fake_mnist: Path, finished_run: tuple[Path, TrainState], tmp_path: Path
+    module_fake_mnist: Path, finished_run: tuple[Path, TrainState], tmp_path: Path
 ) -> None:
-    config = small_config(data_dir=str(fake_mnist))
+    config = small_config(data_dir=str(module_fake_mnist))
     workdir = _copy(finished_run, tmp_path / "run")
     for _ in range(checkpoints.KEEP_CORRUPT + 1):  # a disk that corrupts checkpoint 60 again and again
         _flip_bytes(_largest_file(workdir / run_dir.CHECKPOINT_DIR / "60"))

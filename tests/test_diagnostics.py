@@ -3,7 +3,6 @@ plain jnp re-derivation of the loss for the gradient norms) and against BN's inf
 
 import functools
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import jax
@@ -11,7 +10,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from config_files import mnist_mlp
-from fake_mnist import write_small_fake_mnist
 from training_run import train_and_evaluate
 
 import bnrepro.data
@@ -220,30 +218,23 @@ def _diagnostics_records(workdir: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def fake_mnist(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """conftest's `small_fake_mnist`, once for the module: `diagnosed_run` trains on it."""
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        yield write_small_fake_mnist(tmp_path_factory.mktemp("mnist"), monkeypatch)
-
-
-@pytest.fixture(scope="module")
-def diagnosed_run(fake_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TrainState]:
+def diagnosed_run(module_fake_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TrainState]:
     """`_run_config`'s run, trained once for the tests that only read it: its directory and final state."""
     workdir = tmp_path_factory.mktemp("diagnosed") / "run"
-    return workdir, train_and_evaluate(_run_config(fake_mnist), workdir)
+    return workdir, train_and_evaluate(_run_config(module_fake_mnist), workdir)
 
 
 def test_training_records_diagnostics_on_the_latest_mini_batch_without_changing_training(
-    fake_mnist: Path, diagnosed_run: tuple[Path, TrainState], tmp_path: Path
+    module_fake_mnist: Path, diagnosed_run: tuple[Path, TrainState], tmp_path: Path
 ) -> None:
-    config = _run_config(fake_mnist)
+    config = _run_config(module_fake_mnist)
     workdir, state = diagnosed_run
     records = _diagnostics_records(workdir)
     assert [r["step"] for r in records] == [10, 20, 30, 40]
     assert len(records[-1]["jacobian_sv/DenseBN_2"]) == 32 and len(records[-1]["landscape/losses"]) == 4
 
     # The record at step 40 is `measure` on the state after step 40 and the mini-batch step 40 trained on.
-    split = bnrepro.data.load_dataset("mnist", "offline", data_dir=str(fake_mnist), validation_size=0).train
+    split = bnrepro.data.load_dataset("mnist", "offline", data_dir=str(module_fake_mnist), validation_size=0).train
     permutation = epoch_permutation(state.rng, state.epoch, len(split.labels))
     dataset = Dataset.create(split.images, split.labels)
     images, labels = dataset.take(permutation[(int(state.batch_index) - 1) * 60 : int(state.batch_index) * 60])
@@ -260,17 +251,17 @@ def test_training_records_diagnostics_on_the_latest_mini_batch_without_changing_
 
 
 def test_resumed_diagnostics_equal_uninterrupted_ones(
-    fake_mnist: Path, diagnosed_run: tuple[Path, TrainState], tmp_path: Path
+    module_fake_mnist: Path, diagnosed_run: tuple[Path, TrainState], tmp_path: Path
 ) -> None:
-    train_and_evaluate(_run_config(fake_mnist, num_steps=20), tmp_path / "split")
+    train_and_evaluate(_run_config(module_fake_mnist, num_steps=20), tmp_path / "split")
     with (tmp_path / "split" / DIAGNOSTICS_FILE).open("a") as f:  # what a run killed after step 20 wrote
         f.write(json.dumps({"step": 30, "landscape/loss": -1.0}) + "\n")
-    train_and_evaluate(_run_config(fake_mnist), tmp_path / "split")
+    train_and_evaluate(_run_config(module_fake_mnist), tmp_path / "split")
     assert _diagnostics_records(tmp_path / "split") == _diagnostics_records(diagnosed_run[0])
 
 
-def test_diagnostics_of_a_group_are_each_models_own(fake_mnist: Path, tmp_path: Path) -> None:
-    configs = [_run_config(fake_mnist, num_steps=20, seed=seed) for seed in (0, 1)]
+def test_diagnostics_of_a_group_are_each_models_own(module_fake_mnist: Path, tmp_path: Path) -> None:
+    configs = [_run_config(module_fake_mnist, num_steps=20, seed=seed) for seed in (0, 1)]
     train_group(configs, [tmp_path / "g0", tmp_path / "g1"])
     train_and_evaluate(configs[1], tmp_path / "alone")
     for together, alone in zip(_diagnostics_records(tmp_path / "g1"), _diagnostics_records(tmp_path / "alone")):
@@ -280,8 +271,8 @@ def test_diagnostics_of_a_group_are_each_models_own(fake_mnist: Path, tmp_path: 
         "landscape/loss"]  # fmt: skip
 
 
-def test_a_missing_diagnostics_layer_stops_the_run_before_training(fake_mnist: Path, tmp_path: Path) -> None:
-    config = _run_config(fake_mnist, diagnostics_layers=("DenseBN_0", "DenseBN_5"))
+def test_a_missing_diagnostics_layer_stops_the_run_before_training(module_fake_mnist: Path, tmp_path: Path) -> None:
+    config = _run_config(module_fake_mnist, diagnostics_layers=("DenseBN_0", "DenseBN_5"))
     with pytest.raises(ValueError, match=r"config\.diagnostics_layers = .*no kernel at \['DenseBN_5'\]"):
         train_and_evaluate(config, tmp_path / "bad")
     assert not (tmp_path / "bad" / METRICS_FILE).exists()
