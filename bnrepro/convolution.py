@@ -38,11 +38,25 @@ def conv_general_dilated(
       112x112, 14 ms against 3 ms for 320 -> 128 at 28x28), and BN-Inception has 1x1 convolutions in every module;
     * on CPU, a 2-D convolution with at least `GEMM_GRADIENTS_MIN_ELEMENTS` patches' elements is differentiated
       as matmuls (`conv_with_gemm_gradients`), chosen by `jax.lax.platform_dependent` as the program is lowered
-      (a GPU or TPU program, even one exported from a CPU machine, keeps XLA's convolution). Below that, XLA's own gradients are as fast, and the extra
-      operations cost more than they save (Table 2's CPU-scale step was 8-25% slower with all its convolutions
+      (a GPU or TPU program, even one exported from a CPU machine, keeps XLA's convolution). Below that, XLA's own
+      gradients are as fast, and the extra operations cost more than they save (Table 2's CPU-scale step was 8-25% slower with all its convolutions
       differentiated so).
     """
     spatial = lhs.ndim - 2
+
+    def xla(u: jax.Array, w: jax.Array) -> jax.Array:  # XLA's own convolution, the default on every platform
+        return jax.lax.conv_general_dilated(
+            u,
+            w,
+            window_strides,
+            padding,
+            lhs_dilation,
+            rhs_dilation,
+            dimension_numbers,
+            feature_group_count,
+            precision=precision,
+        )
+
     nhwc = jax.lax.conv_dimension_numbers(
         lhs.shape, rhs.shape, ("N" + "HWD"[:spatial] + "C", "HWD"[:spatial] + "IO", "N" + "HWD"[:spatial] + "C")
     )
@@ -65,27 +79,11 @@ def conv_general_dilated(
                 for size, (lo, hi), k, stride in zip(lhs.shape[1:3], pads, window, window_strides)
             )
             if rows * math.prod(rhs.shape[:3]) >= GEMM_GRADIENTS_MIN_ELEMENTS:
-                # The choice is made per platform when the program is lowered, not here from the backend of this
-                # process: a program exported for cuda or tpu from a CPU machine gets their convolution.
+                strides = tuple(window_strides)
                 return jax.lax.platform_dependent(
-                    lhs,
-                    rhs,
-                    cpu=lambda u, w: conv_with_gemm_gradients(u, w, tuple(window_strides), pads, precision),
-                    default=lambda u, w: jax.lax.conv_general_dilated(
-                        u, w, window_strides, pads, dimension_numbers=_NHWC, precision=precision
-                    ),
+                    lhs, rhs, cpu=lambda u, w: conv_with_gemm_gradients(u, w, strides, pads, precision), default=xla
                 )
-    return jax.lax.conv_general_dilated(
-        lhs,
-        rhs,
-        window_strides,
-        padding,
-        lhs_dilation,
-        rhs_dilation,
-        dimension_numbers,
-        feature_group_count,
-        precision=precision,
-    )
+    return xla(lhs, rhs)
 
 
 # On CPU, a convolution whose im2col matrix (`im2col`) has at least this many elements is differentiated by
