@@ -57,7 +57,6 @@ class OneModel:
 
     def __init__(self, num_devices: int, batch_size: int):
         self.batch_sharding = data_parallel_sharding(num_devices, batch_size)
-        self.batch_shards = 1 if self.batch_sharding is None else self.batch_sharding.num_devices
         self._replicated = (
             None if self.batch_sharding is None else self.batch_sharding.update(spec=jax.sharding.PartitionSpec())
         )
@@ -66,6 +65,10 @@ class OneModel:
         return tree if self._replicated is None else jax.device_put(tree, self._replicated)
 
     place_model_data = place_data
+
+    @property
+    def batch_shards(self) -> int:
+        return 1 if self.batch_sharding is None else self.batch_sharding.num_devices
 
     def place_states(self, states: Sequence[TrainState]) -> TrainState:
         (state,) = states
