@@ -36,5 +36,6 @@ SMALL_SIZES = {"train": 1_000, "valid": 200, "test": 300}  # 1,200 + 300 example
 def write_small_fake_mnist(directory: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """`SMALL_SIZES`' fake MNIST in `directory`, accepted by `load_dataset` in this process while `monkeypatch` lasts
     (it checks the real dataset's counts)."""
-    monkeypatch.setattr(bnrepro.data, "EXPECTED_COUNTS", {"train": 1_200, "test": 300})
+    counts = {"train": SMALL_SIZES["train"] + SMALL_SIZES["valid"], "test": SMALL_SIZES["test"]}
+    monkeypatch.setattr(bnrepro.data, "EXPECTED_COUNTS", counts)
     return write_fake_mnist(directory, SMALL_SIZES)
