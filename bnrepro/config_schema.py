@@ -14,9 +14,9 @@ refused (nothing would be traced), an END beyond `num_steps` is clipped to it (t
 
 A config file's `get_config` returns a typed, locked ConfigDict, so an override of a key it lacks (`check_key`) or
 of the wrong type is refused as it is applied. Each run is validated once, before anything trains: a single run,
-from the command line or a notebook, by `bnrepro.training.loop.train_and_evaluate`; each sweep point by
-`bnrepro.sweep.worker.run_points`, before its group trains. This module imports JAX only when it checks the model
-keys (their types come from the model classes), so that a sweep's points can be read without it.
+from the command line or a notebook, by `bnrepro.training.loop.train_and_evaluate`; every sweep point by
+`bnrepro.sweep.plan.check_points`, as the sweep starts, before Ray does. This module imports JAX only when it
+checks the model keys (their types come from the model classes), so that a sweep's points can be read without it.
 """
 
 from __future__ import annotations

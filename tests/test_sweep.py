@@ -1,5 +1,6 @@
 """Sweeps: expansion and naming, the default sweep files, and a sweep run end to end in Ray tasks on a
-fake MNIST: one point finishing, one diverging, one raising; a re-run skipping what is done and finishing what
+fake MNIST: one point finishing, one diverging, one raising in its worker; a point with a bad config refused
+before anything starts; a re-run skipping what is done and finishing what
 is not; the summary's numbers against each run's own metrics.jsonl."""
 
 import csv
@@ -38,10 +39,12 @@ def get_sweep():
     points = [
         {{"model.activation": "sigmoid", "learning_rate": 0.5}},
         {{"model.batch_norm": False, "model.activation": "relu", "model.init_std": 3.0, "learning_rate": 1e4}},
-        {{"learning_rate": -1.0}},
+        {{"eval_examples": 20_000}},
     ]
     return Sweep(base, points, threshold=0.5)
 """
+# The third point is valid (`check_points` lets it start) but fails in its worker: the fake test set holds 10,000.
+FAILS_IN_ITS_WORKER = "config.eval_examples = 20000: more than the 10000 test examples."
 LONG_SWEEP_FILE = """
 from bnrepro.sweep import Sweep
 from configs import mnist_mlp
@@ -114,6 +117,22 @@ def test_a_sweep_file_without_points_is_refused_in_one_line(tmp_path):
         sweep.load_sweep(str(spec))
 
 
+def test_bad_points_are_refused_in_one_line_before_anything_starts(tmp_path):
+    """A sweep file whose points include a bad value and a misspelt key: the command names the first bad point and
+    its key, and the other, in one line, exit 2; nothing trained, nor did Ray start (no run directory, no token)."""
+    spec = tmp_path / "bad.py"
+    bad_points = '[{"learning_rate": 0.1}, {"learning_rate": -1.0}, {"model.activaton": "relu"}]'
+    spec.write_text(EMPTY_SWEEP_FILE.replace("[]", bad_points))
+    result = _run_sweep_command(spec, tmp_path / "runs")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    line = result.stderr.strip().splitlines()[-1]
+    assert re.match(r"error: sweep point learning_rate=-1: config\.learning_rate = -1\.0.* \(1 other points are "
+                    r"refused too: model\.activaton=relu\) Nothing trained\.$", line), line  # fmt: skip
+    assert "did you mean 'model.activation'" not in line  # the first point's error only, the others named
+    runs = tmp_path / "runs"  # the sweep's token and run directories are written as Ray starts: none here
+    assert not runs.exists() or [p.name for p in runs.iterdir()] in ([], [run_dir.LOCK_FILE]), list(runs.iterdir())
+
+
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[str]:
     """One local Ray instance (`engine.connect`, as `run_sweep` starts it) for this module's in-process sweeps,
@@ -147,7 +166,7 @@ def test_each_point_ends_in_its_own_directory_whatever_the_others_do(finished_sw
     assert status["status"] == "diverged" and "diverged at step" in status["error"]
     assert (diverged / DIVERGED_FILE).exists()
     status = sweep.read_status(failed)
-    assert status["status"] == "failed" and "config.learning_rate = -1.0" in status["error"]
+    assert status["status"] == "failed" and FAILS_IN_ITS_WORKER in status["error"]
     assert "Traceback" in status["traceback"]
 
 
@@ -435,9 +454,9 @@ def test_an_edited_sweep_file_is_refused_or_with_restart_changed_retrained_keepi
 def test_a_sweep_with_a_failed_point_exits_non_zero_with_its_summary_written(finished_sweep):
     workdir, _, result = finished_sweep
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "1 of 3 points failed: learning_rate=-1" in result.stdout
+    assert "1 of 3 points failed: eval_examples=20000" in result.stdout
     row = _summary(workdir)[2]
-    assert row["status"] == "failed" and "config.learning_rate = -1.0" in row["error"]
+    assert row["status"] == "failed" and FAILS_IN_ITS_WORKER in row["error"]
     assert "| failed |" in (workdir / sweep.SUMMARY_MD).read_text()
 
 
@@ -469,7 +488,10 @@ def test_plot_sweep_draws_the_sweeps_axes_and_refuses_another_sweep_without_touc
     for name, content in summary.items():  # plotting only reads
         assert (workdir / name).read_bytes() == content and (workdir / name).stat().st_mtime_ns == summary_times[name]
     keys, colour = sweep_plot_axes(spec)
-    assert (keys, colour) == (["model.activation", "model.batch_norm", "model.init_std"], "learning_rate")
+    assert (keys, colour) == (
+        ["model.activation", "model.batch_norm", "model.init_std", "eval_examples"],
+        "learning_rate",
+    )
 
 
 def sweep_plot_axes(spec: str) -> tuple[list[str], str | None]:

@@ -119,7 +119,8 @@ def test_quick_table_end_to_end(real_fashion_mnist: Path, tmp_path: Path) -> Non
     after module 3a (`--config.model.num_modules=1`, an override of every run): the table's shape and the readings
     are the same, at a third of the compile time. They train the quick runs' first 50 of 100 steps, evaluated at 25
     and 50 (the learning rates decay over 1,000 steps or more, so these are the 100-step runs' first steps): BN-x5
-    is at 51% after 50 (measured), the sigmoid net still at chance."""
+    is at 51% after 50 (measured), the sigmoid net still at chance. A rerun with another config refuses every run
+    (it trained with another) and writes no table."""
     num_steps, eval_every = 50, 25
     overrides = ["--config.model.num_modules=1", f"--config.num_steps={num_steps}", f"--config.eval_every={eval_every}"]
     result = subprocess.run(
@@ -152,27 +153,35 @@ def test_quick_table_end_to_end(real_fashion_mnist: Path, tmp_path: Path) -> Non
         best = max(accuracies[variant])
         assert cells[1] == "1" and cells[3] == f"{best:.1%} ({steps[accuracies[variant].index(best)]})", variant
 
+    # Rerun with another learning rate: every finished run holds another config's run, so each is refused, named
+    # with why and its log; no table is written (the first one stays) and the script exits with 1.
+    changed = subprocess.run(
+        [sys.executable, "scripts/table2.py", "--quick", f"--workdir={tmp_path}", "--", *overrides,
+         "--config.learning_rate=0.5"], cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert changed.returncode == 1, changed.stdout[-3000:] + changed.stderr[-3000:]
+    for variant in table2_config.VARIANTS:
+        log = tmp_path / variant / "train.log"
+        assert f"The {variant} run failed: config changed since it was trained: " in changed.stdout, variant
+        assert f"(log: {log})" in changed.stdout and log.exists(), variant
+    assert f"6 of 6 Table 2 runs failed: {', '.join(table2_config.VARIANTS)}; no table written." in changed.stdout
+    assert (tmp_path / "table2.md").read_text().strip() == table
 
-def test_a_failed_run_stops_the_script_with_its_name_and_error_from_any_directory(tmp_path: Path) -> None:
-    """Run from another working directory (the sweep file is still found), with an override every run refuses:
-    the script names each failed run with its error, writes no table and exits with 1. An override of a key the
-    config lacks is refused before anything trains, in one line."""
+
+def test_a_bad_override_stops_the_script_in_one_line_before_anything_trains_from_any_directory(tmp_path: Path) -> None:
+    """Run from another working directory (the sweep file is still found), with an override every run refuses (a
+    bad value, a key the config lacks): one line naming a run and the key, exit 2, before anything trains or Ray
+    starts (no run directory, no table)."""
     command = [sys.executable, str(REPO / "scripts/table2.py"), "--quick", "--workdir=runs", "--jobs=2", "--"]
     result = subprocess.run(
         [*command, "--config.learning_rate=-1"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
         check=False,
     )  # fmt: skip
-    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
-    for variant in figures.TABLE2_RUNS:
-        assert re.search(rf"The {variant} run failed: ValueError: config\.learning_rate = -1", result.stdout), (
-            result.stdout[-3000:]
-        )
-    assert "6 of 6 Table 2 runs failed: inception, bn_baseline," in result.stdout
-    # BN-x30 trained in BN-x5's group: the log it is pointed to is that group's, and says why.
-    log = re.search(r"The bn_x30 run failed: .* \(log: (.*)\)", result.stdout)[1]
-    assert Path(tmp_path, log).resolve() == (tmp_path / "runs" / "bn_x5" / "train.log").resolve()
-    assert "config.learning_rate = -1" in Path(tmp_path, log).read_text()
-    assert not (tmp_path / "runs" / "table2.md").exists()
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stdout[-3000:] + result.stderr[-3000:]
+    line = result.stderr.strip().splitlines()[-1]
+    assert re.match(r"error: sweep point inception: config\.learning_rate = -1.* \(5 other points are refused too: "
+                    r"bn_baseline, bn_x5, bn_x30, \.\.\.\) Nothing trained\.$", line), line  # fmt: skip
+    assert not (tmp_path / "runs").exists()
 
     typo = subprocess.run(
         [*command, "--config.no_such_key=1"], cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False

@@ -517,8 +517,8 @@ def test_reproduce_figure1_trains_both_nets_and_fails_loudly(
 ) -> None:
     """The README's main command, shortened (2 seeds, `--seeds=2`): both nets' seeds train (a sweep, each net's seeds one vmapped group
     on a core of its own) into seed 0's run directory and its `_seedN` siblings, then the figure and the table
-    over the seeds; a run that fails is reported with its error, nothing is plotted and the script exits
-    non-zero; a misspelt key is refused before anything trains."""
+    over the seeds; a run that does not finish is reported with its error, nothing is plotted and the script exits
+    with 1; a bad value or a misspelt key is refused before anything trains."""
     flags = ["--seeds=2", "--config.num_steps=400", "--config.eval_every=200", "--config.checkpoint_every=200",
              "--config.steps_per_dispatch=200", f"--config.data_dir={full_size_fake_mnist}"]  # fmt: skip
     env = {**cli_env, "RUNS_DIR": str(tmp_path / "runs")}
@@ -535,15 +535,29 @@ def test_reproduce_figure1_trains_both_nets_and_fails_loudly(
             assert [r["step"] for r in map(json.loads, (run / METRICS_FILE).open())] == [200, 400]
     assert "| with BN | 2 | 400 |" in done.stdout and "after step 5000 for every seed (seeds 0, 1, each" in done.stdout
 
+    # A run that does not finish (here: refused, its directory holds a run made with another config) is reported
+    # with its error and log, and nothing is plotted.
+    figure = (tmp_path / "runs" / "figure1.png").read_bytes()
+    changed = subprocess.run(
+        ["bash", "scripts/reproduce_figure1.sh", *flags, "--config.learning_rate=0.2"], cwd=REPO, env=env,
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert changed.returncode == 1, changed.stdout[-3000:] + changed.stderr[-3000:]
+    for name in ("mnist_baseline", "mnist_bn"):
+        assert f"The {name} run failed: config changed since it was trained: " in changed.stdout, changed.stdout
+    assert "Figure 1 reproduced" not in changed.stdout
+    assert (tmp_path / "runs" / "figure1.png").read_bytes() == figure
+
+    # A bad value is refused before anything trains, in one line naming a run and the key.
     env["RUNS_DIR"] = str(tmp_path / "failing")
     failed = subprocess.run(
         ["bash", "scripts/reproduce_figure1.sh", *flags, "--config.learning_rate=-1"], cwd=REPO, env=env,
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
-    assert failed.returncode == 1
-    for name in ("mnist_baseline", "mnist_bn"):
-        assert f"The {name} run failed: ValueError: config.learning_rate = -1.0" in failed.stdout, failed.stdout
-    assert not (tmp_path / "failing" / "figure1.png").exists() and "Figure 1 reproduced" not in failed.stdout
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr, failed.stdout[-3000:] + failed.stderr[-3000:]
+    line = failed.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: sweep point mnist_baseline: config.learning_rate = -1.0"), line
+    assert not (tmp_path / "failing").exists() and "Figure 1 reproduced" not in failed.stdout
 
     typo = subprocess.run(
         ["bash", "scripts/reproduce_figure1.sh", "--config.learning_rte=0.1"], cwd=REPO, env=env,

@@ -1,6 +1,6 @@
-"""Which of a sweep's points train, and in which groups: the points not yet done (`pending_points`), those whose
-run directory holds another config's run (`changed_points`, set aside by `set_aside` to retrain them), and the
-groups that train together (`groups_of`)."""
+"""Which of a sweep's points train, and in which groups: every point's config checked before anything trains
+(`check_points`), the points not yet done (`pending_points`), those whose run directory holds another config's run
+(`changed_points`, set aside by `set_aside` to retrain them), and the groups that train together (`groups_of`)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,23 @@ from bnrepro.sweep.status import read_status
 from bnrepro.training.run_dir import CHECKPOINT_DIR, recorded_config_changes
 
 DONE = ("finished", "diverged")  # statuses a re-run skips; "failed" points are tried again
+
+
+def check_points(sweep: Sweep) -> None:
+    """Builds and validates every point's config (`config_schema.validate`), as a sweep starts, before Ray does: a
+    bad point is a ValueError, one line naming the point and the key (and the other bad points, if any)."""
+    errors = {}
+    for index, overrides in enumerate(sweep.points):
+        try:
+            config_schema.validate(point_config(sweep.base, overrides))
+        except (ValueError, TypeError) as e:  # TypeError: ml_collections refusing a value of another type
+            errors[sweep.run_name(index)] = str(e).strip()
+    if errors:
+        (name, error), *others = errors.items()
+        more = f" ({len(others)} other points are refused too: {', '.join(n for n, _ in others[:3])}" + (
+            ", ...)" if len(others) > 3 else ")"
+        )
+        raise ValueError(f"sweep point {name}: {error}{more * bool(others)} Nothing trained.")
 
 
 def latest_checkpoint(run_dir: Path) -> int | None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from bnrepro.sweep import engine
-from bnrepro.sweep.plan import changed_points, groups_of, is_done, pending_points, set_aside
+from bnrepro.sweep.plan import changed_points, check_points, groups_of, is_done, pending_points, set_aside
 from bnrepro.sweep.points import Sweep, load_sweep
 from bnrepro.sweep.status import read_status, write_status
 from bnrepro.sweep.summary import write_summary
@@ -29,10 +29,12 @@ def run_sweep(
     """Trains the sweep's unfinished points (`spec`: a sweep file `PATH.py[:ARG]`, or a `Sweep`), in groups of at
     most `group_size` (`groups_of`), each group a Ray task (`engine.run_groups`) with `resources`, on the cluster
     at `address` or on a local instance that trains `jobs` groups at once (0: one per core); then writes and
-    returns the summary. A point recorded with another config than its own now (`changed_points`) is refused
+    returns the summary. Every point's config is checked first (`check_points`): a bad one stops the sweep before
+    anything starts, in one line. A point recorded with another config than its own now (`changed_points`) is refused
     and summarized as failed, or, with `restart_changed`, its directory is set aside (`set_aside`) and it trains
     afresh."""
     sweep = load_sweep(spec) if isinstance(spec, str) else spec
+    check_points(sweep)
     workdir.mkdir(parents=True, exist_ok=True)
     refused = {}
     for index, description in changed_points(sweep, workdir).items():

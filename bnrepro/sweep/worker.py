@@ -8,7 +8,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bnrepro import config_schema
 from bnrepro.sweep.group import train_group
 from bnrepro.sweep.points import Sweep, point_config
 from bnrepro.sweep.status import failure, write_status
@@ -18,22 +17,11 @@ from bnrepro.training import loop
 def run_points(sweep: Sweep, indices: Sequence[int], workdir: Path, where: Mapping[str, Any] | None = None) -> None:
     """Trains the points `indices` to the end as one `group.train_group` (one vmapped program; resuming
     where they can) and records how each ended in its `sweep_status.json`, with `where` it trained (node,
-    devices): finished, diverged, or failed. A point whose config is invalid fails alone; an exception while
-    training fails the whole group."""
+    devices): finished, diverged, or failed. The points' configs were checked as the sweep started
+    (`bnrepro.sweep.plan.check_points`); an exception while training fails the whole group."""
     start, where = time.perf_counter(), where or {}
-    configs, run_dirs = [], []
-    for index in indices:
-        overrides = sweep.points[index]
-        try:
-            config = point_config(sweep.base, overrides)
-            config_schema.validate(config)
-        except Exception as e:  # noqa: BLE001 -- a bad point must not stop the others: it is recorded
-            write_status(workdir / sweep.run_name(index), {**failure(e), "num_steps": 0, "wall_seconds": 0.0, **where})
-            continue
-        configs.append(config)
-        run_dirs.append(workdir / sweep.run_name(index))
-    if not configs:
-        return
+    configs = [point_config(sweep.base, sweep.points[index]) for index in indices]  # checked as the sweep started
+    run_dirs = [workdir / sweep.run_name(index) for index in indices]
     try:
         results = train_group(configs, run_dirs)
     except Exception as e:  # noqa: BLE001
