@@ -161,23 +161,12 @@ class HostFedData:
 
     def train_batch_spec(self) -> dict[str, jax.ShapeDtypeStruct]:
         """A global training mini-batch's shapes, types and sharding, to compile the training step for."""
-        return self._spec(self._config.batch_size, masked=False)
+        return host_fed_batch_spec(self._config.batch_size, self._config.input.image_size, self._batch_sharding)
 
     def test_batch_spec(self) -> dict[str, jax.ShapeDtypeStruct]:
         """A global test batch's shapes, types and sharding."""
-        return self._spec(self._config.input.eval_batch_size, masked=True)
-
-    def _spec(self, batch_size: int, masked: bool) -> dict[str, jax.ShapeDtypeStruct]:
         size = self._config.input.image_size
-        spec = {
-            "image": jax.ShapeDtypeStruct((batch_size, size, size, 3), jnp.float32),
-            "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
-        }
-        if masked:
-            spec["mask"] = jax.ShapeDtypeStruct((batch_size,), jnp.bool_)
-        if self._batch_sharding is not None:
-            spec = {key: value.update(sharding=self._batch_sharding) for key, value in spec.items()}
-        return spec
+        return host_fed_batch_spec(self._config.input.eval_batch_size, size, self._batch_sharding, masked=True)
 
     def _train_stream(self, seed: int, start_batch: int, read_once: bool = False) -> Iterator[Mapping[str, np.ndarray]]:
         """This process's training batches from batch `start_batch` of the stream `seed` fixes; `read_once`: in
@@ -243,3 +232,19 @@ class HostFedData:
         if self._batches is not None:
             self._batches.close()
         self._batches = None
+
+
+def host_fed_batch_spec(
+    batch_size: int, image_size: int, sharding: jax.sharding.Sharding | None, masked: bool = False
+) -> dict[str, jax.ShapeDtypeStruct]:
+    """The shapes, types and sharding of a host-fed global batch (`HostFedData`'s): preprocessed float32 images,
+    labels, and for test batches the mask of real examples."""
+    spec = {
+        "image": jax.ShapeDtypeStruct((batch_size, image_size, image_size, 3), jnp.float32),
+        "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
+    }
+    if masked:
+        spec["mask"] = jax.ShapeDtypeStruct((batch_size,), jnp.bool_)
+    if sharding is not None:
+        spec = {key: value.update(sharding=sharding) for key, value in spec.items()}
+    return spec

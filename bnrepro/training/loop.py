@@ -174,6 +174,13 @@ def training_program(config: ml_collections.ConfigDict, layout: ModelLayout, num
     return jax.jit(layout.over_models(train_steps, (0, None, 0)), donate_argnums=0)
 
 
+def host_fed_training_program() -> Any:
+    """`steps.train_step`, one step on a mini-batch fed from the host, jitted with the state donated. Data
+    parallelism is in its arguments: the state replicated, the batch split across the devices
+    (`inputs.host_fed_batch_spec`); the compiler inserts the gradient's all-reduce."""
+    return jax.jit(steps.train_step, donate_argnums=0)
+
+
 class EvaluationPrograms(NamedTuple):
     """The jitted programs around training, each mapped over the models a layout holds: the inference network's
     `steps.eval_step` (with what the evaluation hooks collect), Algorithm 2's `steps.batch_moments` and
@@ -285,7 +292,7 @@ class HostFedSteps:
     def __init__(self, data: inputs.HostFedData, state: TrainState):
         self._data = data
         t = time.perf_counter()
-        self._step = jax.jit(steps.train_step, donate_argnums=0).lower(state, data.train_batch_spec()).compile()
+        self._step = host_fed_training_program().lower(state, data.train_batch_spec()).compile()
         logging.info("Compiled the training step in %.1f s.", time.perf_counter() - t)
 
     def batch_spec(self, state: TrainState) -> Any:
