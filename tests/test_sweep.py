@@ -280,6 +280,16 @@ def _write_long_sweep(tmp_path: Path, data_dir: Path, num_steps: int) -> None:
     (tmp_path / "long.py").write_text(LONG_SWEEP_FILE.format(data_dir=str(data_dir), num_steps=num_steps))
 
 
+def _with_ctrl_c(command: list[str]) -> list[str]:
+    """`command` as a terminal runs it in the foreground: SIGINT at its default action (Python's KeyboardInterrupt),
+    whatever this process inherited. A shell without job control starts its background jobs with SIGINT ignored,
+    and a program started so, pytest and the commands it starts included, never sees Ctrl-C."""
+    default = (
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    return [sys.executable, "-c", default, *command]
+
+
 def _training(workdir: Path, sweeper: subprocess.Popen, other_than: int, after: int) -> int:
     """Waits until a worker other than PID `other_than` holds the point's run directory lock (its file says
     "process PID on HOST (since ...)") and a checkpoint past step `after` exists; returns its PID."""
@@ -328,7 +338,7 @@ def test_a_killed_worker_ctrl_c_and_a_killed_sweep_lose_nothing_and_a_rerun_fini
     the point."""
     command, workdir = _start_long_sweep(tmp_path)
     popen = functools.partial(
-        subprocess.Popen, command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        subprocess.Popen, _with_ctrl_c(command), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     sweeper = popen()
     first = _training(workdir, sweeper, other_than=0, after=1_000)  # a good checkpoint before one a kill may tear
