@@ -29,7 +29,7 @@ from absl import app, flags, logging
 from bnrepro import hooks
 from bnrepro.cli import call_file_function, parse_overrides, quiet_orbax, user_errors_in_one_line, workdir_path
 from bnrepro.cpu import keep_freed_memory, use_cpu_cores
-from bnrepro.training import loop
+from bnrepro.training import loop, preemption
 
 if _COMMAND:
     gc.freeze()
@@ -81,10 +81,14 @@ def main(argv: list[str]) -> None:
     logging.info("JAX %s, backend %s, devices %s", jax.__version__, jax.default_backend(), jax.devices())
     logging.info("Config:\n%s", config)
     try:
-        loop.train_and_evaluate(config, workdir, hooks.from_config(config))
+        with preemption.sigterm_stops_the_run():
+            loop.train_and_evaluate(config, workdir, hooks.from_config(config))
     except loop.DivergedError as e:
         logging.error("%s", e)
         sys.exit(f"Training stopped: {e}")
+    except preemption.Stopped as e:
+        print(e, file=sys.stderr, flush=True)
+        sys.exit(preemption.EXIT_CODE)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ the real one (`$BNREPRO_DATA_DIR/mnist.npz`), so nothing is downloaded.
 import functools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -510,6 +511,58 @@ def test_cli_resumes_after_sigkill_with_identical_parameters(
         return [(e.step, e.value) for e in events.Scalars("test_accuracy")]
 
     assert scalars(workdir) == scalars(reference)
+
+
+def test_cli_stopped_by_sigterm_checkpoints_says_so_and_resumes_exactly(
+    uninterrupted_run: Path, full_size_fake_mnist: Path, tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    """SIGTERM (a scheduler's or a preemptible VM's notice) while the run trains, at a length it cannot reach:
+    it finishes its dispatch of 100 steps, checkpoints there (between two evaluations, 500 apart: the checkpoint
+    keeps the losses the next one averages), says so in one line and exits with 143; the same command resumes
+    it to the uninterrupted run's parameters and evaluation records, train losses included."""
+    workdir = tmp_path / "run"
+    checkpoints = workdir / CHECKPOINT_DIR
+    process = subprocess.Popen(
+        [*cli(workdir, full_size_fake_mnist, num_steps=10**9), "--config.steps_per_dispatch=100"], cwd=REPO,
+        env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:  # SIGTERM once the first checkpoint (step 1000) is complete: then it trains
+        deadline = time.monotonic() + 300
+        while not (checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir())):
+            assert process.poll() is None and time.monotonic() < deadline, "no checkpoint before the run ended"
+            time.sleep(0.01)
+        os.kill(process.pid, signal.SIGTERM)
+        stderr = process.communicate(timeout=300)[1]
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == 143, stderr[-3000:]
+    line = stderr.strip().splitlines()[-1]
+    found = re.fullmatch(r"stopped by SIGTERM at step (\d+); checkpoint saved; rerun the same command to resume", line)
+    assert found and "Traceback" not in stderr, stderr[-3000:]
+    stopped_at = int(found[1])
+    assert stopped_at % 100 == 0 and stopped_at in [int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()]
+
+    num_steps, reference = CLI_STEPS, uninterrupted_run
+    if stopped_at >= CLI_STEPS:  # stopped past the uninterrupted run's end: a longer one to compare with
+        num_steps, reference = stopped_at + 1000, tmp_path / "reference"
+        subprocess.run(
+            cli(reference, full_size_fake_mnist, num_steps), cwd=REPO, env=cli_env, check=True, capture_output=True,
+            timeout=300,
+        )  # fmt: skip
+    resumed = subprocess.run(
+        cli(workdir, full_size_fake_mnist, num_steps), cwd=REPO, env=cli_env, capture_output=True, text=True,
+        timeout=300, check=False,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Resumed from the checkpoint at step {stopped_at}" in resumed.stderr
+    jax.tree.map(np.testing.assert_array_equal, final_params(workdir), final_params(reference))
+
+    def evaluations(run: Path) -> list[dict]:
+        records = [json.loads(line) for line in (run / METRICS_FILE).read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k != "steps_per_second"} for r in records]
+
+    assert evaluations(workdir) == evaluations(reference)
 
 
 def test_reproduce_figure1_trains_both_nets_and_fails_loudly(

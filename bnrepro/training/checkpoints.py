@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from bnrepro.training.state import TrainState
 
 METADATA_KEY = "bnrepro"
 FORMAT = 1
+LOSSES_KEY = "losses_since_evaluation"  # in the metadata of a checkpoint saved between evaluations
 CORRUPT_DIR = "corrupt_checkpoints"
 KEEP_CORRUPT = 2  # corrupt checkpoints kept for inspection; a disk that keeps corrupting them does not fill up
 
@@ -76,9 +77,18 @@ def state_digest(state: Any) -> str | None:
     return digest.hexdigest()
 
 
-def save(checkpoints: ocp.CheckpointManager, step: int, state: TrainState, config: ml_collections.ConfigDict) -> None:
-    """Checkpoints `state` at `step` (asynchronously), with its digest and `config` in the step's metadata."""
+def save(
+    checkpoints: ocp.CheckpointManager,
+    step: int,
+    state: TrainState,
+    config: ml_collections.ConfigDict,
+    losses_since_evaluation: Sequence[float] = (),
+) -> None:
+    """Checkpoints `state` at `step` (asynchronously), with its digest, `config` and the training losses of the
+    steps since the last evaluation (which the next evaluation averages) in the step's metadata."""
     metadata = {"format": FORMAT, "state_sha256": state_digest(state), "config": run_dir.config_json(config)}
+    if len(losses_since_evaluation):
+        metadata[LOSSES_KEY] = [float(loss) for loss in losses_since_evaluation]
     checkpoints.save(step, args=ocp.args.StandardSave(state), custom_metadata={METADATA_KEY: metadata})
 
 
@@ -124,6 +134,13 @@ def restore_latest(
         f"No good checkpoint is left: delete {workdir / run_dir.CHECKPOINT_DIR} to train from the start, or use a "
         "new --workdir."
     )
+
+
+def losses_since_evaluation(checkpoints: ocp.CheckpointManager, step: int) -> list[float]:
+    """The training losses checkpoint `step` holds of the steps since the evaluation before it (`save`); none if
+    it was saved at an evaluation, or before they were saved."""
+    metadata = _read_metadata(checkpoints, step)
+    return list(metadata.get(LOSSES_KEY, [])) if isinstance(metadata, dict) else []
 
 
 def _read_metadata(checkpoints: ocp.CheckpointManager, step: int) -> dict[str, Any] | None | _Corrupt:

@@ -5,7 +5,8 @@ the initial `TrainState` → the compiled programs: the training steps (`OnDevic
 window; `HostFedSteps`: one step per mini-batch), the evaluation step, Algorithm 2's moments and population, the
 hooks' measurements → the latest checkpoint, if the workdir has one → the loop: train up to the next boundary
 (dispatch, evaluation, measurement, checkpoint), stop a model whose loss is NaN, evaluate the inference network
-(`evaluation.evaluate`) into `metrics.jsonl` (and TensorBoard), checkpoint. A run is a function of its config:
+(`evaluation.evaluate`) into `metrics.jsonl` (and TensorBoard), checkpoint; after a SIGTERM, checkpoint at the
+next boundary and stop (`preemption`). A run is a function of its config:
 the data position and the RNG are part of the checkpointed state, so a run killed at any moment and resumed ends
 with exactly the parameters of an uninterrupted one.
 
@@ -35,7 +36,7 @@ from absl import logging
 
 from bnrepro import config_schema, models
 from bnrepro.hooks import NO_HOOKS, Hooks, collect_all
-from bnrepro.training import checkpoints, evaluation, inputs, run_dir, steps
+from bnrepro.training import checkpoints, evaluation, inputs, preemption, run_dir, steps
 from bnrepro.training.device_data import epoch_permutation
 from bnrepro.training.sharding import ModelLayout, OneModel
 from bnrepro.training.state import TrainState, create_train_state, run_once_compiler_options
@@ -108,7 +109,10 @@ def train_models(
         for run in runs:
             run.start(step)
 
-        losses_since_eval, train_time, steps_timed = [], 0.0, 0
+        # A checkpoint saved between evaluations holds the losses the next evaluation averages.
+        saved = [checkpoints.losses_since_evaluation(run.checkpoints, step) for run in runs] if step else [[]]
+        losses_since_eval = [np.asarray(saved[0] if layout.size == 1 else saved, np.float32)] if saved[0] else []
+        train_time, steps_timed = 0.0, 0
         start_step, start_time = step, time.perf_counter()
         while step < config.num_steps and not all(run.diverged for run in runs):
             profiler.before(step)
@@ -155,9 +159,13 @@ def train_models(
                 )  # fmt: skip
                 losses_since_eval, train_time, steps_timed = [], 0.0, 0
 
-            if step % config.checkpoint_every == 0 or step == config.num_steps:
+            stop = preemption.requested()  # a SIGTERM: checkpoint here and stop
+            if step % config.checkpoint_every == 0 or step == config.num_steps or stop:
+                pending = np.concatenate(losses_since_eval, axis=-1) if losses_since_eval else None
                 for i, run in enumerate(runs):
-                    run.save(step, layout.member(state, i))
+                    run.save(step, layout.member(state, i), () if pending is None else layout.member(pending, i))
+            if stop:
+                raise preemption.Stopped(step)
 
     if step > start_step:
         logging.info("Trained steps %d to %d in %.1f s.", start_step, step, time.perf_counter() - start_time)
@@ -409,13 +417,14 @@ class _Run:
         if not self.diverged and filename in self._writers:
             self._writers[filename].write(record)
 
-    def save(self, step: int, state: TrainState) -> None:
-        """Checkpoints `state`, after putting every record written so far on disk."""
+    def save(self, step: int, state: TrainState, losses_since_evaluation: Sequence[float]) -> None:
+        """Checkpoints `state` and the losses since the last evaluation, after putting every record written so far
+        on disk."""
         if self.diverged:
             return
         for writer in self._writers.values():
             writer.sync(step)
-        checkpoints.save(self.checkpoints, step, state, self.config)
+        checkpoints.save(self.checkpoints, step, state, self.config, losses_since_evaluation)
 
     def __enter__(self) -> Self:
         return self
