@@ -457,6 +457,33 @@ def test_cli_writes_metrics_checkpoints_and_tensorboard_events(uninterrupted_run
     )
 
 
+def resume_as_uninterrupted(
+    workdir: Path, stopped_at: int, uninterrupted_run: Path, data_dir: Path, env: dict[str, str]
+) -> Path:
+    """Resumes the run stopped at step `stopped_at` in `workdir` to the uninterrupted run's length (or, stopped past
+    it, to a longer one, trained uninterrupted beside it) and checks that it ends with the uninterrupted run's
+    parameters and evaluation records; returns that run's workdir."""
+    num_steps, reference = CLI_STEPS, uninterrupted_run
+    if stopped_at >= CLI_STEPS:  # stopped past the uninterrupted run's end: a longer one to compare with
+        num_steps, reference = stopped_at + 1000, workdir.parent / "reference"
+        subprocess.run(
+            cli(reference, data_dir, num_steps), cwd=REPO, env=env, check=True, capture_output=True, timeout=300
+        )
+    resumed = subprocess.run(
+        cli(workdir, data_dir, num_steps), cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Resumed from the checkpoint at step {stopped_at}" in resumed.stderr
+    jax.tree.map(np.testing.assert_array_equal, final_params(workdir), final_params(reference))
+
+    def evaluations(run: Path) -> list[dict]:
+        records = [json.loads(line) for line in (run / METRICS_FILE).read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k != "steps_per_second"} for r in records]
+
+    assert evaluations(workdir) == evaluations(reference)
+    return reference
+
+
 def test_cli_resumes_after_sigkill_with_identical_parameters(
     uninterrupted_run: Path, full_size_fake_mnist: Path, tmp_path: Path, cli_env: dict[str, str]
 ) -> None:
@@ -478,32 +505,7 @@ def test_cli_resumes_after_sigkill_with_identical_parameters(
         process.wait()
     assert process.returncode == -signal.SIGKILL
     killed_at = max(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
-    num_steps, reference = CLI_STEPS, uninterrupted_run
-    if killed_at >= CLI_STEPS:  # the kill landed past the uninterrupted run's end: a longer one to compare with
-        num_steps, reference = killed_at + 1000, tmp_path / "reference"
-        subprocess.run(
-            cli(reference, full_size_fake_mnist, num_steps), cwd=REPO, env=cli_env, check=True, capture_output=True,
-            timeout=300,
-        )  # fmt: skip
-
-    resumed = subprocess.run(
-        cli(workdir, full_size_fake_mnist, num_steps),
-        cwd=REPO,
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Resumed from the checkpoint at step" in resumed.stderr
-    jax.tree.map(np.testing.assert_array_equal, final_params(workdir), final_params(reference))
-
-    def evaluations(run: Path) -> list[dict]:
-        records = [json.loads(line) for line in (run / METRICS_FILE).read_text().splitlines()]
-        return [{k: v for k, v in r.items() if k != "steps_per_second"} for r in records]
-
-    assert evaluations(workdir) == evaluations(reference)
+    reference = resume_as_uninterrupted(workdir, killed_at, uninterrupted_run, full_size_fake_mnist, cli_env)
 
     def scalars(run: Path) -> list[tuple[int, float]]:  # TensorBoard drops what the killed run wrote after it
         events = event_accumulator.EventAccumulator(str(run))
@@ -543,26 +545,7 @@ def test_cli_stopped_by_sigterm_checkpoints_says_so_and_resumes_exactly(
     stopped_at = int(found[1])
     assert stopped_at % 100 == 0 and stopped_at in [int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()]
 
-    num_steps, reference = CLI_STEPS, uninterrupted_run
-    if stopped_at >= CLI_STEPS:  # stopped past the uninterrupted run's end: a longer one to compare with
-        num_steps, reference = stopped_at + 1000, tmp_path / "reference"
-        subprocess.run(
-            cli(reference, full_size_fake_mnist, num_steps), cwd=REPO, env=cli_env, check=True, capture_output=True,
-            timeout=300,
-        )  # fmt: skip
-    resumed = subprocess.run(
-        cli(workdir, full_size_fake_mnist, num_steps), cwd=REPO, env=cli_env, capture_output=True, text=True,
-        timeout=300, check=False,
-    )  # fmt: skip
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"Resumed from the checkpoint at step {stopped_at}" in resumed.stderr
-    jax.tree.map(np.testing.assert_array_equal, final_params(workdir), final_params(reference))
-
-    def evaluations(run: Path) -> list[dict]:
-        records = [json.loads(line) for line in (run / METRICS_FILE).read_text().splitlines()]
-        return [{k: v for k, v in r.items() if k != "steps_per_second"} for r in records]
-
-    assert evaluations(workdir) == evaluations(reference)
+    resume_as_uninterrupted(workdir, stopped_at, uninterrupted_run, full_size_fake_mnist, cli_env)
 
 
 def test_reproduce_figure1_trains_both_nets_and_fails_loudly(
