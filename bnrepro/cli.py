@@ -144,14 +144,22 @@ def find_config_file(path: str) -> Path | None:
 def call_file_function(spec: str, flag: str, function: str) -> Any:
     """The value of `function(ARG)` (`function()` without an ARG) of the Python file `PATH.py[:ARG]` that `flag`
     names, PATH as `find_config_file` finds it: a config's `get_config`, a sweep file's `get_sweep`. A file that
-    is not there is a FileNotFoundError naming it."""
+    is not there is a FileNotFoundError naming it; one that does not load (a syntax error, an import that fails)
+    or lacks the function, a ValueError naming the file, and the line or the import."""
     path, _, arg = spec.partition(":")
     found = find_config_file(path)
     if found is None:
         raise FileNotFoundError(f"{flag}={spec}: cannot load {path!r} from {os.getcwd()}.")
     module_spec = importlib.util.spec_from_file_location(found.stem, found)
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise ValueError(f"{flag}={spec}: {found}, line {e.lineno}: {e.msg}.") from None
+    except ImportError as e:
+        raise ValueError(f"{flag}={spec}: {found} does not load: {e}.") from None
+    if not callable(getattr(module, function, None)):
+        raise ValueError(f"{flag}={spec}: {found} defines no {function}().")  # noqa: TRY004 -- a user's file
     return getattr(module, function)(arg) if arg else getattr(module, function)()
 
 

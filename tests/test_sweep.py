@@ -117,6 +117,25 @@ def test_a_sweep_file_without_points_is_refused_in_one_line(tmp_path):
         sweep.load_sweep(str(spec))
 
 
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("def get_sweep(:\n    pass\n", r"bad\.py, line 1: invalid syntax\.$"),
+        ("import no_such_module\n", r"bad\.py does not load: No module named 'no_such_module'\.$"),
+        ("def get_sweeps():\n    pass\n", r"bad\.py defines no get_sweep\(\)\.$"),
+    ],
+)
+def test_a_sweep_file_that_does_not_load_is_refused_in_one_line(tmp_path, source, message):
+    spec = tmp_path / "bad.py"
+    spec.write_text(source)
+    with pytest.raises(ValueError, match=rf"^--sweep={re.escape(str(spec))}: .*{message}"):
+        sweep.load_sweep(str(spec))
+    if "syntax" in message:  # and the command says it in one line, exit 2
+        result = _run_sweep_command(spec, tmp_path / "runs")
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+        assert re.search(message, result.stderr.strip().splitlines()[-1]), result.stderr
+
+
 def test_bad_points_are_refused_in_one_line_before_anything_starts(tmp_path):
     """A sweep file whose points include a bad value and a misspelt key: the command names the first bad point and
     its key, and the other, in one line, exit 2; nothing trained, nor did Ray start (no run directory, no token)."""
