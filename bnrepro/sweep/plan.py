@@ -30,10 +30,10 @@ def check_points(sweep: Sweep) -> None:
             errors[sweep.run_name(index)] = str(e).strip()
     if errors:
         (name, error), *others = errors.items()
-        more = f" ({len(others)} other points are refused too: {', '.join(n for n, _ in others[:3])}" + (
-            ", ...)" if len(others) > 3 else ")"
-        )
-        raise ValueError(f"sweep point {name}: {error}{more * bool(others)} Nothing trained.")
+        if others:
+            names = [n for n, _ in others[:3]] + ["..."] * (len(others) > 3)
+            error += f" ({len(others)} other points are refused too: {', '.join(names)})"
+        raise ValueError(f"sweep point {name}: {error} Nothing trained.")
 
 
 def latest_checkpoint(run_dir: Path) -> int | None:
