@@ -159,7 +159,7 @@ def train_models(
                 )  # fmt: skip
                 losses_since_eval, train_time, steps_timed = [], 0.0, 0
 
-            stop = preemption.requested()  # a SIGTERM: checkpoint here and stop
+            stop = preemption.requested() and step < config.num_steps  # a SIGTERM: checkpoint here and stop
             if step % config.checkpoint_every == 0 or step == config.num_steps or stop:
                 pending = np.concatenate(losses_since_eval, axis=-1) if losses_since_eval else None
                 for i, run in enumerate(runs):
