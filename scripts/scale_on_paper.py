@@ -56,9 +56,9 @@ from bnrepro.cli import quiet_orbax
 from bnrepro.training import checkpoints, inputs, loop
 from bnrepro.training.sharding import OneModel
 from bnrepro.training.state import create_train_state, initializer
+from configs.imagenet_inception import TRAIN_EXAMPLES
 
 RUNS = ("inception", "bn_baseline", "bn_x5", "bn_x30", "bn_x5_sigmoid")  # Table 2's ImageNet runs
-TRAIN_EXAMPLES = 1_281_167
 _CHIPS = flags.DEFINE_list("chips", ["8", "64", "256"], "Numbers of chips (one replica of 32 examples each).")
 _CORE_RATE = flags.DEFINE_float(
     "images_per_core_second", 240, "Training images one host core decodes and augments a second (bench_input.py)."
@@ -79,11 +79,17 @@ def tree_bytes(tree: Any) -> int:
     return sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
 
 
+def state_shapes(config: ml_collections.ConfigDict, batch_shards: int = 1) -> Any:
+    """The shapes of `config`'s initial state (`state.initializer` under `jax.eval_shape`: nothing computed), its
+    model's BN split across `batch_shards` devices."""
+    model = models.create_model(config.model, config.dtype, batch_shards=batch_shards)
+    images = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)  # the parameters do not depend on the image size
+    return jax.eval_shape(initializer(config, model), jax.random.key(0), images)
+
+
 def state_bytes(config: ml_collections.ConfigDict) -> dict[str, int]:
     """Bytes of the parameters, the BN statistics and the optimizer state of `config`'s run (on every device)."""
-    model = models.create_model(config.model, config.dtype)
-    images = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)  # the parameters do not depend on the image size
-    state = jax.eval_shape(initializer(config, model), jax.random.key(0), images)
+    state = state_shapes(config)
     return {"params": tree_bytes(state.params), "bn": tree_bytes(state.batch_stats), "opt": tree_bytes(state.opt_state)}
 
 
@@ -96,10 +102,8 @@ def compiled_step(run: str, devices: int, global_bn: bool = False) -> str:
     if global_bn:
         config.model.bn.virtual_batch_size = None
     layout = OneModel(devices, config.batch_size)
-    model = models.create_model(config.model, config.dtype, batch_shards=layout.batch_shards)
-    images = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
-    shapes = jax.eval_shape(initializer(config, model), jax.random.key(0), images)
     everywhere = layout.batch_sharding.update(spec=jax.sharding.PartitionSpec())
+    shapes = state_shapes(config, layout.batch_shards)
     state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=everywhere), shapes)
     batch = inputs.host_fed_batch_spec(config.batch_size, config.input.image_size, layout.batch_sharding)
     return loop.host_fed_training_program().lower(state, batch).compile().as_text()
@@ -170,8 +174,9 @@ def main(argv: list[str]) -> None:
           "the step all-reduces anyway (the gradient, and BN's moments for the moving averages).")  # fmt: skip
 
     print("\n## Checkpoints (measured here)\n")
-    saved = {}
+    saved, held = {}, {}  # by architecture: the state does not depend on the number of chips
     for batch_norm, run in architectures.items():
+        held[batch_norm] = state_bytes(run_config(run, _DEVICES))
         saved[batch_norm] = checkpoint(run_config(run, _DEVICES))
         print(f"{run}'s state: {mib(saved[batch_norm][0])} MiB on disk, committed in {saved[batch_norm][1]:.2f} s.")
 
@@ -182,14 +187,13 @@ def main(argv: list[str]) -> None:
     for run in RUNS:
         for n in chips:
             config = run_config(run, n)
-            held = state_bytes(config)
-            arch = architectures[config.model.batch_norm]
-            reduced = programs[arch]["all-reduce"]
-            size, seconds = saved[config.model.batch_norm]
+            batch_norm = config.model.batch_norm
+            reduced = programs[architectures[batch_norm]]["all-reduce"]
+            (size, seconds), state = saved[batch_norm], held[batch_norm]
             epochs = config.num_steps * config.batch_size / TRAIN_EXAMPLES
             print(
                 f"| {run} | {n} | {config.batch_size:,} | {config.num_steps:,} | {epochs:.0f} | "
-                f"{mib(held['params'])} + {mib(held['bn'])} + {mib(held['opt'])} | {mib(reduced)} | "
+                f"{mib(state['params'])} + {mib(state['bn'])} + {mib(state['opt'])} | {mib(reduced)} | "
                 f"{mib(2 * (n - 1) / n * reduced)} | {mib(size)} ({seconds:.2f}) |"
             )
 
