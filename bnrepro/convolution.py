@@ -39,8 +39,8 @@ def conv_general_dilated(
     * on CPU, a 2-D convolution with at least `GEMM_GRADIENTS_MIN_ELEMENTS` patches' elements is differentiated
       as matmuls (`conv_with_gemm_gradients`), chosen by `jax.lax.platform_dependent` as the program is lowered
       (a GPU or TPU program, even one exported from a CPU machine, keeps XLA's convolution). Below that, XLA's own
-      gradients are as fast, and the extra operations cost more than they save (Table 2's CPU-scale step was 8-25% slower with all its convolutions
-      differentiated so).
+      gradients are as fast, and the extra operations cost more than they save (Table 2's CPU-scale step was
+      8-25% slower with all its convolutions differentiated so).
     """
     spatial = lhs.ndim - 2
 
