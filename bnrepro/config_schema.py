@@ -118,6 +118,7 @@ TRAINING_FIELDS: Mapping[str, Field] = {
     "diagnostics_step_scales": Field(tuple, _positive_floats),
     "steps_per_dispatch": Field(int, _at_least(1)),
     "checkpoint_every": Field(int, _at_least(1)),
+    "checkpoint_every_seconds": Field(int, _at_least(0)),
     "cpu_cores": Field(int, _at_least(0)),
     "num_devices": Field(int, _at_least(0)),
     "profile_steps": Field(str, _step_range),

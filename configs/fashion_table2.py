@@ -84,12 +84,14 @@ def get_config(arg: str = "bn_x5") -> ml_collections.ConfigDict:
     config.diagnostics_step_scales = (0.5, 1.0, 2.0, 4.0)
     config.steps_per_dispatch = 1  # XLA:CPU runs convolutions ~15x slower inside a fused (while) loop
     config.checkpoint_every = 1000
+    config.checkpoint_every_seconds = 300  # and every 5 minutes: a run takes ~30 on a CPU core; a kill loses 5 at most
     config.cpu_cores = 1
     config.num_devices = 1
     config.profile_steps = ""  # "START:END": a jax.profiler trace of those steps into WORKDIR/plugins/profile
 
     if "quick" in options:  # a smoke test: fewer steps, evaluated on 1,000 test examples with 5 population batches
         config.num_steps, config.eval_every, config.checkpoint_every = 100, 50, 100
+        config.checkpoint_every_seconds = 0  # a 20-second run: its end's checkpoint is enough
         config.eval_examples, config.population_batches = 1000, 5
         config.model.num_modules = 3  # 3a, 3b, 3c: a third of the convolutions, a third of the compile time
     config.lock()

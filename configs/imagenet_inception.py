@@ -99,6 +99,7 @@ def get_config(arg: str | None = None, config_file: str = "configs/imagenet_ince
     config.diagnostics_step_scales = (0.5, 1.0, 2.0, 4.0)
     config.steps_per_dispatch = 100  # steps between reading the losses back (the loop checks them for NaN)
     config.checkpoint_every = 5000
+    config.checkpoint_every_seconds = 300  # and every 5 minutes: a kill (a preempted VM) loses at most that
     config.cpu_cores = 0  # all
     config.num_devices = 0  # all devices of all hosts
     config.profile_steps = ""  # "START:END": a jax.profiler trace of those steps into WORKDIR/plugins/profile

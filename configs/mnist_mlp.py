@@ -72,6 +72,8 @@ def get_config(variant: str = "bn") -> ml_collections.ConfigDict:
 
     config.steps_per_dispatch = 1000  # steps fused into one program with lax.scan
     config.checkpoint_every = 10_000  # steps between checkpoints (also one at the end)
+    # Seconds between checkpoints too (0 = off): off, a run takes a minute on one CPU core, a kill loses little.
+    config.checkpoint_every_seconds = 0
     # On a CPU-only host, run on this many of the allowed cores (0 = all): for a net this small one core is
     # fastest (~3100 vs ~2600 steps/s on two). Runs side by side each get a core of their own
     # (sweeps' groups, as scripts/reproduce_figure1.sh runs them: `bnrepro.sweep.engine`).

@@ -89,6 +89,9 @@ def get_config(arg: str = "bn_lstm") -> ml_collections.ConfigDict:
     # 65 steps/s (BN-LSTM) and 94, 97, 97, 102 (LSTM): the fused loop does not hurt this net as it does conv nets.
     config.steps_per_dispatch = 50
     config.checkpoint_every = 1_000 if rows or quick else 10_000  # steps between checkpoints (also one at the end)
+    # Seconds between checkpoints too (0 = off): a full run takes hours, a kill loses at most 5 minutes; the CPU
+    # variants take a minute or two.
+    config.checkpoint_every_seconds = 0 if rows or quick else 300
     config.cpu_cores = 1  # on a CPU-only host, run on this many of the allowed cores (0 = all)
     config.num_devices = 1  # devices each mini-batch is split across (0 = all); a net this small needs one
     config.profile_steps = ""  # "START:END": a jax.profiler trace of those steps into WORKDIR/plugins/profile

@@ -128,7 +128,7 @@ def checkpoint(config: ml_collections.ConfigDict) -> tuple[int, float]:
     state = create_train_state(config, model, jax.random.key(0), jnp.zeros((1, 32, 32, 3), jnp.float32))
     jax.block_until_ready(state)
     with tempfile.TemporaryDirectory() as folder:
-        manager = checkpoints.manager(Path(folder))
+        manager = checkpoints.manager(Path(folder), config)
         start = time.perf_counter()
         checkpoints.save(manager, 1, state, config)
         manager.wait_until_finished()

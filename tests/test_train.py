@@ -515,6 +515,37 @@ def test_cli_resumes_after_sigkill_with_identical_parameters(
     assert scalars(workdir) == scalars(reference)
 
 
+def test_cli_checkpoints_by_the_clock_and_resumes_after_sigkill_with_identical_parameters(
+    uninterrupted_run: Path, full_size_fake_mnist: Path, tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    """`checkpoint_every_seconds=1` in a run that reaches neither a `checkpoint_every` step nor its end: it
+    checkpoints at its first boundary (step 100: no checkpoint yet, orbax's policy saves at once), then at a
+    boundary a second or more later, the clock's own decision; killed (SIGKILL) once that one is complete, it
+    resumes from it with the clock off (the key may change on resumption) to the uninterrupted run's parameters
+    and evaluation records, train losses included."""
+    workdir = tmp_path / "run"
+    checkpoints = workdir / CHECKPOINT_DIR
+    clock = ["--config.checkpoint_every=1000000000", "--config.checkpoint_every_seconds=1"]
+    process = subprocess.Popen(
+        [*cli(workdir, full_size_fake_mnist, num_steps=10**9), *clock, "--config.steps_per_dispatch=100"], cwd=REPO,
+        env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+    def saved() -> list[int]:
+        return [int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()] if checkpoints.exists() else []
+
+    try:  # kill -9 as soon as a checkpoint after step 100's is complete
+        deadline = time.monotonic() + 120
+        while not any(step > 100 for step in saved()):
+            assert process.poll() is None and time.monotonic() < deadline, "no second checkpoint before the run ended"
+            time.sleep(0.01)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    resume_as_uninterrupted(workdir, max(saved()), uninterrupted_run, full_size_fake_mnist, cli_env)
+
+
 def test_cli_stopped_by_sigterm_checkpoints_says_so_and_resumes_exactly(
     uninterrupted_run: Path, full_size_fake_mnist: Path, tmp_path: Path, cli_env: dict[str, str]
 ) -> None:

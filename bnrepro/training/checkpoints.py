@@ -53,13 +53,28 @@ class _Corrupt(Exception):
     """A checkpoint that cannot be used; the message says why."""
 
 
-def manager(workdir: Path) -> ocp.CheckpointManager:
+def manager(workdir: Path, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
     """The checkpoint manager of the run in `workdir` (its folder is created if needed). Its one item's handler is
-    named, so that reading a step's metadata does not warn that the item "could not be restored"."""
+    named, so that reading a step's metadata does not warn that the item "could not be restored".
+
+    Its `should_save(step)` is the loop's periodic decision: every `config.checkpoint_every` steps, or once
+    `config.checkpoint_every_seconds` (if not 0) have passed since the latest checkpoint was started (or, one made
+    by an earlier process, committed), unless a save is still being written. orbax's `ContinuousCheckpointingPolicy`
+    takes that decision on process 0 and hands it to every process (they all save together); with no checkpoint yet
+    it saves at once, so a fresh run checkpoints at its first boundary. The loop saves with `save` whatever the
+    policy says (at the end, after a SIGTERM)."""
+    policies: list[ocp.checkpoint_managers.SaveDecisionPolicy] = [
+        ocp.checkpoint_managers.FixedIntervalPolicy(config.checkpoint_every)
+    ]
+    if config.checkpoint_every_seconds:
+        policies.append(
+            ocp.checkpoint_managers.ContinuousCheckpointingPolicy(minimum_interval_secs=config.checkpoint_every_seconds)
+        )
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=2, create=True, save_decision_policy=ocp.checkpoint_managers.AnySavePolicy(policies)
+    )
     return ocp.CheckpointManager(
-        (workdir / run_dir.CHECKPOINT_DIR).absolute(),
-        item_handlers=ocp.StandardCheckpointHandler(),
-        options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
+        (workdir / run_dir.CHECKPOINT_DIR).absolute(), item_handlers=ocp.StandardCheckpointHandler(), options=options
     )
 
 
@@ -84,12 +99,13 @@ def save(
     config: ml_collections.ConfigDict,
     losses_since_evaluation: Sequence[float] = (),
 ) -> None:
-    """Checkpoints `state` at `step` (asynchronously), with its digest, `config` and the training losses of the
-    steps since the last evaluation (which the next evaluation averages) in the step's metadata."""
+    """Checkpoints `state` at `step` (asynchronously, whatever the manager's `should_save` says), with its digest,
+    `config` and the training losses of the steps since the last evaluation (which the next evaluation averages) in
+    the step's metadata."""
     metadata = {"format": FORMAT, "state_sha256": state_digest(state), "config": run_dir.config_json(config)}
     if len(losses_since_evaluation):
         metadata[LOSSES_KEY] = [float(loss) for loss in losses_since_evaluation]
-    checkpoints.save(step, args=ocp.args.StandardSave(state), custom_metadata={METADATA_KEY: metadata})
+    checkpoints.save(step, args=ocp.args.StandardSave(state), custom_metadata={METADATA_KEY: metadata}, force=True)
 
 
 def restore_latest(

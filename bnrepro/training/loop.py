@@ -50,9 +50,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, h
     """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final state.
 
     Writes `metrics.jsonl` and TensorBoard events (one record per evaluation, every `eval_every` steps and at the
-    end), orbax checkpoints every `checkpoint_every` steps and at the end, and `config.json`; with
-    `config.profile_steps`, a `jax.profiler` trace of those steps (`_Profiler`). With several processes
-    (`jax.distributed`), every process trains and checkpoints, process 0 writes the files.
+    end), orbax checkpoints every `checkpoint_every` steps or `checkpoint_every_seconds` and at the end, and
+    `config.json`; with `config.profile_steps`, a `jax.profiler` trace of those steps (`_Profiler`). With several
+    processes (`jax.distributed`), every process trains and checkpoints, process 0 writes the files.
 
     Raises:
       ValueError: the config is invalid, or differs from the one the workdir's checkpoints were made with.
@@ -160,7 +160,10 @@ def train_models(
                 losses_since_eval, train_time, steps_timed = [], 0.0, 0
 
             stop = preemption.requested() and step < config.num_steps  # a SIGTERM: checkpoint here and stop
-            if step % config.checkpoint_every == 0 or step == config.num_steps or stop:
+            # Every `checkpoint_every` steps or `checkpoint_every_seconds` (`checkpoints.manager`): one decision for
+            # the group, its first live model's (a diverged one's manager saves no more), taken on every process.
+            due = next(run for run in runs if not run.diverged).checkpoints.should_save(step)
+            if due or step == config.num_steps or stop:
                 pending = np.concatenate(losses_since_eval, axis=-1) if losses_since_eval else None
                 for i, run in enumerate(runs):
                     run.save(step, layout.member(state, i), () if pending is None else layout.member(pending, i))
@@ -388,7 +391,7 @@ class _Run:
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: Path, primary: bool, given: Hooks):
         self.config, self.workdir, self.primary = config, workdir, primary
-        self.checkpoints = checkpoints.manager(workdir)
+        self.checkpoints = checkpoints.manager(workdir, config)
         self._filenames = [run_dir.METRICS_FILE] + [hook.filename for hook in given.measurement]
         self._writers: dict[str, run_dir.MetricsWriter] = {}
         self.diverged: DivergedError | None = None

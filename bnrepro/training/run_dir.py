@@ -41,8 +41,8 @@ LOCK_FILE = ".lock"
 SWEEP_STATUS_FILE = "sweep_status.json"  # how a sweep's point ended (`bnrepro.sweep.status`)
 # Keys that may change when a run is resumed: none of them changes what is computed at a given step.
 RESUMABLE_CHANGES = (
-    "num_steps", "eval_every", "checkpoint_every", "steps_per_dispatch", "cpu_cores", "data_dir", "profile_steps",
-    "input.worker_count",
+    "num_steps", "eval_every", "checkpoint_every", "checkpoint_every_seconds", "steps_per_dispatch", "cpu_cores",
+    "data_dir", "profile_steps", "input.worker_count",
 )  # fmt: skip
 
 
