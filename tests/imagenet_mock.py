@@ -8,7 +8,12 @@ from bnrepro import models
 
 NUM_EXAMPLES = 48  # per split of the mock dataset
 SIZE = 16  # image side
-MULTIHOST_RUN = {"num_steps": 4, "eval_every": 2, "checkpoint_every": 2, "batch_size": 16}
+# Checkpoints at step 1 by the clock (no checkpoint yet; its next decision is 10^6 s away) and at the end: orbax's
+# policy decides on process 0 for both.
+MULTIHOST_RUN = {
+    "num_steps": 4, "eval_every": 2, "checkpoint_every": 4, "checkpoint_every_seconds": 10**6, "steps_per_dispatch": 1,
+    "batch_size": 16,
+}  # fmt: skip
 
 
 def small_config(**overrides) -> ml_collections.ConfigDict:

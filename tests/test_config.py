@@ -99,6 +99,7 @@ def test_config_is_locked() -> None:
         ("optimizer", "adam", r"config\.optimizer = 'adam': expected one of \['sgd', 'rmsprop'\]"),
         ("grad_clip_norm", -1.0, r"config\.grad_clip_norm = -1\.0: must be >= 0"),
         ("diagnostics_every", -1, r"config\.diagnostics_every = -1: must be >= 0"),
+        ("checkpoint_every_seconds", -1, r"config\.checkpoint_every_seconds = -1: must be >= 0"),
         ("diagnostics_layers", ("DenseBN_0", ""), r"config\.diagnostics_layers.*non-empty strings"),
         ("diagnostics_step_scales", (1.0, -2.0), r"config\.diagnostics_step_scales.*positive finite"),
     ],
@@ -143,6 +144,7 @@ def test_an_int_learning_rate_is_fine() -> None:
     [
         ("--config.learnig_rate=0.1", "--config.learnig_rate: unknown key; did you mean 'learning_rate'?"),
         ("--config.batch_size=0", "config.batch_size = 0: must be >= 1"),
+        ("--config.checkpoint_every_seconds=-1", "config.checkpoint_every_seconds = -1: must be >= 0"),
         ("--config.model.activation=swish", "config.model.activation = 'swish'"),
         ("--config.num_devices=64", "config.num_devices = 64: only "),  # more devices than there are
     ],

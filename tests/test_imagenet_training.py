@@ -257,6 +257,7 @@ def test_two_processes_train_as_one_with_the_whole_batch(tmp_path):
     with tfds.testing.mock_data(num_examples=NUM_EXAMPLES):
         one = train_and_evaluate(small_config(**MULTIHOST_RUN), tmp_path / "one")
     checkpoints = ocp.CheckpointManager((tmp_path / "two" / CHECKPOINT_DIR).absolute())
+    assert checkpoints.all_steps() == [1, 4]  # step 1: the clock, decided on process 0, read by process 1
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, one)  # onto this process's one device
     two = checkpoints.restore(4, args=ocp.args.StandardRestore(abstract))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), one.params, two.params)
