@@ -60,9 +60,11 @@ def test_a_resumed_group_equals_an_uninterrupted_one(small_fake_mnist: Path, tmp
     configs = [small_config(data_dir=str(small_fake_mnist), **point) for point in GROUP[:2]]
     whole = train_group(configs, [tmp_path / "whole_0", tmp_path / "whole_1"])
     halves = [c.copy_and_resolve_references() for c in configs]
-    for config in halves:
-        config.num_steps = 40
+    for config in halves:  # checkpoints at step 20 by the clock alone (none yet), its next decision 10^6 s away
+        config.num_steps, config.checkpoint_every, config.checkpoint_every_seconds = 40, 10**6, 10**6
     train_group(halves, [tmp_path / "split_0", tmp_path / "split_1"])
+    for half in ("split_0", "split_1"):  # one decision for the group: every model saved at step 20
+        assert ocp.CheckpointManager((tmp_path / half / CHECKPOINT_DIR).absolute()).all_steps() == [20, 40]
     with pytest.raises(ValueError, match=r"checkpoints are at different steps \[40, 60\]"):
         train_group(configs, [tmp_path / "split_0", tmp_path / "whole_1"])
     resumed = train_group(configs, [tmp_path / "split_0", tmp_path / "split_1"])  # the refusal changed nothing
