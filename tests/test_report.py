@@ -405,15 +405,52 @@ def test_the_ics_sweep_shows_santurkar_et_al_figure_and_tables(tmp_path):
     assert ics.count("<details>") == 6  # one config per net
 
 
-def test_a_damaged_run_is_named_and_the_other_experiments_are_shown(tmp_path):
+@pytest.mark.parametrize(
+    ("line", "named"),
+    [
+        ("not json", r"line 2: not a JSON record \(Expecting value\); the file is damaged\."),
+        (
+            '{"step": 2, "test_accuracy": "oops' + "!" * 60 + '"}',
+            r"line 2: 'test_accuracy' is 'oops!+\.\.\.!+', not a number; the file is damaged\.",
+        ),
+    ],
+    ids=["not JSON", "a string for a number"],
+)
+def test_a_damaged_run_is_named_and_the_other_experiments_are_shown(tmp_path, line, named):
+    """A line that is not JSON, or a record holding a string where a number belongs: the experiment names the file,
+    line, key and value (shortened), and the others are shown; a diverging run's NaN is a number (the page prints
+    nan%)."""
     root = tmp_path / "runs"
     write_figure1(root)
     (root / "small_batch" / "bn").mkdir(parents=True)
-    (root / "small_batch" / "bn" / "metrics.jsonl").write_text('{"step": 1, "test_accuracy": 0.5}\nnot json\n')
-    document, _, _ = build(root, tmp_path)
-    assert "Its runs could not be read: " in section(document, "small_batch")
-    assert "metrics.jsonl, line 2: not a JSON record" in section(document, "small_batch")
+    (root / "small_batch" / "bn" / "metrics.jsonl").write_text('{"step": 1, "test_accuracy": 0.5}\n' + line + "\n")
+    write_run(
+        root / "seq" / "lstm_rows", [{"step": 100, "test_accuracy": 0.5}, {"step": 200, "test_accuracy": float("nan")}]
+    )
+    document, markdown, _ = build(root, tmp_path)
+    named = re.escape(f"{root}/small_batch/bn/metrics.jsonl, ") + named
+    assert re.search("Its runs could not be read: " + named, html.unescape(section(document, "small_batch")))
+    assert re.search(re.escape("**Its runs could not be read:** ") + named, markdown)
+    statuses = {r[0]: r[2] for r in html_tables(document)["Experiments"][1:]}
+    assert statuses["Batch Renormalization vs BN with mini-batches of 4"] == "could not be read"
+    assert statuses["Figure 1: MNIST with and without BN"] == "run"
     assert len(embedded_pngs(section(document, "figure1"))) == 1
+    sequential = html_tables(document)["LSTM vs BN-LSTM on sequential MNIST"]
+    assert row(sequential, "LSTM, rows")["final test accuracy"] == "nan%"
+
+
+def test_records_the_page_cannot_use_are_named_by_file_line_key_and_value(tmp_path):
+    for text, named in (
+        ('{"step": 1, "p50_units": [0.5, null]}', "line 1: 'p50_units' is [0.5, None], not a list of numbers"),
+        ('{"step": true, "test_accuracy": 0.5}', "line 1: 'step' is True, not a number"),
+        ('{"test_accuracy": 0.5}', "line 1: the record has no 'step'"),
+        ("[1, 2]", "line 1: [1, 2] is not a JSON object"),
+    ):
+        (tmp_path / "metrics.jsonl").write_text(text + "\n")
+        with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'metrics.jsonl'}, {named}")):
+            runs.read_run(tmp_path)
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "test_accuracy": -Infinity, "p50_units": [[NaN, 1]]}\n')
+    assert runs.read_run(tmp_path).evaluations[0]["test_accuracy"] == -np.inf
 
 
 def test_the_sweep_status_file_is_the_sweeps():
@@ -437,6 +474,25 @@ def test_the_cli_writes_both_pages_and_refuses_a_missing_runs_directory(tmp_path
     assert missing.returncode == 2
     expected = f"error: --runs={tmp_path / 'missing'}: no such directory (it holds the run and sweep directories)."
     assert missing.stderr.strip().splitlines() == [expected]
+
+    (tmp_path / "a_file").write_text("")  # its parent a file: no one can write there, root included
+    command[3:] = [f"--runs={tmp_path / 'runs'}", f"--out={tmp_path / 'a_file' / 'report.html'}"]
+    unwritable = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert unwritable.returncode == 2
+    expected = f"error: cannot write the report to {tmp_path / 'a_file' / 'report.html'}: {tmp_path / 'a_file'} is "
+    assert unwritable.stderr.strip().splitlines() == [expected + "not a directory"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "r.html", "r.md", "runs"]
+
+
+def test_a_report_that_cannot_be_written_leaves_no_file(tmp_path):
+    """The figure's name taken by a directory: the two pages, written before it, are removed again."""
+    root = tmp_path / "runs"
+    write_run(root / "small_batch" / "renorm", [{"step": 100, "test_accuracy": 0.5}])
+    (tmp_path / "out" / "report_small_batch_1.png").mkdir(parents=True)
+    expected = f"cannot write the report to {tmp_path / 'out' / 'report.html'}: Is a directory"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        report.write_report(root, tmp_path / "out" / "report.html", "the test's command")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["report_small_batch_1.png"]
 
 
 def test_real_figure1_runs_fill_the_page(small_fake_mnist, tmp_path):

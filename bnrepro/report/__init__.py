@@ -22,6 +22,7 @@ from pathlib import Path
 
 from bnrepro.report.experiments import EXPERIMENTS
 from bnrepro.report.page import Report, Section, html_page, markdown_page
+from bnrepro.training.run_dir import write_atomically
 
 __all__ = ["build_report", "code_version", "write_report"]
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -61,19 +62,31 @@ def build_report(runs: Path) -> Report:
 
 def write_report(runs: Path, out: Path, command: str) -> tuple[Path, Path]:
     """`out` (HTML) and `out` with suffix .md (Markdown), with each figure of the Markdown page written beside it
-    as `OUT-STEM_EXPERIMENT_I.png`; `command` is the one the pages say built them. Returns both paths."""
+    as `OUT-STEM_EXPERIMENT_I.png`; `command` is the one the pages say built them. Returns both paths. Each file
+    is written whole (`run_dir.write_atomically`); if one cannot be, those already written are removed and the
+    ValueError names `out` and why (a user's mistake, one line: `cli.user_errors_in_one_line`)."""
     if not runs.is_dir():
         raise FileNotFoundError(f"--runs={runs}: no such directory (it holds the run and sweep directories).")
     report = build_report(runs)
-    out.parent.mkdir(parents=True, exist_ok=True)
     markdown = out.with_suffix(".md")
 
     def image(section: Section, index: int) -> str:
         return f"{out.stem}_{section.experiment.key}_{index + 1}.png"
 
+    files: dict[Path, str | bytes] = {out: html_page(report, command), markdown: markdown_page(report, command, image)}
     for section in report.sections:
         for index, figure in enumerate(section.content.figures if section.content else []):
-            (out.parent / image(section, index)).write_bytes(figure.png)
-    out.write_text(html_page(report, command))
-    markdown.write_text(markdown_page(report, command, image))
+            files[out.parent / image(section, index)] = figure.png
+    written: list[Path] = []
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for path, data in files.items():
+            write_atomically(path, data)
+            written.append(path)
+    except OSError as e:
+        for path in written:
+            path.unlink(missing_ok=True)
+        file = next((parent for parent in out.parents if parent.exists() and not parent.is_dir()), None)
+        reason = f"{file} is not a directory" if file else e.strerror or str(e)
+        raise ValueError(f"cannot write the report to {out}: {reason}") from e
     return out, markdown

@@ -21,6 +21,7 @@ import contextlib
 import fcntl
 import json
 import os
+import reprlib
 import socket
 import tempfile
 import time
@@ -80,12 +81,12 @@ def locked(workdir: Path) -> Iterator[None]:
         os.close(descriptor)
 
 
-def write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, text: str | bytes) -> None:
     """`path` holds `text`, or what it held before if writing fails (a temporary file in the same folder, put
     on disk, then renamed over it)."""
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        with os.fdopen(descriptor, "w") as f:
+        with os.fdopen(descriptor, "wb" if isinstance(text, bytes) else "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -95,9 +96,10 @@ def write_atomically(path: Path, text: str) -> None:
         raise
 
 
-def _parse_lines(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
+def _parse_lines(path: Path, checked: bool = False) -> tuple[list[str], list[dict[str, Any]]]:
     """The whole lines of a JSONL file and their records; a torn last line (no newline, or not JSON) is left out
-    with a warning; an unreadable line before it is a ValueError naming the file and line."""
+    with a warning; a line before it that is not JSON (or, if `checked`, not a record its readers can use:
+    `_check_record`) is a ValueError naming the file and line."""
     text = path.read_text()
     lines = text.splitlines()
     if lines and not text.endswith("\n"):
@@ -111,17 +113,39 @@ def _parse_lines(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
             records.append(json.loads(line))
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}, line {number}: not a JSON record ({e.msg}); the file is damaged.") from None
+        if checked:
+            _check_record(records[-1], f"{path}, line {number}")
         kept.append(line)
     return kept, records
 
 
+def _check_record(record: Any, where: str) -> None:
+    """Refuses a record unlike those `MetricsWriter` writes, which its readers (figures, the results page, a
+    sweep's summary) cannot use: a JSON object with a `step`, each value a number (NaN and infinities included: a
+    diverging run writes them) or a (nested) list of numbers. The ValueError names `where` (file and line), the
+    key and the value, shortened."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: {reprlib.repr(record)} is not a JSON object; the file is damaged.")  # noqa: TRY004
+    if "step" not in record:
+        raise ValueError(f"{where}: the record has no 'step' ({reprlib.repr(record)}); the file is damaged.")
+    for key, value in record.items():
+        try:
+            numeric = np.asarray(value).dtype.kind in "iuf"  # not bool, str or object (None, a dict, a mix)
+        except ValueError:  # a ragged list
+            numeric = False
+        if not numeric:
+            kind = "a list of numbers" if isinstance(value, list) else "a number"
+            raise ValueError(f"{where}: {key!r} is {reprlib.repr(value)}, not {kind}; the file is damaged.")
+
+
 def read_records(workdir: str | os.PathLike, filename: str = METRICS_FILE) -> list[dict[str, Any]]:
     """The JSON records of `WORKDIR/filename`, one per line, in file order; a FileNotFoundError naming the file
-    if there is none, a ValueError naming it if a line other than a torn last one is not JSON."""
+    if there is none, a ValueError naming it, the line and (`_check_record`) the key and value if a line other
+    than a torn last one is not JSON or not a record as `MetricsWriter` writes it."""
     path = Path(workdir) / filename
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: is {workdir} a bnrepro run directory?")
-    return _parse_lines(path)[1]
+    return _parse_lines(path, checked=True)[1]
 
 
 def config_json(config: Any) -> dict[str, Any]:
