@@ -11,12 +11,13 @@ import importlib.util
 import logging as pylogging
 import os
 import re
+import signal
 import sys
 import threading
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import ml_collections
 from absl import flags, logging
@@ -25,23 +26,44 @@ from ml_collections import config_flags
 import configs
 from bnrepro import config_schema
 from bnrepro.data import DataError
+from bnrepro.training import preemption
 from bnrepro.training.run_dir import WorkdirBusyError
 
 # Errors a user causes and can fix from the message alone; anything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, DataError, WorkdirBusyError)
+EX_TEMPFAIL = 75  # sysexits.h: a temporary failure; the user is invited to retry
+
+
+class TemporaryFailure(Exception):
+    """A failure a rerun of the same command may get past (the cluster went away): one line, exit code 75."""
+
+
 T = TypeVar("T")
 
 
 def user_errors_in_one_line(function: Callable[..., T]) -> Callable[..., T]:
     """`function`, with the errors a user causes (a bad config key or value, a missing or corrupt file, a busy
     workdir: `USER_ERRORS`) printed as one line, `error: ...`, and exit code 2 instead of a traceback; a full disk
-    (`disk_full_message`) likewise, with exit code 1. With `--verbosity=1` (or BNREPRO_TRACEBACK=1 in the
-    environment) the traceback is shown as well."""
+    (`disk_full_message`) likewise, with exit code 1; a `TemporaryFailure` with exit code 75. Ctrl-C at any moment
+    (start-up and compilation included), or a signal made a KeyboardInterrupt (`preemption.signals_interrupt`), is
+    one line and exit code 130 (128 + the signal). With `--verbosity=1` (or BNREPRO_TRACEBACK=1 in the environment)
+    the traceback is shown as well."""
 
     @functools.wraps(function)
     def wrapped(*args: Any, **kwargs: Any) -> T:
         try:
             return function(*args, **kwargs)
+        except KeyboardInterrupt:
+            if show_tracebacks():
+                raise
+            name = signal.Signals(preemption.interrupting_signal()).name
+            print(f"\ninterrupted by {name}; rerun the same command to resume.", file=sys.stderr)
+            _exit_now(128 + preemption.interrupting_signal())
+        except TemporaryFailure as e:
+            if show_tracebacks():
+                raise
+            print(f"error: {e}", file=sys.stderr)
+            _exit_now(EX_TEMPFAIL)
         except Exception as e:
             if show_tracebacks():
                 raise
@@ -54,6 +76,14 @@ def user_errors_in_one_line(function: Callable[..., T]) -> Callable[..., T]:
             sys.exit(2)
 
     return wrapped
+
+
+def _exit_now(code: int) -> NoReturn:
+    """Ends the process with `code` once its output is flushed, without the interpreter's teardown: that can crash
+    while XLA compiles on another thread, or wait a minute for a Ray cluster that is gone."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 class _QuietOrbax(pylogging.Filter):

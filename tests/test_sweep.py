@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import ray
 from fake_mnist import write_fake_mnist
+from terminal import with_ctrl_c
 
 from bnrepro import config_schema, sweep
 from bnrepro.sweep import engine
@@ -299,16 +300,6 @@ def _write_long_sweep(tmp_path: Path, data_dir: Path, num_steps: int) -> None:
     (tmp_path / "long.py").write_text(LONG_SWEEP_FILE.format(data_dir=str(data_dir), num_steps=num_steps))
 
 
-def _with_ctrl_c(command: list[str]) -> list[str]:
-    """`command` as a terminal runs it in the foreground: SIGINT at its default action (Python's KeyboardInterrupt),
-    whatever this process inherited. A shell without job control starts its background jobs with SIGINT ignored,
-    and a program started so, pytest and the commands it starts included, never sees Ctrl-C."""
-    default = (
-        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
-    )
-    return [sys.executable, "-c", default, *command]
-
-
 def _training(workdir: Path, sweeper: subprocess.Popen, other_than: int, after: int) -> int:
     """Waits until a worker other than PID `other_than` holds the point's run directory lock (its file says
     "process PID on HOST (since ...)") and a checkpoint past step `after` exists; returns its PID."""
@@ -345,19 +336,24 @@ def _status(pid: int) -> bytes:
         return b""
 
 
-def test_a_killed_worker_ctrl_c_and_a_killed_sweep_lose_nothing_and_a_rerun_finishes(tmp_path):
-    """One long point through three faults, each while it trains (it cannot reach its length meanwhile); every
+def test_killed_and_stopped_workers_and_sweeps_lose_nothing_and_a_rerun_finishes(tmp_path):
+    """One long point through six faults, each while it trains (it cannot reach its length meanwhile); every
     evaluation is recorded once at the end.
     1. SIGKILL of the Ray worker training the group: Ray retries the task (`--max_retries`) in a new worker,
        which resumes from the group's checkpoint;
-    2. Ctrl-C of `python -m bnrepro.sweep`: the tasks are cancelled, one line, exit 130, no traceback;
-    3. SIGKILL of the same command run again: Ray stops the tasks it owned (nothing trains on unwatched, nothing
-       writes into the run directory after it);
+    2. SIGTERM of that worker (its node preempted): it checkpoints at its next step boundary, says so in its log
+       and exits; Ray retries the task, which resumes from that checkpoint;
+    3. Ctrl-C of `python -m bnrepro.sweep`: the task is cancelled, its worker first checkpoints at its next
+       boundary; one line, exit 130, no traceback;
+    4. SIGTERM of the same command run again: the same path, exit 143;
+    5. SIGKILL of the same command run a third time: Ray stops the tasks it owned (nothing trains on unwatched,
+       nothing writes into the run directory after it);
     then the same command once more, its sweep file given a length past the point's latest checkpoint, finishes
     the point."""
     command, workdir = _start_long_sweep(tmp_path)
+    log = workdir / "seed=0" / "train.log"
     popen = functools.partial(
-        subprocess.Popen, _with_ctrl_c(command), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        subprocess.Popen, with_ctrl_c(command), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     sweeper = popen()
     first = _training(workdir, sweeper, other_than=0, after=1_000)  # a good checkpoint before one a kill may tear
@@ -366,18 +362,28 @@ def test_a_killed_worker_ctrl_c_and_a_killed_sweep_lose_nothing_and_a_rerun_fini
     # Past the checkpoints the killed worker left: a new worker takes the lock before it resumes from them.
     retried = _training(workdir, sweeper, other_than=first, after=_latest_step(workdir))
 
-    sweeper.send_signal(signal.SIGINT)
-    output, _ = sweeper.communicate(timeout=STALL_S)
-    assert sweeper.returncode == 130, output[-3000:]
-    assert "Interrupted: the groups are stopped; rerun the same command to resume them" in output
-    assert "Traceback" not in output, output[-3000:]
-    assert _gone_within(retried, STALL_S), f"the worker {retried} outlived the sweep"
+    os.kill(retried, signal.SIGTERM)
+    assert _gone_within(retried, STALL_S)
+    stopped_at = _stopped_at(log, "SIGTERM")
+    preempted = _training(workdir, sweeper, other_than=retried, after=stopped_at)
+    assert f"Resumed from the checkpoint at step {stopped_at}." in log.read_text()
 
-    sweeper = popen()
-    third = _training(workdir, sweeper, other_than=retried, after=_latest_step(workdir))
+    for signum, exit_code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        sweeper.send_signal(signum)
+        output, _ = sweeper.communicate(timeout=STALL_S)
+        assert sweeper.returncode == exit_code, output[-3000:]
+        name = signal.Signals(signum).name
+        assert f"Interrupted by {name}: the groups are stopped; rerun the same command to resume them" in output
+        assert "Stopping 1 groups: each checkpoints at its next step boundary" in output
+        assert "Traceback" not in output, output[-3000:]
+        assert _gone_within(preempted, STALL_S), f"the worker {preempted} outlived the sweep"
+        assert _stopped_at(log, "SIGINT") == _latest_step(workdir)  # the cancelled task's worker checkpointed
+        sweeper = popen()
+        preempted = _training(workdir, sweeper, other_than=preempted, after=_latest_step(workdir))
+
     sweeper.kill()
     sweeper.communicate()
-    assert _gone_within(third, STALL_S), f"the worker {third} outlived the sweep"
+    assert _gone_within(preempted, STALL_S), f"the worker {preempted} outlived the sweep"
     assert sweep.read_status(workdir / "seed=0") is None  # it did not finish on its own
 
     # The next evaluation past the latest checkpoint and one more: the rerun resumes, evaluates and finishes.
@@ -386,13 +392,21 @@ def test_a_killed_worker_ctrl_c_and_a_killed_sweep_lose_nothing_and_a_rerun_fini
     rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
     status = sweep.read_status(workdir / "seed=0")
-    assert status["status"] == "finished" and status["pid"] not in (first, retried, third)
+    assert status["status"] == "finished" and status["pid"] not in (first, retried, preempted)
     records = [json.loads(line) for line in (workdir / "seed=0" / METRICS_FILE).read_text().splitlines()]
     assert status["num_steps"] == num_steps
     expected = list(range(LONG_SWEEP_EVERY, num_steps + 1, LONG_SWEEP_EVERY))
     assert [r["step"] for r in records] == expected  # every evaluation once
-    log = (workdir / "seed=0" / "train.log").read_text()
-    assert log.count("--- ") == 4 and log.count("Resumed from the checkpoint") == 3  # each attempt appended
+    text = log.read_text()
+    assert text.count("--- ") == 6 and text.count("Resumed from the checkpoint") == 5  # each attempt appended
+
+
+def _stopped_at(log: Path, name: str) -> int:
+    """The step at which the latest attempt in the group's `log` says a signal `name` stopped it, its checkpoint
+    saved."""
+    found = re.findall(rf"stopped by {name} at step (\d+); checkpoint saved", log.read_text())
+    assert found, f"no 'stopped by {name}' in {log}"
+    return int(found[-1])
 
 
 EDITABLE_SWEEP_FILE = """

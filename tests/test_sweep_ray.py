@@ -6,12 +6,16 @@ Ray workers load the fake MNIST through `load_dataset`'s check of the real split
 fixture patches it in this process only), so the fake here has MNIST's sizes; the nets train 100 steps.
 """
 
+import contextlib
 import csv
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,7 @@ from ray.cluster_utils import Cluster
 
 from bnrepro import sweep
 from bnrepro.sweep import engine
+from bnrepro.training import run_dir
 from configs import mnist_mlp
 
 LOOPBACK = "127.0.0.1"
@@ -230,6 +235,7 @@ def refuse(*args, **kwargs):
 
 services.node_ip_address_from_perspective = refuse
 from bnrepro.sweep import engine
+from bnrepro.training import run_dir
 
 engine.connect(None, num_cpus=1)
 import ray
@@ -292,3 +298,121 @@ def test_a_task_whose_node_sees_another_workdir_is_refused_and_its_point_failed(
     assert (driver / "runs" / engine.TOKEN_FILE).exists()  # the driver's token went to its own workdir
     assert sweep.read_status(driver / "runs" / spec.run_name(0))["error"].startswith("RuntimeError: ")
     assert sorted(p.name for p in (node / "runs").iterdir()) == [engine.TOKEN_FILE]  # nothing trained there
+
+
+LONG_SWEEP_FILE = """
+from bnrepro.sweep import Sweep
+from configs import mnist_mlp
+
+
+def get_sweep():
+    base = mnist_mlp.get_config("bn")
+    base.data_dir = {data_dir!r}
+    base.num_steps, base.eval_every, base.checkpoint_every, base.steps_per_dispatch = 10**9, 1_000, 1_000, 1_000
+    base.population_batches = 5
+    return Sweep(base, [{{"seed": 0}}], threshold=0.5)
+"""
+# How long the test waits for an event (a port open, a checkpoint, a process's end) before it calls it a hang:
+# never a measure of speed.
+STALL_S = 300
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + STALL_S
+    while not condition():
+        assert time.monotonic() < deadline, f"stalled waiting for {what}"
+        time.sleep(0.1)
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection((LOOPBACK, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_cluster_trouble_is_one_line_no_cluster_no_token_and_a_head_gone_mid_sweep(
+    fake_mnist: Path, tmp_path: Path
+) -> None:
+    """`python -m bnrepro.sweep --address=...` against: a port with nothing listening (one line naming the
+    address, exit 2, within the seconds `engine.CONNECT_SECONDS` allows, where Ray alone retries for minutes); a
+    head started with token authentication, joined without the token (one line naming RAY_AUTH_MODE, exit 2);
+    the same head killed (SIGKILL of its processes) while the sweep trains (one line saying the cluster went away
+    and that a rerun resumes, exit 75: `cli.EX_TEMPFAIL`). None of them prints a traceback."""
+    (tmp_path / "long.py").write_text(LONG_SWEEP_FILE.format(data_dir=str(fake_mnist)))
+    workdir = tmp_path / "runs"
+    command = [sys.executable, "-m", "bnrepro.sweep", f"--sweep={tmp_path / 'long.py'}", f"--workdir={workdir}"]
+    without_token = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+
+    nothing = f"{LOOPBACK}:{_free_port()}"
+    result = subprocess.run(
+        [*command, f"--address={nothing}"], env=without_token, capture_output=True, text=True, timeout=STALL_S,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"error: --address={nothing}: no Ray cluster answers at {nothing} (tried for 10 s).")
+    ), result.stderr[-3000:]
+
+    port = _free_port()
+    with_token = {**without_token, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": os.urandom(16).hex()}
+    head = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head", f"--node-ip-address={LOOPBACK}",
+         f"--port={port}", "--num-cpus=1", "--include-dashboard=false", "--block"],
+        env=with_token, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    sweeper = None
+    try:
+        _wait_for(lambda: _accepts(port), "the head's GCS port")
+        address = f"{LOOPBACK}:{port}"
+        result = subprocess.run(
+            [*command, f"--address={address}"], env=without_token, capture_output=True, text=True,
+            timeout=STALL_S, check=False,
+        )  # fmt: skip
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+        line = result.stderr.strip().splitlines()[-1]
+        assert line.startswith(f"error: --address={address}: the cluster at {address} wants its authentication "
+                               "token: set RAY_AUTH_MODE=token"), result.stderr[-3000:]  # fmt: skip
+
+        sweeper = subprocess.Popen(
+            [*command, f"--address={address}"], env=with_token, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        checkpoints = workdir / "seed=0" / "checkpoints"
+        _wait_for(lambda: sweeper.poll() is not None or sweep.latest_checkpoint(workdir / "seed=0"), "a checkpoint")
+        assert sweeper.poll() is None, sweeper.communicate()[0][-3000:]
+        os.killpg(head.pid, signal.SIGKILL)  # the head and every process it started
+        output, _ = sweeper.communicate(timeout=STALL_S)
+        assert sweeper.returncode == 75 and "Traceback" not in output, output[-3000:]
+        line = output.strip().splitlines()[-1]
+        assert line == (
+            f"error: the Ray cluster's GCS at {address} stopped answering mid-sweep: 1 of 1 groups unfinished; "
+            "rerun the same command on a running cluster to resume them from their checkpoints."
+        ), output[-3000:]
+        assert checkpoints.is_dir()
+    finally:
+        if sweeper is not None:
+            sweeper.kill()
+            sweeper.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGKILL)
+        head.wait()
+        _stop_the_runs_worker(workdir / "seed=0")
+
+
+def _stop_the_runs_worker(run: Path) -> None:
+    """Kills the process that holds the run directory's lock, if it outlived its cluster."""
+    lock = run / run_dir.LOCK_FILE
+    found = re.match(r"process (\d+) ", lock.read_text()) if lock.exists() else None
+    if found:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(found[1]), signal.SIGKILL)

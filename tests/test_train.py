@@ -22,6 +22,7 @@ import pytest
 from config_files import fashion_table2, mnist_mlp
 from fake_mnist import learnable_images, write_fake_mnist
 from tensorboard.backend.event_processing import event_accumulator
+from terminal import with_ctrl_c
 from training_run import small_config, train_and_evaluate
 
 import bnrepro.data
@@ -577,6 +578,33 @@ def test_cli_stopped_by_sigterm_checkpoints_says_so_and_resumes_exactly(
     assert stopped_at % 100 == 0 and stopped_at in [int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()]
 
     resume_as_uninterrupted(workdir, stopped_at, uninterrupted_run, full_size_fake_mnist, cli_env)
+
+
+@pytest.mark.parametrize("moment", ["Config:", "step 500/"])
+def test_ctrl_c_at_start_up_compilation_or_training_is_one_line_and_exit_130(
+    moment: str, full_size_fake_mnist: Path, tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    """Ctrl-C as the run starts (its config logged: next come the data, the model's initialization and the
+    compilations) or while it trains (its first evaluation logged): one line, exit code 130, no traceback, and no
+    crash of the interpreter's teardown while XLA works on other threads."""
+    process = subprocess.Popen(
+        with_ctrl_c(cli(tmp_path / "run", full_size_fake_mnist, num_steps=10**9)),
+        cwd=REPO, env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        seen = []
+        for line in process.stderr:  # the log, line by line, until the moment
+            seen.append(line)
+            if moment in line:
+                process.send_signal(signal.SIGINT)
+                break
+        stderr = "".join(seen) + process.communicate(timeout=300)[1]
+    finally:
+        process.kill()
+        process.wait()
+    assert moment in stderr and process.returncode == 130, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == "interrupted by SIGINT; rerun the same command to resume."
+    assert "Traceback" not in stderr and "Fatal Python error" not in stderr, stderr[-3000:]
 
 
 def test_reproduce_figure1_trains_both_nets_and_fails_loudly(

@@ -4,9 +4,12 @@
 Trains the sweep's unfinished points (see `bnrepro.sweep`), each group a Ray task (`bnrepro.sweep.engine`): on a
 local Ray instance started for the sweep, or, with `--address`, on a running Ray cluster. Prints each point's end
 and the summary table; exits with 1 if a point failed (`--restart_changed` retrains the points whose config the
-sweep file changed), with 130 on Ctrl-C (the points resume on the next run).
+sweep file changed), with 130 on Ctrl-C and 143 on SIGTERM (each group first checkpoints at its next step
+boundary; the points resume on the next run), with 75 if the Ray cluster goes away mid-sweep (a rerun resumes).
+An --address with no cluster, or whose cluster wants a token this process lacks, is one line and exit code 2.
 """
 
+import signal
 import time
 
 from absl import app, flags
@@ -16,7 +19,7 @@ from bnrepro.sweep import engine
 from bnrepro.sweep.points import load_sweep
 from bnrepro.sweep.run import DEFAULT_GROUP_SIZE, run_sweep
 from bnrepro.sweep.summary import SUMMARY_MD
-from bnrepro.training import run_dir
+from bnrepro.training import preemption, run_dir
 
 _SWEEP = flags.DEFINE_string("sweep", None, "Sweep file, PATH.py or PATH.py:ARG (passed to its get_sweep).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory holding one run directory per point and the summary.")
@@ -53,8 +56,12 @@ def main(argv: list[str]) -> int:
                 spec, workdir, _JOBS.value, _GROUP_SIZE.value, _RESTART_CHANGED.value, resources, _ADDRESS.value
             )
         except KeyboardInterrupt:
-            print(f"\nInterrupted: the groups are stopped; rerun the same command to resume them in {workdir}.")
-            return 130
+            signum = preemption.interrupting_signal()
+            print(
+                f"\nInterrupted by {signal.Signals(signum).name}: the groups are stopped; rerun the same command "
+                f"to resume them in {workdir}."
+            )
+            return 128 + signum
     print(f"\nSweep {_SWEEP.value}: {len(rows)} points, {time.perf_counter() - start:.0f} s.")
     print((workdir / SUMMARY_MD).read_text())
     failed = [spec.run_name(i) for i, row in enumerate(rows) if row["status"] == "failed"]

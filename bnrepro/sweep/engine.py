@@ -20,7 +20,11 @@ token into it, and a task that cannot read that token fails with a message that 
 Faults: Ray's ownership model stops a driver's tasks when the driver dies (SIGKILL included), and their worker
 processes with them; a rerun resumes every point from its checkpoint. A worker process that dies is retried
 (`max_retries`), resuming from the group's checkpoints, then its points are recorded as failed with the cause.
-Ctrl-C cancels the tasks and leaves the points to resume.
+A worker that gets SIGTERM (its node preempted) checkpoints its group at the next step boundary and exits, so the
+retry resumes from there. Ctrl-C or SIGTERM to the driver cancels the tasks, each first asked to checkpoint at its
+next boundary (`CANCEL_GRACE_SECONDS`), and leaves the points to resume. An `address` with no cluster behind it, or
+one that wants an authentication token the driver lacks, is refused in one line before anything starts; a cluster
+that goes away mid-sweep ends the sweep with `ClusterLost`, its points left to resume.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import dataclasses
 import fcntl
 import logging as pylogging
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -42,9 +47,11 @@ from typing import Any
 import jax
 import ray
 
+from bnrepro.cli import TemporaryFailure
 from bnrepro.cpu import keep_freed_memory
 from bnrepro.sweep import points, worker
 from bnrepro.sweep.status import LOG_FILE
+from bnrepro.training import preemption
 from bnrepro.training.run_dir import write_atomically
 
 LOOPBACK = "127.0.0.1"
@@ -57,6 +64,13 @@ CORE_LOCKS = Path("/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir()) / 
 # Settings of every Ray process of a local instance: stay on loopback (by default Ray advertises and dials the
 # machine's interface address even for a local instance), send no usage statistics.
 LOCAL_ENVIRONMENT = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+# How long `connect` keeps trying an address that refuses connections (a head still starting), and how long the
+# cluster's GCS may stay unreachable mid-sweep before the sweep ends with `ClusterLost` (Ray's own driver gives up
+# after 60 s, with a C++ stack dump).
+CONNECT_SECONDS = 10.0
+CLUSTER_LOST_SECONDS = 10.0
+# How long cancelled tasks get to checkpoint at their next step boundary before they are killed.
+CANCEL_GRACE_SECONDS = 60.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +101,11 @@ class Resources:
         return options
 
 
+class ClusterLost(TemporaryFailure):
+    """The Ray cluster went away mid-sweep (its GCS unreachable, or the driver's node gone): nothing more can
+    run; the points keep their checkpoints and a rerun resumes them."""
+
+
 @dataclasses.dataclass(frozen=True)
 class GroupOutcome:
     """How a group's task ended: `error` is None if it ran to the end (its points' own statuses say how each
@@ -104,6 +123,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: f
         return
     quiet = {"log_to_driver": False, "logging_level": pylogging.ERROR}
     if address:
+        _check_reachable(address)
         ray.init(address=address, **quiet)
         return
     os.environ.update(LOCAL_ENVIRONMENT)  # for the instance's processes, which read it when they start
@@ -121,6 +141,58 @@ def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: f
         _node_ip_address=LOOPBACK,
         **quiet,
     )
+
+
+def _check_reachable(address: str) -> None:
+    """Refuses, in one line, an `address` with no Ray cluster behind it (Ray would retry for minutes) or whose
+    cluster wants an authentication token this process does not send (Ray: a ConnectionError after ~20 s)."""
+    if address.startswith("ray://"):  # Ray Client: its own protocol, checked by Ray
+        return
+    try:
+        gcs = ray._private.services.canonicalize_bootstrap_address_or_die(address)
+    except ConnectionError as e:  # "auto" with no cluster started on this machine
+        raise ValueError(f"--address={address}: {str(e).strip().splitlines()[0]}") from None
+    if not _gcs_answers(gcs, CONNECT_SECONDS):
+        raise ValueError(
+            f"--address={address}: no Ray cluster answers at {gcs} (tried for {CONNECT_SECONDS:.0f} s). Start one "
+            "there (`ray start --head`), or leave out --address to train on a local Ray instance."
+        )
+    try:  # the GCS's own client: refuses a missing or wrong token at once (and logs it: not on the console)
+        with _stderr_silenced():
+            ray._raylet.GcsClient(address=gcs, cluster_id=None)
+    except ray.exceptions.AuthenticationError:
+        raise ValueError(
+            f"--address={address}: the cluster at {gcs} wants its authentication token: set RAY_AUTH_MODE=token "
+            "and give the head's token (RAY_AUTH_TOKEN, or the file ~/.ray/auth_token or RAY_AUTH_TOKEN_PATH)."
+        ) from None
+
+
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """This process's file descriptor 2, where Ray's C++ code logs, sent to /dev/null while active."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _gcs_answers(gcs: str, seconds: float) -> bool:
+    """Whether the GCS at HOST:PORT accepts a TCP connection within `seconds` (tried once a second)."""
+    host, _, port = gcs.rpartition(":")
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=max(0.1, min(2.0, seconds))):
+                return True
+        except OSError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(1.0)
 
 
 def _ray_temp_dir() -> str | None:
@@ -151,21 +223,56 @@ def run_groups(
     }
     outcomes: dict[int, GroupOutcome] = {}
     pending = list(refs)
+    gcs, unreachable_since = ray.get_runtime_context().gcs_address, None
     try:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            for ref in done:
-                i = refs[ref]
-                try:
-                    ray.get(ref)
-                    outcomes[i] = GroupOutcome(groups[i], None)
-                except ray.exceptions.RayError as e:
-                    outcomes[i] = GroupOutcome(groups[i], _cause(e, resources.max_retries))
-                on_end(outcomes[i])
-    finally:
-        for ref in pending:  # Ctrl-C, or an error in the driver: nothing trains on unwatched
-            ray.cancel(ref, force=True)
+        with preemption.signals_interrupt(signal.SIGTERM):  # the driver's SIGTERM takes Ctrl-C's path
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1, timeout=CLUSTER_LOST_SECONDS / 5)
+                if not done:  # nothing ended: is the cluster still there?
+                    if _gcs_answers(gcs, 0):
+                        unreachable_since = None
+                    elif time.monotonic() - (unreachable_since := unreachable_since or time.monotonic()) > (
+                        CLUSTER_LOST_SECONDS
+                    ):
+                        raise ClusterLost(f"the Ray cluster's GCS at {gcs} stopped answering")
+                for ref in done:
+                    i = refs[ref]
+                    try:
+                        ray.get(ref)
+                        outcomes[i] = GroupOutcome(groups[i], None)
+                    except ray.exceptions.LocalRayletDiedError:
+                        raise ClusterLost(f"the Ray node of this driver (GCS {gcs}) went away") from None
+                    except ray.exceptions.RayError as e:
+                        outcomes[i] = GroupOutcome(groups[i], _cause(e, resources.max_retries))
+                    on_end(outcomes[i])
+    except ClusterLost as e:
+        raise ClusterLost(
+            f"{e} mid-sweep: {len(groups) - len(outcomes)} of {len(groups)} groups unfinished; rerun the same "
+            "command on a running cluster to resume them from their checkpoints."
+        ) from None
+    except BaseException:  # Ctrl-C, SIGTERM, or an error in the driver: nothing trains on unwatched
+        _stop(pending)
+        raise
     return [outcomes[i] for i in range(len(groups))]
+
+
+def _stop(tasks: list[ray.ObjectRef]) -> None:
+    """Stops `tasks`: each asked to checkpoint and stop at its next step boundary (a cancel without force
+    arrives in its worker as SIGINT: `preemption`), given `CANCEL_GRACE_SECONDS` to, then killed. A second Ctrl-C
+    kills them at once."""
+    if not tasks:
+        return
+    try:
+        print(
+            f"\nStopping {len(tasks)} groups: each checkpoints at its next step boundary (Ctrl-C again: at once).",
+            flush=True,
+        )
+        for task in tasks:
+            ray.cancel(task)
+        ray.wait(tasks, num_returns=len(tasks), timeout=CANCEL_GRACE_SECONDS)
+    finally:
+        for task in tasks:
+            ray.cancel(task, force=True)
 
 
 def _cause(error: ray.exceptions.RayError, retries: int) -> str:
@@ -201,7 +308,14 @@ def _train_group(
         _link(path / sweep.run_name(index) / LOG_FILE, log)
     with _logging_to(log), _own_cores(0 if accelerated else int(cpus)):
         where["cores"] = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-        worker.run_points(sweep, indices, path, where)
+        try:
+            with preemption.signals_stop_the_run(signal.SIGTERM, signal.SIGINT):
+                worker.run_points(sweep, indices, path, where)
+        except preemption.Stopped as e:  # checkpointed
+            print(e, file=sys.stderr, flush=True)
+            if e.signum == signal.SIGINT:  # the driver cancelled the task
+                raise KeyboardInterrupt from None
+            os._exit(e.exit_code)  # SIGTERM: the worker process ends, so Ray retries the group (from here)
     return where
 
 

@@ -11,19 +11,22 @@ from typing import Any
 from bnrepro.sweep.group import train_group
 from bnrepro.sweep.points import Sweep, point_config
 from bnrepro.sweep.status import failure, write_status
-from bnrepro.training import loop
+from bnrepro.training import loop, preemption
 
 
 def run_points(sweep: Sweep, indices: Sequence[int], workdir: Path, where: Mapping[str, Any] | None = None) -> None:
     """Trains the points `indices` to the end as one `group.train_group` (one vmapped program; resuming
     where they can) and records how each ended in its `sweep_status.json`, with `where` it trained (node,
     devices): finished, diverged, or failed. The points' configs were checked as the sweep started
-    (`bnrepro.sweep.plan.check_points`); an exception while training fails the whole group."""
+    (`bnrepro.sweep.plan.check_points`); an exception while training fails the whole group, except
+    `preemption.Stopped` (a stopping signal: the group checkpointed), which leaves the points to resume."""
     start, where = time.perf_counter(), where or {}
     configs = [point_config(sweep.base, sweep.points[index]) for index in indices]  # checked as the sweep started
     run_dirs = [workdir / sweep.run_name(index) for index in indices]
     try:
         results = train_group(configs, run_dirs)
+    except preemption.Stopped:
+        raise
     except Exception as e:  # noqa: BLE001
         results = [e] * len(configs)
     wall_seconds = time.perf_counter() - start

@@ -159,7 +159,7 @@ def train_models(
                 )  # fmt: skip
                 losses_since_eval, train_time, steps_timed = [], 0.0, 0
 
-            stop = preemption.requested() and step < config.num_steps  # a SIGTERM: checkpoint here and stop
+            stop = preemption.requested() is not None and step < config.num_steps  # checkpoint here and stop
             # Every `checkpoint_every` steps or `checkpoint_every_seconds` (`checkpoints.manager`): one decision for
             # the group, its first live model's (a diverged one's manager saves no more), taken on every process.
             due = next(run for run in runs if not run.diverged).checkpoints.should_save(step)
@@ -168,7 +168,7 @@ def train_models(
                 for i, run in enumerate(runs):
                     run.save(step, layout.member(state, i), () if pending is None else layout.member(pending, i))
             if stop:
-                raise preemption.Stopped(step)
+                raise preemption.Stopped(step, preemption.requested())
 
     if step > start_step:
         logging.info("Trained steps %d to %d in %.1f s.", start_step, step, time.perf_counter() - start_time)

@@ -1,7 +1,14 @@
-"""SIGTERM, what Slurm, Kubernetes and preemptible GPU and TPU VMs send before they kill: a run that gets it
-finishes the dispatch it is in, checkpoints (with the training losses its next evaluation averages), and stops
-with `Stopped`; the command line then says so in one line and exits with 143 (128 + SIGTERM). The same command
-resumes it exactly: parameters, data position and the evaluations' records equal an uninterrupted run's."""
+"""Stopping on a signal without losing work.
+
+SIGTERM is what Slurm, Kubernetes and preemptible GPU and TPU VMs send before they kill. A run under
+`signals_stop_the_run` that gets it finishes the dispatch it is in, checkpoints (with the training losses its next
+evaluation averages), and stops with `Stopped`; the command line then says so in one line and exits with 143
+(128 + SIGTERM). The same command resumes it exactly: parameters, data position and the evaluations' records equal
+an uninterrupted run's. A sweep's worker stops the same way on SIGTERM and on SIGINT (the driver's cancel of its
+task, `ray.cancel` without force, arrives as SIGINT).
+
+A process that only waits (a sweep's driver) uses `signals_interrupt`: SIGTERM then raises KeyboardInterrupt, so
+it takes the path of Ctrl-C, and `exit_code` says which signal it was."""
 
 from __future__ import annotations
 
@@ -10,33 +17,64 @@ import signal
 import threading
 from collections.abc import Iterator
 
-EXIT_CODE = 128 + signal.SIGTERM
-_requested = threading.Event()
+_received: list[int] = []  # the signals that asked the run to stop
+_interrupted_by: list[int] = []  # the signals that `signals_interrupt` made KeyboardInterrupts
 
 
 class Stopped(Exception):
-    """Raised by the training loop at the boundary after a SIGTERM, its checkpoint saved."""
+    """Raised by the training loop at the boundary after a stopping signal, its checkpoint saved."""
 
-    def __init__(self, step: int):
-        super().__init__(f"stopped by SIGTERM at step {step}; checkpoint saved; rerun the same command to resume")
-        self.step = step
+    def __init__(self, step: int, signum: int = signal.SIGTERM):
+        name = signal.Signals(signum).name
+        super().__init__(f"stopped by {name} at step {step}; checkpoint saved; rerun the same command to resume")
+        self.step, self.signum, self.exit_code = step, signum, 128 + signum
+
+
+def interrupting_signal() -> int:
+    """The signal behind the latest KeyboardInterrupt: the last one `signals_interrupt` turned into one, else
+    Ctrl-C's SIGINT. (Recorded rather than carried by the exception: Ray's waits raise a KeyboardInterrupt of their
+    own for the one a signal handler raised.)"""
+    return _interrupted_by[-1] if _interrupted_by else signal.SIGINT
 
 
 @contextlib.contextmanager
-def sigterm_stops_the_run() -> Iterator[None]:
-    """While active, SIGTERM asks the training loop to checkpoint and stop at its next boundary (`requested`)
-    rather than end the process at once. (Only the main thread can take a signal: elsewhere this does nothing.)"""
+def signals_stop_the_run(*signums: int) -> Iterator[None]:
+    """While active, each of `signums` (default SIGTERM) asks the training loop to checkpoint and stop at its next
+    boundary (`requested`) rather than end the process at once. (Only the main thread can take a signal:
+    elsewhere this does nothing.)"""
+    with _handling(signums or (signal.SIGTERM,), lambda signum, frame: _received.append(signum)):
+        try:
+            yield
+        finally:
+            _received.clear()
+
+
+@contextlib.contextmanager
+def signals_interrupt(*signums: int) -> Iterator[None]:
+    """While active, each of `signums` raises KeyboardInterrupt in the main thread, as Ctrl-C does."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        _interrupted_by.append(signum)
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    with _handling(signums, interrupt):
+        yield
+
+
+@contextlib.contextmanager
+def _handling(signums: tuple[int, ...], handler) -> Iterator[None]:
+    """`handler` for `signums` while active, the previous handlers restored after."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: _requested.set())
+    previous = {signum: signal.signal(signum, handler) for signum in signums}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        _requested.clear()
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
-def requested() -> bool:
-    """Whether a SIGTERM asked the run to stop."""
-    return _requested.is_set()
+def requested() -> int | None:
+    """The signal that asked the run to stop, if one did."""
+    return _received[0] if _received else None
