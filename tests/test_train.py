@@ -485,6 +485,25 @@ def resume_as_uninterrupted(
     return reference
 
 
+def kill_after_a_checkpoint(process: subprocess.Popen, checkpoints: Path, past: int) -> int:
+    """SIGKILLs the run `process` as soon as a checkpoint after step `past` is complete in `checkpoints`; returns
+    the step of its latest checkpoint."""
+
+    def saved() -> list[int]:
+        return [int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()] if checkpoints.exists() else []
+
+    try:
+        deadline = time.monotonic() + 120
+        while not any(step > past for step in saved()):
+            assert process.poll() is None and time.monotonic() < deadline, f"no checkpoint after step {past}"
+            time.sleep(0.01)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    return max(saved())
+
+
 def test_cli_resumes_after_sigkill_with_identical_parameters(
     uninterrupted_run: Path, full_size_fake_mnist: Path, tmp_path: Path, cli_env: dict[str, str]
 ) -> None:
@@ -496,16 +515,7 @@ def test_cli_resumes_after_sigkill_with_identical_parameters(
         cli(workdir, full_size_fake_mnist, num_steps=10**9), cwd=REPO, env=cli_env, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    try:  # kill -9 as soon as the first checkpoint is complete
-        deadline = time.monotonic() + 120
-        while not (checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir())):
-            assert process.poll() is None and time.monotonic() < deadline, "no checkpoint before the run ended"
-            time.sleep(0.01)
-        os.kill(process.pid, signal.SIGKILL)
-    finally:
-        process.wait()
-    assert process.returncode == -signal.SIGKILL
-    killed_at = max(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+    killed_at = kill_after_a_checkpoint(process, checkpoints, past=0)  # the first one
     reference = resume_as_uninterrupted(workdir, killed_at, uninterrupted_run, full_size_fake_mnist, cli_env)
 
     def scalars(run: Path) -> list[tuple[int, float]]:  # TensorBoard drops what the killed run wrote after it
@@ -531,20 +541,8 @@ def test_cli_checkpoints_by_the_clock_and_resumes_after_sigkill_with_identical_p
         [*cli(workdir, full_size_fake_mnist, num_steps=10**9), *clock, "--config.steps_per_dispatch=100"], cwd=REPO,
         env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-
-    def saved() -> list[int]:
-        return [int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()] if checkpoints.exists() else []
-
-    try:  # kill -9 as soon as a checkpoint after step 100's is complete
-        deadline = time.monotonic() + 120
-        while not any(step > 100 for step in saved()):
-            assert process.poll() is None and time.monotonic() < deadline, "no second checkpoint before the run ended"
-            time.sleep(0.01)
-        os.kill(process.pid, signal.SIGKILL)
-    finally:
-        process.wait()
-    assert process.returncode == -signal.SIGKILL
-    resume_as_uninterrupted(workdir, max(saved()), uninterrupted_run, full_size_fake_mnist, cli_env)
+    killed_at = kill_after_a_checkpoint(process, checkpoints, past=100)  # one the clock decided
+    resume_as_uninterrupted(workdir, killed_at, uninterrupted_run, full_size_fake_mnist, cli_env)
 
 
 def test_cli_stopped_by_sigterm_checkpoints_says_so_and_resumes_exactly(
