@@ -95,9 +95,10 @@ class OnDeviceData:
         test = padded_batches(preprocess(splits.test.images[:count]), splits.test.labels[:count], EVAL_BATCH_SIZE)
         self._test = [layout.place_data(jax.device_put(batch)) for batch in test]
         # The first `eval_train_examples` training examples, evaluated as the test set is (train_accuracy).
-        count = config.eval_train_examples
-        train = padded_batches(preprocess(splits.train.images[:count]), splits.train.labels[:count], EVAL_BATCH_SIZE)
-        self._train_eval = [layout.place_data(jax.device_put(batch)) for batch in train] if count else []
+        count, self._train_eval = config.eval_train_examples, []
+        if count:
+            train = padded_batches(preprocess(splits.train.images[:count]), splits.train.labels[:count], EVAL_BATCH_SIZE)
+            self._train_eval = [layout.place_data(jax.device_put(batch)) for batch in train]
         self.epoch, self.batch_index = 0, 0
 
     def example_images(self) -> np.ndarray:
