@@ -26,7 +26,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-
 from flax import traverse_util
 
 from bnrepro import diagnostics

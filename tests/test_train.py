@@ -29,10 +29,9 @@ import bnrepro.data
 from bnrepro import config_schema
 from bnrepro.hooks import Figure1Percentiles, unit_percentiles
 from bnrepro.models import create_model
-from bnrepro.training import evaluation, steps
+from bnrepro.training import evaluation, run_dir, steps
 from bnrepro.training.device_data import Dataset, epoch_permutation, padded_batches
 from bnrepro.training.loop import DivergedError
-from bnrepro.training import run_dir
 from bnrepro.training.run_dir import CHECKPOINT_DIR, CONFIG_FILE, DIVERGED_FILE, METRICS_FILE, WEIGHT_NORMS_FILE
 from bnrepro.training.sharding import OneModel
 from bnrepro.training.state import TrainState, create_train_state, preprocess, run_once_compiler_options

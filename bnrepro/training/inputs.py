@@ -97,7 +97,9 @@ class OnDeviceData:
         # The first `eval_train_examples` training examples, evaluated as the test set is (train_accuracy).
         count, self._train_eval = config.eval_train_examples, []
         if count:
-            train = padded_batches(preprocess(splits.train.images[:count]), splits.train.labels[:count], EVAL_BATCH_SIZE)
+            train = padded_batches(
+                preprocess(splits.train.images[:count]), splits.train.labels[:count], EVAL_BATCH_SIZE
+            )
             self._train_eval = [layout.place_data(jax.device_put(batch)) for batch in train]
         self.epoch, self.batch_index = 0, 0
 
