@@ -140,6 +140,7 @@ def test_the_claims_sweeps_full_and_quick_load_and_build(name, points, quick_poi
         assert full.base.weight_norms_every > 0
     else:
         assert 60_000 - full.base.validation_size == full.base.eval_train_examples == 5000
+        assert full.base.population_batches <= 5000 // full.base.batch_size  # Algorithm 2's, within an epoch
         assert {p["model.dropout_rate"] for p in full.points} == {0.0, 0.5}
     with pytest.raises(ValueError, match=rf"configs/sweeps/{name}\.py: bad argument 'slow'"):
         sweep.load_sweep(f"configs/sweeps/{name}.py:slow")

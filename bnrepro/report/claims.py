@@ -70,7 +70,7 @@ def steps_to(run: Run, threshold: float = THRESHOLD) -> int | None:
 def norm_growth(run: Run, layer: str = NORM_LAYER) -> float | None:
     """||W|| of `layer` at the run's last weight-norm record over its expected initial value init_std·sqrt(n·m)
     (an n x m matrix of N(0, init_std²) entries; for 100 x 100 the sampled norm is within ~1% of it); None
-    without records. The widths are `model.hidden`'s first two: `layer` is the second hidden layer's matrix."""
+    without records; infinite where ||W|| overflowed float32 (weights beyond ~1e19). The widths are `model.hidden`'s first two: `layer` is the second hidden layer's matrix."""
     path = run.path / WEIGHT_NORMS_FILE
     if not path.exists():
         return None
@@ -78,6 +78,13 @@ def norm_growth(run: Run, layer: str = NORM_LAYER) -> float | None:
     model = run.config["model"]
     initial = model["init_std"] * math.sqrt(model["hidden"][0] * model["hidden"][1])
     return records[-1][layer] / initial if records else None
+
+
+def _growths(runs: Sequence[Run]) -> tuple[list[float], int]:
+    """The runs' finite `norm_growth`s, and how many overflowed."""
+    growths = [g for run in runs if (g := norm_growth(run)) is not None]
+    finite = [g for g in growths if math.isfinite(g)]
+    return finite, len(growths) - len(finite)
 
 
 def _mean_std_error(values: Sequence[float]) -> tuple[float, float]:
@@ -111,7 +118,7 @@ def init_scale_table(groups: Mapping[Key, Sequence[Run]]) -> Table:
     rows = []
     for (_, _, init_std), runs in groups.items():
         kept = _finished(runs)
-        growth = [g for run in kept if (g := norm_growth(run)) is not None]
+        finite, overflowed = _growths(kept)
         rows.append(
             (
                 net_label(runs[0].config),
@@ -120,7 +127,7 @@ def init_scale_table(groups: Mapping[Key, Sequence[Run]]) -> Table:
                 mean_std([_last(run, "test_accuracy") for run in kept], ".2%"),
                 mean_std([_best(run) for run in kept], ".2%"),
                 _reached(kept),
-                mean_std(growth, ".2f"),
+                mean_std(finite, ".2f") + (f" ({overflowed} overflow float32)" if overflowed else ""),
             )
         )
     steps = next(iter(groups.values()))[0].config["num_steps"]
@@ -139,12 +146,15 @@ def plot_init_scale(groups: Mapping[Key, Sequence[Run]]) -> plt.Figure:
     seeds as error bars (a scale at which every seed diverged has no point); (b) `NORM_LAYER`'s ||W|| at the end
     over its initial value, log-log."""
     fig, (accuracy, growth) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for index, (label, scales) in enumerate(_by_net(groups).items()):
-        style = {"color": f"C{index // 2}", "ls": "-" if label.endswith(", BN") else "--", "marker": "o", "capsize": 3}
+    nets = _by_net(groups)
+    activations = sorted({label.split(",")[0] for label in nets})  # a colour each; BN solid, no BN dashed
+    for label, scales in nets.items():
+        colour = f"C{activations.index(label.split(',')[0])}"
+        style = {"color": colour, "ls": "-" if label.endswith(", BN") else "--", "marker": "o", "capsize": 3}
         x = [s for s, _ in scales]
         finals = [_mean_std_error([_last(run, "test_accuracy") for run in runs]) for _, runs in scales]
         accuracy.errorbar(x, *zip(*finals), label=label, **style)
-        grown = [_mean_std_error([g for run in runs if (g := norm_growth(run)) is not None]) for _, runs in scales]
+        grown = [_mean_std_error(_growths(runs)[0]) for _, runs in scales]
         growth.errorbar(x, *zip(*grown), label=label, **style)
     accuracy.set(xscale="log", xlabel="init_std (weights ~ N(0, init_std²); default 0.1)", ylabel="final test accuracy")
     accuracy.set_title("(a) final test accuracy")

@@ -415,6 +415,29 @@ EXPERIMENTS = (
         "docs/experiments.md#table-2-on-imagenet",
     ),
     Experiment(
+        "init_scale",
+        "Initial weight scale: how much BN depends on it",
+        "Sec. 3.3 (scale invariance)",
+        '"Batch Normalization also makes training more resilient to the parameter scale": BN(Wu) = BN((aW)u), so '
+        'the gradient with respect to aW is 1/a times that with respect to W, and "larger weights lead to smaller '
+        'gradients, and Batch Normalization will stabilize the parameter growth". The paper shows no experiment '
+        "of it.",
+        claims.INIT_SCALE_COMMAND,
+        claims.init_scale,
+        "docs/experiments.md#initial-scale",
+    ),
+    Experiment(
+        "regularization",
+        "BN as a regularizer, with and without dropout",
+        "Sec. 3.4 and Sec. 4.2.1 (remove dropout)",
+        '"Batch Normalization regularizes the model": "in a batch-normalized network we found that [Dropout] can '
+        'be either removed or reduced in strength" (Sec. 3.4); removing it from BN-Inception "speeds up training, '
+        'without increasing overfitting" (Sec. 4.2.1). The paper isolates neither on a net that overfits.',
+        claims.REGULARIZATION_COMMAND,
+        claims.regularization,
+        "docs/experiments.md#bn-as-a-regularizer",
+    ),
+    Experiment(
         "ablation",
         "Ablation sweep: activation x BN x learning rate x seed",
         "Sec. 4.2.1 (higher learning rates)",
@@ -437,29 +460,6 @@ EXPERIMENTS = (
         "python scripts/plot_ics.py {runs}/sweeps/ics --out=ics.png",
         ics,
         "docs/experiments.md#gradient-propagation",
-    ),
-    Experiment(
-        "init_scale",
-        "Initial weight scale: how much BN depends on it",
-        "Sec. 3.3 (scale invariance)",
-        '"Batch Normalization also makes training more resilient to the parameter scale": BN(Wu) = BN((aW)u), so '
-        'the gradient with respect to aW is 1/a times that with respect to W, and "larger weights lead to smaller '
-        'gradients, and Batch Normalization will stabilize the parameter growth". The paper shows no experiment '
-        "of it.",
-        claims.INIT_SCALE_COMMAND,
-        claims.init_scale,
-        "docs/experiments.md#initial-scale",
-    ),
-    Experiment(
-        "regularization",
-        "BN as a regularizer, with and without dropout",
-        "Sec. 3.4 and Sec. 4.2.1 (remove dropout)",
-        '"Batch Normalization regularizes the model": "in a batch-normalized network we found that [Dropout] can '
-        'be either removed or reduced in strength" (Sec. 3.4); removing it from BN-Inception "speeds up training, '
-        'without increasing overfitting" (Sec. 4.2.1). The paper isolates neither on a net that overfits.',
-        claims.REGULARIZATION_COMMAND,
-        claims.regularization,
-        "docs/experiments.md#bn-as-a-regularizer",
     ),
     Experiment(
         "adabn",

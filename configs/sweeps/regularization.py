@@ -28,6 +28,7 @@ def get_sweep(arg: str = "") -> Sweep:
     base.validation_size = 60_000 - TRAIN_EXAMPLES
     base.eval_train_examples = TRAIN_EXAMPLES
     base.num_steps, base.eval_every, base.checkpoint_every = 20_000, 1000, 20_000
+    base.population_batches = 80  # Algorithm 2's mini-batches: at most an epoch's 83
     axes = {"model.batch_norm": (True, False), "model.dropout_rate": DROPOUT_RATES, "seed": (0, 1, 2)}
     if arg == "quick":
         axes.update({"model.dropout_rate": (0.5,), "seed": (0,)})
