@@ -112,7 +112,7 @@ def test_default_sweeps():
 
 
 @pytest.mark.parametrize(
-    ("name", "points", "quick_points"), [("init_scale", 2 * 2 * 5 * 3, 2), ("regularization", 2 * 2 * 3, 2)]
+    ("name", "points", "quick_points"), [("init_scale", 2 * 2 * 5 * 3, 2), ("regularization", 2 * 3 * 3, 2)]
 )
 def test_the_claims_sweeps_full_and_quick_load_and_build(name, points, quick_points):
     """configs/sweeps/init_scale.py and regularization.py: every point's config is valid and builds its model
@@ -141,7 +141,7 @@ def test_the_claims_sweeps_full_and_quick_load_and_build(name, points, quick_poi
     else:
         assert 60_000 - full.base.validation_size == full.base.eval_train_examples == 5000
         assert full.base.population_batches <= 5000 // full.base.batch_size  # Algorithm 2's, within an epoch
-        assert {p["model.dropout_rate"] for p in full.points} == {0.0, 0.5}
+        assert {p["model.dropout_rate"] for p in full.points} == {0.0, 0.2, 0.5}
     with pytest.raises(ValueError, match=rf"configs/sweeps/{name}\.py: bad argument 'slow'"):
         sweep.load_sweep(f"configs/sweeps/{name}.py:slow")
 

@@ -169,9 +169,10 @@ def plot_init_scale(groups: Mapping[Key, Sequence[Run]]) -> plt.Figure:
 
 
 def _shown(root: Path, command: str, groups: Mapping[Key, Sequence[Run]]) -> list[ShownConfig]:
+    """The config.json of each group's first run, with the seeds of the group (each once)."""
     return [
         ShownConfig(runs[0].path.relative_to(root).as_posix(), command.format(runs=root.as_posix()), runs[0].config,
-                    [run.config.get("seed") for run in runs])
+                    sorted({run.config.get("seed") for run in runs}))
         for runs in groups.values()
     ]  # fmt: skip
 
@@ -238,7 +239,7 @@ def regularization_table(groups: Mapping[Key, Sequence[Run]]) -> Table:
 def plot_regularization(groups: Mapping[Key, Sequence[Run]]) -> plt.Figure:
     """Train (dashed) and test (solid) accuracy over training, one colour per net, the mean over its seeds with
     the std as a band."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    fig, ax = plt.subplots(figsize=(10, 4.2))
     for index, runs in enumerate(groups.values()):
         kept = [run for run in _finished(runs) if "train_accuracy" in run.evaluations[-1]]
         if not kept:
@@ -256,7 +257,7 @@ def plot_regularization(groups: Mapping[Key, Sequence[Run]]) -> plt.Figure:
     ax.set(xlabel="training step", ylabel="accuracy", ylim=(0.85, 1.005))
     ax.set_title("Train (dashed) and test (solid) accuracy, mean over the seeds")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     return fig
 
