@@ -109,6 +109,7 @@ TRAINING_FIELDS: Mapping[str, Field] = {
     "seed": Field(int),
     "eval_every": Field(int, _at_least(1)),
     "eval_examples": Field(int, _at_least(0)),
+    "eval_train_examples": Field(int, _at_least(0)),
     "eval_statistics": Field(str, _one_of(EVAL_STATISTICS)),
     "population_batches": Field(int, _at_least(1)),
     "plot_layer": Field(str),
@@ -116,6 +117,7 @@ TRAINING_FIELDS: Mapping[str, Field] = {
     "diagnostics_every": Field(int, _at_least(0)),
     "diagnostics_layers": Field(tuple, _names),
     "diagnostics_step_scales": Field(tuple, _positive_floats),
+    "weight_norms_every": Field(int, _at_least(0)),
     "steps_per_dispatch": Field(int, _at_least(1)),
     "checkpoint_every": Field(int, _at_least(1)),
     "checkpoint_every_seconds": Field(int, _at_least(0)),
@@ -164,6 +166,7 @@ def _model_side() -> _ModelSide:
         "hidden": _positive_ints,
         "num_classes": _at_least(1),
         "init_std": _positive_finite,
+        "dropout_rate": _in_unit_interval,
         "hidden_size": _at_least(1),
         "sequence": _one_of(SEQUENCES),
         "gamma_init": _positive_finite,
@@ -192,7 +195,14 @@ def _model_side() -> _ModelSide:
     # defaults, which every model then passed on (eps 1e-5 in all three); and before `dtype` existed, every run
     # computed in float32. Such a run resumes under today's config.
     bn_defaults = json.loads(models.bn_config().to_json_best_effort())
-    implicit = {**{f"model.bn.{option}": value for option, value in bn_defaults.items()}, "dtype": "float32"}
+    # Dropout in the MLP (`model.dropout_rate`) and the training-set evaluation came later, off.
+    implicit = {
+        **{f"model.bn.{option}": value for option, value in bn_defaults.items()},
+        "dtype": "float32",
+        "model.dropout_rate": 0.0,
+        "eval_train_examples": 0,
+        "weight_norms_every": 0,
+    }
     bn_fields = attribute_fields(layers.BatchNorm, models.BN_OPTIONS, bn_checks)
     return _ModelSide(models, tuple(layers.COMPUTE_DTYPES), field_checks, bn_fields, renamed, implicit)
 
@@ -309,7 +319,7 @@ def _check_host_fed(config: ml_collections.ConfigDict) -> None:
     _check_fields(config.input, INPUT_FIELDS, prefix="input.")
     if config.data_source != "tfds":
         raise ValueError(f"config.data_source = {config.data_source!r}: {config.dataset} is read through tfds only.")
-    for key, value in (("validation_size", 0), ("plot_layer", ""), ("eval_examples", 0)):
+    for key, value in (("validation_size", 0), ("plot_layer", ""), ("eval_examples", 0), ("eval_train_examples", 0)):
         if config[key] != value:
             raise ValueError(f"config.{key} = {config[key]!r}: only {value!r} is supported for {config.dataset}.")
 

@@ -8,8 +8,9 @@ Two kinds, both traced before training (so a bad setting stops the run before it
 * a `MeasurementHook` measures the state on the latest training mini-batch every `every` steps (e.g. Santurkar et
   al.'s gradient measurements, `Diagnostics`) into a file of its own.
 
-`from_config` builds the ones a config asks for: Figure 1's percentiles at every evaluation (`config.plot_layer`)
-and Santurkar et al.'s measurements every N steps (`config.diagnostics_every`).
+`from_config` builds the ones a config asks for: Figure 1's percentiles at every evaluation (`config.plot_layer`),
+Santurkar et al.'s measurements every N steps (`config.diagnostics_every`) and the weights' norms every N steps
+(`config.weight_norms_every`).
 
     loop.train_and_evaluate(config, workdir, hooks.from_config(config))
 
@@ -22,11 +23,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax import traverse_util
 
 from bnrepro import diagnostics
-from bnrepro.training.run_dir import DIAGNOSTICS_FILE
+from bnrepro.training.run_dir import DIAGNOSTICS_FILE, WEIGHT_NORMS_FILE
 from bnrepro.training.state import TrainState
 
 PERCENTILES = (15, 50, 85)  # of the plotted unit's input over test examples: Fig. 1(b, c)
@@ -69,13 +72,15 @@ def collect_all(hooks: Sequence[EvaluationHook]) -> Callable[[Mapping[str, Any]]
 
 def from_config(config: ml_collections.ConfigDict) -> Hooks:
     """The hooks `config` asks for: `Figure1Percentiles` if `plot_layer` is set, `Diagnostics` if
-    `diagnostics_every` is."""
+    `diagnostics_every` is, `WeightNorms` if `weight_norms_every` is."""
     evaluation = [Figure1Percentiles(config.plot_layer, config.plot_unit)] if config.plot_layer else []
-    measurement = []
+    measurement: list[MeasurementHook] = []
     if config.diagnostics_every:
         measurement.append(
             Diagnostics(config.diagnostics_every, config.diagnostics_layers, config.diagnostics_step_scales)
         )
+    if config.weight_norms_every:
+        measurement.append(WeightNorms(config.weight_norms_every))
     return Hooks(evaluation, measurement)
 
 
@@ -134,3 +139,19 @@ class Diagnostics:
             return diagnostics.measure(state, batch, self.layers, self.step_scales)
         except ValueError as e:
             raise ValueError(f"config.diagnostics_layers = {self.layers!r}: {e}") from None
+
+
+class WeightNorms:
+    """The Frobenius norm ||W|| of every layer's weight matrix (`kernel`) every `every` steps, into
+    `weight_norms.jsonl`, keyed by the layer's path (as `diagnostics.layer_gradient_norms`). Sec. 3.3's stabilization argument: under BN, BN((aW)u) = BN(Wu),
+    so the gradient with respect to aW is 1/a times that with respect to W, and larger weights grow less."""
+
+    filename = WEIGHT_NORMS_FILE
+
+    def __init__(self, every: int):
+        self.every = every
+
+    def measure(self, state: TrainState, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        del batch  # the weights alone
+        flat = traverse_util.flatten_dict(state.params, sep="/")
+        return {path.rsplit("/", 1)[0]: jnp.linalg.norm(w) for path, w in flat.items() if path.endswith("/kernel")}

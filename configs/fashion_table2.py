@@ -75,6 +75,7 @@ def get_config(arg: str = "bn_x5") -> ml_collections.ConfigDict:
 
     config.eval_every = 250
     config.eval_examples = 0  # the whole test set, 10,000 examples
+    config.eval_train_examples = 0  # training examples also evaluated (train_accuracy), the first ones; 0 = off
     config.eval_statistics = "population"
     config.population_batches = 20
     config.plot_layer = ""  # no Figure 1 percentiles for this net
@@ -82,6 +83,7 @@ def get_config(arg: str = "bn_x5") -> ml_collections.ConfigDict:
     config.diagnostics_every = 0  # Santurkar et al.'s measurements (bnrepro.diagnostics) are off
     config.diagnostics_layers = ()
     config.diagnostics_step_scales = (0.5, 1.0, 2.0, 4.0)
+    config.weight_norms_every = 0  # steps between records of each layer's ||W|| in weight_norms.jsonl (0 = off)
     config.steps_per_dispatch = 1  # XLA:CPU runs convolutions ~15x slower inside a fused (while) loop
     config.checkpoint_every = 1000
     config.checkpoint_every_seconds = 300  # and every 5 minutes: a run takes ~30 on a CPU core; a kill loses 5 at most

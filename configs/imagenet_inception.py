@@ -90,6 +90,7 @@ def get_config(arg: str | None = None, config_file: str = "configs/imagenet_ince
 
     config.eval_every = steps_per_epoch
     config.eval_examples = 0  # all 50,000
+    config.eval_train_examples = 0  # host-fed data: 0 only
     config.eval_statistics = "population"  # Algorithm 2 (without BN there is nothing to estimate)
     config.population_batches = 50  # global mini-batches of 32 R: 400 of the paper's mini-batches for R = 8
     config.plot_layer = ""
@@ -97,6 +98,7 @@ def get_config(arg: str | None = None, config_file: str = "configs/imagenet_ince
     config.diagnostics_every = 0  # Santurkar et al.'s measurements (bnrepro.diagnostics) are off
     config.diagnostics_layers = ()
     config.diagnostics_step_scales = (0.5, 1.0, 2.0, 4.0)
+    config.weight_norms_every = 0  # steps between records of each layer's ||W|| in weight_norms.jsonl (0 = off)
     config.steps_per_dispatch = 100  # steps between reading the losses back (the loop checks them for NaN)
     config.checkpoint_every = 5000
     config.checkpoint_every_seconds = 300  # and every 5 minutes: a kill (a preempted VM) loses at most that

@@ -31,6 +31,7 @@ def get_config(variant: str = "bn") -> ml_collections.ConfigDict:
     config.model.activation = "sigmoid"  # the hidden nonlinearity g: sigmoid, relu, tanh
     config.model.batch_norm = variant == "bn"  # BN before every g, W's bias dropped (Sec. 3.2)
     config.model.init_std = 0.1  # weights ~ N(0, init_std^2); the paper: "small random Gaussian values"
+    config.model.dropout_rate = 0.0  # dropout after every hidden nonlinearity (not in Figure 1's net); 0 = off
     # Every BN layer's options (bnrepro.layers.BatchNorm, bound once by bnrepro.models.create_model); those not
     # set here keep BatchNorm's defaults: eps batchnorm.DEFAULT_EPS, no ghost batches (virtual_batch_size), no
     # cross-device axis_name, Algorithm 2's m/(m-1) in the moving averages (unbiased_running_var).
@@ -59,6 +60,7 @@ def get_config(variant: str = "bn") -> ml_collections.ConfigDict:
 
     config.eval_every = 1000  # steps between evaluations on the whole test set
     config.eval_examples = 0  # test examples evaluated, the first ones (0 = all 10,000)
+    config.eval_train_examples = 0  # training examples also evaluated (train_accuracy), the first ones; 0 = off
     config.eval_statistics = "population"  # BN at test time: population (Algorithm 2) or moving_average
     config.population_batches = 100  # K training mini-batches of batch_size examples for Algorithm 2
     config.plot_layer = "DenseBN_2"  # the layer whose sigmoid inputs Fig. 1(b, c) shows: the last hidden one
@@ -69,6 +71,7 @@ def get_config(variant: str = "bn") -> ml_collections.ConfigDict:
     config.diagnostics_every = 0
     config.diagnostics_layers = ("DenseBN_0", "DenseBN_1", "DenseBN_2")  # in forward order
     config.diagnostics_step_scales = (0.5, 1.0, 2.0, 4.0)
+    config.weight_norms_every = 0  # steps between records of each layer's ||W|| in weight_norms.jsonl (0 = off)
 
     config.steps_per_dispatch = 1000  # steps fused into one program with lax.scan
     config.checkpoint_every = 10_000  # steps between checkpoints (also one at the end)

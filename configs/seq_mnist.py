@@ -77,6 +77,7 @@ def get_config(arg: str = "bn_lstm") -> ml_collections.ConfigDict:
 
     config.eval_every = 50 if quick else 250 if rows else 2_000  # steps between evaluations on the test set
     config.eval_examples = 0  # test examples evaluated, the first ones (0 = all 10,000)
+    config.eval_train_examples = 0  # training examples also evaluated (train_accuracy), the first ones; 0 = off
     config.eval_statistics = "population"  # BN at test time: population (Algorithm 2), per time step
     config.population_batches = 100  # K training mini-batches of batch_size examples for Algorithm 2
     config.plot_layer = ""  # no Fig. 1(b, c) percentiles for this net
@@ -84,6 +85,7 @@ def get_config(arg: str = "bn_lstm") -> ml_collections.ConfigDict:
     config.diagnostics_every = 0  # Santurkar et al.'s measurements (bnrepro.diagnostics): off
     config.diagnostics_layers = ()  # none
     config.diagnostics_step_scales = (0.5, 1.0, 2.0, 4.0)  # unused while diagnostics_every = 0
+    config.weight_norms_every = 0  # steps between records of each layer's ||W|| in weight_norms.jsonl (0 = off)
 
     # Steps fused into one program with lax.scan. On one CPU core (rows, 500 steps) 1, 10, 50, 250 give 59, 61, 64,
     # 65 steps/s (BN-LSTM) and 94, 97, 97, 102 (LSTM): the fused loop does not hurt this net as it does conv nets.

@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import pytest
 from config_files import fashion_table2, imagenet, load_config_file, mnist_mlp
 
@@ -173,3 +174,28 @@ def test_a_config_without_bn_options_is_refused() -> None:
     del tree["model"]["bn"]
     with pytest.raises(ValueError, match=r"config\.model\.bn: missing"):
         config_schema.validate(ml_collections.ConfigDict(tree))
+
+
+@pytest.mark.parametrize("variant", ["bn", "baseline"])
+def test_mlp_dropout_draws_in_training_only_and_is_off_at_rate_0(variant: str) -> None:
+    """`model.dropout_rate`: no variable of its own; at 0 the training network draws nothing (the Figure 1 net
+    unchanged); at 0.5 it differs with the key, and the inference network is the one without dropout."""
+    config = mnist_mlp.get_config(variant)
+    plain = models.create_model(config.model)
+    config.model.dropout_rate = 0.5
+    dropped = models.create_model(config.model)
+    images = jax.random.uniform(jax.random.key(0), (8, 28, 28))
+    variables = plain.init(jax.random.key(1), images, train=False)
+    same = dropped.init(jax.random.key(1), images, train=False)
+    jax.tree.map(np.testing.assert_array_equal, same, variables)
+
+    def training(model: nn.Module, **rngs) -> jax.Array:
+        return model.apply(variables, images, train=True, mutable=["batch_stats"], rngs=rngs)[0]
+
+    without = training(plain)  # no dropout key needed
+    np.testing.assert_array_equal(training(plain, dropout=jax.random.key(2)), without)
+    first, second = training(dropped, dropout=jax.random.key(2)), training(dropped, dropout=jax.random.key(3))
+    assert not np.allclose(first, without) and not np.allclose(first, second)
+    np.testing.assert_array_equal(
+        dropped.apply(variables, images, train=False), plain.apply(variables, images, train=False)
+    )

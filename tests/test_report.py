@@ -539,3 +539,67 @@ def test_a_headless_browser_draws_the_page(tmp_path):
     assert image.shape[:2] == (2400, 1280)
     colours = np.unique(image.reshape(-1, image.shape[-1])[::97], axis=0)
     assert len(colours) > 50  # text, tables and the embedded figure: not one colour
+
+
+def claims_run(root: Path, name: str, model: dict, accuracies: list[float], seed: int, **extra) -> Path:
+    """A point of the initial-scale or regularization sweep as its hooks leave it; `extra`: per-evaluation keys
+    (e.g. train_accuracy) or `weight_norm`, the middle layer's ||W|| at the end."""
+    norm = extra.pop("weight_norm", None)
+    config = {"seed": seed, "num_steps": 200 * len(accuracies), "eval_train_examples": 5000,
+              "model": {"hidden": [100, 100, 100], "activation": "sigmoid", "dropout_rate": 0.0, **model}}  # fmt: skip
+    evaluations = [
+        {"step": 200 * (i + 1), "test_accuracy": a, **{k: v[i] for k, v in extra.items()}}
+        for i, a in enumerate(accuracies)
+    ]
+    write_run(root / name, evaluations, config)
+    if norm is not None:
+        (root / name / "weight_norms.jsonl").write_text(json.dumps({"step": 400, "DenseBN_1/Dense_0": norm}) + "\n")
+    return root / name
+
+
+def test_the_initial_scale_sweep_shows_accuracy_against_scale_and_weight_growth(tmp_path):
+    root = tmp_path / "runs"
+    sweep = root / "sweeps" / "init_scale"
+    for seed, (high, grown) in enumerate(((0.92, 3.0), (0.94, 5.0))):  # init_std 0.01: ||W|| starts at 1.0
+        claims_run(sweep, f"bn,0.01,{seed}", {"batch_norm": True, "init_std": 0.01}, [0.8, high], seed,
+                   weight_norm=grown)  # fmt: skip
+        claims_run(sweep, f"nobn,0.01,{seed}", {"batch_norm": False, "init_std": 0.01}, [0.1, 0.1], seed,
+                   weight_norm=1.0)  # fmt: skip
+    claims_run(sweep, "nobn,1,0", {"batch_norm": False, "init_std": 1.0}, [0.5, 0.85], 0, weight_norm=100.0)
+    (claims_run(sweep, "nobn,1,1", {"batch_norm": False, "init_std": 1.0}, [0.5], 1) / "DIVERGED").write_text("x")
+    claims_run(sweep, "nobn,1,0.old-1", {"batch_norm": False, "init_std": 1.0}, [0.0, 0.0], 0)  # set aside: not read
+    document, _, _ = build(root, tmp_path)
+    page = section(document, "init_scale")
+    assert len(embedded_pngs(page)) == 1 and "1 of 6 runs diverged (left out of the means)" in page
+    (table,) = [t for caption, t in html_tables(document).items() if caption.startswith("Initial scale, 400 steps")]
+    rows = {(r[0], r[1]): dict(zip(table[0], r)) for r in table[1:]}
+    bn = rows[("sigmoid, BN", "0.01")]
+    assert bn["final test accuracy"] == f"{0.93:.2%} ± {np.std([0.92, 0.94], ddof=1):.2%}"
+    assert bn["steps to 90%"] == "400 ± 0" and bn["||W|| of DenseBN_1/Dense_0, end / start"] == "4.00 ± 1.41"
+    assert rows[("sigmoid, no BN", "0.01")]["steps to 90%"] == "— (0 of 2 reach it)"
+    large = rows[("sigmoid, no BN", "1")]
+    assert large["seeds"] == "2 seeds (diverged)" and large["final test accuracy"] == "85.00%"
+    assert large["||W|| of DenseBN_1/Dense_0, end / start"] == "1.00"  # 100 / (1.0 * sqrt(100 * 100))
+    assert page.count("<details>") == 2  # one config per net
+
+
+def test_the_regularization_sweep_shows_train_and_test_accuracy_and_their_gap(tmp_path):
+    root = tmp_path / "runs"
+    sweep = root / "sweeps" / "regularization"
+    for seed in (0, 1):
+        for batch_norm in (True, False):
+            for rate in (0.0, 0.5):
+                test = 0.92 + 0.01 * seed + 0.02 * rate
+                claims_run(sweep, f"{batch_norm},{rate},{seed}", {"batch_norm": batch_norm, "dropout_rate": rate},
+                           [0.9, test], seed, train_accuracy=[0.95, 1.0 - 0.02 * rate])  # fmt: skip
+    document, _, _ = build(root, tmp_path)
+    page = section(document, "regularization")
+    assert len(embedded_pngs(page)) == 1
+    table = html_tables(document)[
+        "BN and dropout on 5,000 training examples, 400 steps: final accuracies, mean ± std over the seeds"
+    ]
+    assert [r[0] for r in table[1:]] == ["BN, no dropout", "BN, dropout 0.5", "no BN, no dropout", "no BN, dropout 0.5"]
+    dropout = row(table, "no BN, dropout 0.5")
+    std = f"{np.std([0.93, 0.94], ddof=1):.2%}"
+    assert dropout["train accuracy"] == "99.00% ± 0.00%" and dropout["test accuracy"] == f"{0.935:.2%} ± {std}"
+    assert dropout["gap (train − test)"] == f"{0.99 - 0.935:.2%} ± {std}" and dropout["steps to 90%"] == "200 ± 0"

@@ -111,6 +111,41 @@ def test_default_sweeps():
         sweep.load_sweep("configs/sweeps/mnist_activation_bn.py:slow")
 
 
+@pytest.mark.parametrize(
+    ("name", "points", "quick_points"), [("init_scale", 2 * 2 * 5 * 3, 2), ("regularization", 2 * 3 * 3, 2)]
+)
+def test_the_claims_sweeps_full_and_quick_load_and_build(name, points, quick_points):
+    """configs/sweeps/init_scale.py and regularization.py: every point's config is valid and builds its model
+    (shapes only); the scales span 0.01x to 10x the default; the regularization runs train on 5,000 examples and
+    evaluate them."""
+    import jax
+    import jax.numpy as jnp
+
+    from bnrepro import models
+
+    full, quick = (sweep.load_sweep(f"configs/sweeps/{name}.py{arg}") for arg in ("", ":quick"))
+    assert (len(full.points), len(quick.points)) == (points, quick_points) and quick.base.num_steps == 300
+    for spec in (full, quick):
+        for point in spec.points:
+            config = sweep.point_config(spec.base, point)
+            config_schema.validate(config)
+            model = models.create_model(config.model)
+            shapes = jax.eval_shape(
+                functools.partial(model.init, train=False), jax.random.key(0), jnp.zeros((2, 28, 28))
+            )
+            assert shapes["params"]["Dense_0"]["kernel"].shape == (100, 10)
+    if name == "init_scale":
+        scales = sorted({p["model.init_std"] for p in full.points})
+        assert scales[0] <= 0.01 * full.base.model.init_std and scales[-1] >= 10 * full.base.model.init_std
+        assert full.base.weight_norms_every > 0
+    else:
+        assert 60_000 - full.base.validation_size == full.base.eval_train_examples == 5000
+        assert full.base.population_batches <= 5000 // full.base.batch_size  # Algorithm 2's, within an epoch
+        assert {p["model.dropout_rate"] for p in full.points} == {0.0, 0.2, 0.5}
+    with pytest.raises(ValueError, match=rf"configs/sweeps/{name}\.py: bad argument 'slow'"):
+        sweep.load_sweep(f"configs/sweeps/{name}.py:slow")
+
+
 def test_a_sweep_file_without_points_is_refused_in_one_line(tmp_path):
     spec = tmp_path / "empty.py"
     spec.write_text(EMPTY_SWEEP_FILE)

@@ -19,19 +19,20 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from config_files import fashion_table2, mnist_mlp
+from config_files import fashion_table2, load_config_file, mnist_mlp
 from fake_mnist import learnable_images, write_fake_mnist
 from tensorboard.backend.event_processing import event_accumulator
 from terminal import with_ctrl_c
 from training_run import small_config, train_and_evaluate
 
 import bnrepro.data
+from bnrepro import config_schema
 from bnrepro.hooks import Figure1Percentiles, unit_percentiles
 from bnrepro.models import create_model
-from bnrepro.training import evaluation, steps
+from bnrepro.training import evaluation, run_dir, steps
 from bnrepro.training.device_data import Dataset, epoch_permutation, padded_batches
 from bnrepro.training.loop import DivergedError
-from bnrepro.training.run_dir import CHECKPOINT_DIR, CONFIG_FILE, DIVERGED_FILE, METRICS_FILE
+from bnrepro.training.run_dir import CHECKPOINT_DIR, CONFIG_FILE, DIVERGED_FILE, METRICS_FILE, WEIGHT_NORMS_FILE
 from bnrepro.training.sharding import OneModel
 from bnrepro.training.state import TrainState, create_train_state, preprocess, run_once_compiler_options
 from bnrepro.training.steps import eval_step, loss_and_accuracy, train_step, train_steps
@@ -320,6 +321,7 @@ def test_a_run_made_before_model_bn_resumes(small_fake_mnist: Path, tmp_path: Pa
     train_and_evaluate(half, tmp_path / "old")
     saved = json.loads((tmp_path / "old" / CONFIG_FILE).read_text())
     bn = saved["model"].pop("bn")  # as configs/mnist_mlp.py wrote it then: five bn_* keys, the rest implicit
+    del saved["model"]["dropout_rate"], saved["eval_train_examples"], saved["weight_norms_every"]  # later keys
     saved["model"].update({f"bn_{k}": bn[k] for k in ("momentum", "backward", "renorm", "noise_shift", "noise_scale")})
     (tmp_path / "old" / CONFIG_FILE).write_text(json.dumps(saved))
     resumed = train_and_evaluate(config, tmp_path / "old")
@@ -330,6 +332,55 @@ def test_a_run_made_before_model_bn_resumes(small_fake_mnist: Path, tmp_path: Pa
     (tmp_path / "old" / CONFIG_FILE).write_text(json.dumps(saved))
     with pytest.raises(ValueError, match=r"config\.model\.bn_tracking: .* keys this version of bnrepro does not know"):
         train_and_evaluate(config, tmp_path / "old")
+
+
+def test_keys_added_since_a_run_are_implicit_only_where_todays_config_has_them() -> None:
+    """A recorded config without `model.dropout_rate` matches today's MLP config at 0.0, and a BN-LSTM's config
+    (its model has no dropout_rate) as it is."""
+    for config in (mnist_mlp.get_config("bn"), load_config_file("seq_mnist").get_config("bn_lstm,rows")):
+        saved = json.loads(config.to_json_best_effort())
+        saved["model"].pop("dropout_rate", None)
+        assert run_dir.config_changes(saved, config, implicit=config_schema.IMPLICIT_IN_OLD_RUNS) == {}
+    config.model.h0_noise = 0.5  # a change is still one
+    assert run_dir.config_changes(saved, config, implicit=config_schema.IMPLICIT_IN_OLD_RUNS) == {
+        "model.h0_noise": (saved["model"]["h0_noise"], 0.5)
+    }
+
+
+def test_dropout_run_resumes_exactly_and_records_train_accuracy_and_weight_norms(
+    small_fake_mnist: Path, tmp_path: Path
+) -> None:
+    """With dropout, a run stopped at step 40 and resumed ends with the parameters of an uninterrupted one (the
+    dropout keys derive from the checkpointed state); `eval_train_examples` records the inference network on the
+    first training examples; `weight_norms_every` records each layer's ||W|| (NumPy's norm of the final kernels)."""
+    config = small_config(
+        data_dir=str(small_fake_mnist), eval_statistics="moving_average", eval_train_examples=250,
+        weight_norms_every=30,
+    )  # fmt: skip
+    config.model.dropout_rate = 0.5
+    whole = train_and_evaluate(config, tmp_path / "whole")
+    half = config.copy_and_resolve_references()
+    half.num_steps = 40
+    train_and_evaluate(half, tmp_path / "resumed")
+    resumed = train_and_evaluate(config, tmp_path / "resumed")
+    jax.tree.map(np.testing.assert_array_equal, resumed.params, whole.params)
+    no_dropout = small_config(data_dir=str(small_fake_mnist), eval_statistics="moving_average", num_steps=20)
+    train_and_evaluate(no_dropout, tmp_path / "plain")
+
+    train = bnrepro.data.load_dataset("mnist", data_dir=small_fake_mnist).train
+    first = evaluate(whole, whole.batch_stats, preprocess(jnp.asarray(train.images[:250])), train.labels[:250])
+    record = json.loads((tmp_path / "whole" / METRICS_FILE).read_text().splitlines()[-1])
+    assert record["train_accuracy"] == pytest.approx(first["accuracy"])
+    assert record["train_eval_loss"] == pytest.approx(first["loss"], rel=1e-5)
+    norms = [json.loads(line) for line in (tmp_path / "whole" / WEIGHT_NORMS_FILE).read_text().splitlines()]
+    assert [r["step"] for r in norms] == [30, 60]
+    kernels = {"DenseBN_0/Dense_0", "DenseBN_1/Dense_0", "DenseBN_2/Dense_0", "Dense_0"}
+    assert set(norms[-1]) == {"step", *kernels}
+    for layer in kernels:
+        kernel = np.asarray(functools.reduce(lambda tree, key: tree[key], layer.split("/"), whole.params)["kernel"])
+        assert norms[-1][layer] == pytest.approx(np.sqrt(np.sum(kernel.astype(np.float64) ** 2)), rel=1e-5)
+    assert "train_accuracy" not in json.loads((tmp_path / "plain" / METRICS_FILE).read_text().splitlines()[-1])
+    assert not (tmp_path / "plain" / WEIGHT_NORMS_FILE).exists()
 
 
 def test_moving_average_statistics_option(small_fake_mnist: Path, tmp_path: Path) -> None:
@@ -371,6 +422,10 @@ def test_eval_examples_evaluates_the_first_test_examples(small_fake_mnist: Path,
         ({"plot_unit": 100}, r"config\.plot_unit = 100"),
         ({"population_batches": 21}, r"config\.population_batches = 21: more than the 20 mini-batches"),
         ({"eval_examples": 301}, r"config\.eval_examples = 301: more than the 300 test examples"),
+        (  # the held-out examples are not training examples
+            {"eval_train_examples": 1001, "validation_size": 200},
+            r"config\.eval_train_examples = 1001: more than the 1000 training examples",
+        ),
         ({"batch_size": 1300}, r"config\.batch_size = 1300: more than the 1200 training examples"),
     ],
 )

@@ -25,6 +25,9 @@ class MLP(nn.Module):
       activation: the hidden nonlinearity g (`sigmoid` in the paper).
       batch_norm: BN before every hidden nonlinearity.
       init_std: standard deviation of every weight's Gaussian initialization.
+      dropout_rate: dropout after every hidden nonlinearity (not in the paper's Figure 1 net; Sec. 3.4's
+        comparison of BN with dropout as a regularizer). With `train=True` and a rate > 0, `apply` needs a
+        `dropout` rng; at inference (`train=False`) and at rate 0 the net is the one without dropout.
       norm: the BN layer of every hidden layer, `layers.BatchNorm` with its options bound
         (`bnrepro.models.create_model` binds `config.model.bn`).
       dtype: the compute dtype, one of `layers.COMPUTE_DTYPES` (`config.dtype`).
@@ -35,6 +38,7 @@ class MLP(nn.Module):
     activation: str = "sigmoid"
     batch_norm: bool = True
     init_std: float = 0.1
+    dropout_rate: float = 0.0
     norm: Callable[..., nn.Module] = BatchNorm
     dtype: str = "float32"
 
@@ -51,4 +55,6 @@ class MLP(nn.Module):
                 kernel_init=kernel_init,
                 dtype=self.dtype,
             )(u, train=train)
+            if self.dropout_rate > 0:
+                u = nn.Dropout(self.dropout_rate, deterministic=not train)(u)
         return nn.Dense(self.num_classes, kernel_init=kernel_init, dtype=self.dtype)(u).astype(jnp.float32)

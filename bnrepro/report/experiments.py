@@ -6,7 +6,6 @@ checks that they do). Each of the paper's numbers is written here once (Table 2'
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -14,32 +13,10 @@ from typing import Any, NamedTuple
 import matplotlib.pyplot as plt
 
 from bnrepro import figures
+from bnrepro.report import claims
+from bnrepro.report.content import Content, Figure, ShownConfig, png
 from bnrepro.report.runs import Column, Run, Table, parse_markdown_table, read_run, read_variant, variant_table
 from bnrepro.training.run_dir import DIAGNOSTICS_FILE
-
-
-class Figure(NamedTuple):
-    caption: str
-    png: bytes
-
-
-class ShownConfig(NamedTuple):
-    """A variant's config.json (its first seed's), and the command that trains it."""
-
-    run: str  # the run directory, relative to --runs
-    command: str
-    config: dict[str, Any]
-    seeds: list[Any]  # config.seed of each of the variant's runs
-
-
-class Content(NamedTuple):
-    """What the page shows of an experiment that has run (in part)."""
-
-    figures: list[Figure]
-    tables: list[Table]
-    notes: list[str]
-    configs: list[ShownConfig]
-    missing: list[tuple[str, str]]  # (variant, command) of the variants not run yet
 
 
 class Experiment(NamedTuple):
@@ -57,14 +34,6 @@ class Variant(NamedTuple):
     run: str  # its run directory, relative to --runs (seeds: `figures.seed_dirs`)
     command: str  # the command that trains it; `{runs}` is the --runs directory
     paper: tuple[str, ...] = ()  # the paper's numbers for it, one per paper column
-
-
-def png(figure: plt.Figure) -> bytes:
-    """The figure as PNG bytes; the figure is closed."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
-    return buffer.getvalue()
 
 
 def plot_accuracy_curves(groups: Mapping[str, Sequence[Run]], title: str) -> plt.Figure:
@@ -444,6 +413,29 @@ EXPERIMENTS = (
         _commands(TABLE2_IMAGENET),
         table2_imagenet,
         "docs/experiments.md#table-2-on-imagenet",
+    ),
+    Experiment(
+        "init_scale",
+        "Initial weight scale: how much BN depends on it",
+        "Sec. 3.3 (scale invariance)",
+        '"Batch Normalization also makes training more resilient to the parameter scale": BN(Wu) = BN((aW)u), so '
+        'the gradient with respect to aW is 1/a times that with respect to W, and "larger weights lead to smaller '
+        'gradients, and Batch Normalization will stabilize the parameter growth". The paper shows no experiment '
+        "of it.",
+        claims.INIT_SCALE_COMMAND,
+        claims.init_scale,
+        "docs/experiments.md#initial-scale",
+    ),
+    Experiment(
+        "regularization",
+        "BN as a regularizer, with and without dropout",
+        "Sec. 3.4 and Sec. 4.2.1 (remove dropout)",
+        '"Batch Normalization regularizes the model": "in a batch-normalized network we found that [Dropout] can '
+        'be either removed or reduced in strength" (Sec. 3.4); removing it from BN-Inception "speeds up training, '
+        'without increasing overfitting" (Sec. 4.2.1). The paper isolates neither on a net that overfits.',
+        claims.REGULARIZATION_COMMAND,
+        claims.regularization,
+        "docs/experiments.md#bn-as-a-regularizer",
     ),
     Experiment(
         "ablation",

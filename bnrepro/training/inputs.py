@@ -8,7 +8,8 @@
   stream that is a function of the seed, so resuming at step T is exact.
 
 Both yield the test set as batches of one shape (the last padded, `mask` marking the real examples), which
-`evaluation.evaluate` runs the inference network over.
+`evaluation.evaluate` runs the inference network over; `OnDeviceData` also the first `eval_train_examples`
+training examples, for the training-set accuracy.
 """
 
 from __future__ import annotations
@@ -77,6 +78,11 @@ class OnDeviceData:
             )
         if config.eval_examples > num_test:
             raise ValueError(f"config.eval_examples = {config.eval_examples}: more than the {num_test} test examples.")
+        if config.eval_train_examples > self.num_examples:
+            raise ValueError(
+                f"config.eval_train_examples = {config.eval_train_examples}: more than the {self.num_examples} "
+                "training examples."
+            )
         logging.info(
             "%s (%s): %d training examples (%d steps per epoch), %d test examples.",
             config.dataset, config.data_source, self.num_examples, self.steps_per_epoch, num_test,
@@ -88,6 +94,13 @@ class OnDeviceData:
         count = config.eval_examples or None
         test = padded_batches(preprocess(splits.test.images[:count]), splits.test.labels[:count], EVAL_BATCH_SIZE)
         self._test = [layout.place_data(jax.device_put(batch)) for batch in test]
+        # The first `eval_train_examples` training examples, evaluated as the test set is (train_accuracy).
+        count, self._train_eval = config.eval_train_examples, []
+        if count:
+            train = padded_batches(
+                preprocess(splits.train.images[:count]), splits.train.labels[:count], EVAL_BATCH_SIZE
+            )
+            self._train_eval = [layout.place_data(jax.device_put(batch)) for batch in train]
         self.epoch, self.batch_index = 0, 0
 
     def example_images(self) -> np.ndarray:
@@ -113,6 +126,10 @@ class OnDeviceData:
     def test_batch_spec(self) -> dict[str, jax.Array]:
         """A test batch (every one has its shapes)."""
         return self._test[0]
+
+    def train_eval_batches(self) -> Iterator[dict[str, jax.Array]]:
+        """The first `eval_train_examples` training examples in padded test-shaped batches (none if it is 0)."""
+        return iter(self._train_eval)
 
     def close(self) -> None:
         """Nothing to release: the data are arrays on the device."""

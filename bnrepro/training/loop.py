@@ -143,9 +143,12 @@ def train_models(
                         moments, population, state, training.population_batches(step)
                     )
                 evaluations = evaluation.evaluate(eval_step, state, batch_stats, data.test_batches(), layout)
+                on_train = [None] * layout.size
+                if config.eval_train_examples:  # the same inference network on training examples
+                    on_train = evaluation.evaluate(eval_step, state, batch_stats, data.train_eval_batches(), layout)
                 losses = np.concatenate(losses_since_eval, axis=-1)
                 records = [
-                    _evaluation_record(step, layout.member(losses, i), evaluations[i], hooks)
+                    _evaluation_record(step, layout.member(losses, i), evaluations[i], hooks, on_train[i])
                     for i in range(layout.size)
                 ]
                 for run, record in zip(runs, records):
@@ -327,11 +330,22 @@ class HostFedSteps:
         return self._data.batch(step - 1)
 
 
-def _evaluation_record(step: int, losses: np.ndarray, result: evaluation.Evaluation, given: Hooks) -> dict[str, Any]:
-    """One model's `metrics.jsonl` record of an evaluation; the training loss is the mean since the last one."""
+def _evaluation_record(
+    step: int,
+    losses: np.ndarray,
+    result: evaluation.Evaluation,
+    given: Hooks,
+    on_train: evaluation.Evaluation | None = None,
+) -> dict[str, Any]:
+    """One model's `metrics.jsonl` record of an evaluation; the training loss is the mean since the last one (the
+    training network's, on its mini-batches); with `on_train`, the inference network's loss and accuracy on the
+    first `eval_train_examples` training examples too ("train_eval_loss", "train_accuracy")."""
     metrics = steps.loss_and_accuracy(result.sums)
     record = {"step": step, "train_loss": float(np.mean(losses))}
     record.update(test_loss=metrics["loss"], test_accuracy=metrics["accuracy"])
+    if on_train is not None:
+        train = steps.loss_and_accuracy(on_train.sums)
+        record.update(train_eval_loss=train["loss"], train_accuracy=train["accuracy"])
     for hook, collected in zip(given.evaluation, result.collected or ()):
         record.update(hook.summarize(collected))
     return record

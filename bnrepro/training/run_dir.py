@@ -35,6 +35,7 @@ from absl import logging
 
 METRICS_FILE = "metrics.jsonl"
 DIAGNOSTICS_FILE = "diagnostics.jsonl"
+WEIGHT_NORMS_FILE = "weight_norms.jsonl"
 CONFIG_FILE = "config.json"
 DIVERGED_FILE = "DIVERGED"
 CHECKPOINT_DIR = "checkpoints"
@@ -177,10 +178,11 @@ def config_changes(
     stores it) differs from `config` in what is computed (`RESUMABLE_CHANGES` may differ). A config recorded by an
     earlier version is read in today's terms: its keys renamed since (`renamed`, e.g. "model.bn_momentum" ->
     "model.bn.momentum"), and the keys it did not have yet at the values it had implicitly (`implicit`, e.g.
-    "model.bn.eps" -> 1e-5); `config_schema.RENAMED_KEYS` and `IMPLICIT_IN_OLD_RUNS` are bnrepro's."""
+    "model.bn.eps" -> 1e-5) where `config` has them (a model's key, e.g. "model.dropout_rate", only some models
+    have); `config_schema.RENAMED_KEYS` and `IMPLICIT_IN_OLD_RUNS` are bnrepro's."""
     recorded = {(renamed or {}).get(k, k): v for k, v in flatten(saved).items()}
-    recorded = {**(implicit or {}), **recorded}
     current = flatten(config_json(config))
+    recorded = {**{k: v for k, v in (implicit or {}).items() if k in current}, **recorded}
     return {
         key: (recorded.get(key, ABSENT), current.get(key, ABSENT))
         for key in sorted(set(recorded) | set(current))
