@@ -7,9 +7,12 @@ own network is BN-Inception, whose shapes tests/test_inception.py checks.
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -231,26 +234,7 @@ def test_global_bn_on_8_devices_equals_one_device(mock_imagenet, tmp_path):
 def test_two_processes_train_as_one_with_the_whole_batch(tmp_path):
     """Two processes (`--coordinator_address/--num_processes/--process_id`), one CPU device each, each reading
     half of every mini-batch: the same parameters and metrics as one process reading it whole."""
-    port = _free_port()
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "PYTHONPATH": str(REPO)}
-    workers = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                str(REPO / "tests" / "multihost_worker.py"),
-                str(tmp_path / "two"),
-                f"--coordinator_address=localhost:{port}",
-                "--num_processes=2",
-                f"--process_id={i}",
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(2)
-    ]
+    workers = _two_processes(tmp_path / "two")
     for worker in workers:
         output, _ = worker.communicate(timeout=300)
         assert worker.returncode == 0, output[-3000:]
@@ -264,6 +248,55 @@ def test_two_processes_train_as_one_with_the_whole_batch(tmp_path):
     for a, b in zip(_records(tmp_path / "one"), _records(tmp_path / "two"), strict=True):
         assert a["step"] == b["step"] and a["test_accuracy"] == b["test_accuracy"]
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+
+
+def test_a_sigterm_to_one_process_stops_both_at_one_step_where_they_checkpoint(tmp_path):
+    """SIGTERM to process 1 only, of two training as one (at a length they cannot reach), once they have
+    checkpointed: both stop at the same step boundary, checkpoint there together and exit with 143, each saying so
+    in one line (the loop asks every process whether any got a signal: `loop._stop_signal`)."""
+    workdir = tmp_path / "two"
+    workers = _two_processes(workdir, "--config.num_steps=1000000000")
+    try:
+        checkpoints = workdir / CHECKPOINT_DIR
+        deadline = time.monotonic() + 300
+        while not (checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())):
+            assert all(w.poll() is None for w in workers) and time.monotonic() < deadline, "no checkpoint"
+            time.sleep(0.05)
+        workers[1].send_signal(signal.SIGTERM)
+        outputs = [w.communicate(timeout=300)[0] for w in workers]
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.wait()
+    steps = []
+    for worker, output in zip(workers, outputs, strict=True):
+        assert worker.returncode == 143 and "Traceback" not in output, output[-3000:]
+        found = re.search(
+            r"stopped by SIGTERM at step (\d+); checkpoint saved; rerun the same command to resume", output
+        )
+        assert found, output[-3000:]
+        steps.append(int(found[1]))
+    assert steps[0] == steps[1] and steps[0] in ocp.CheckpointManager(checkpoints.absolute()).all_steps(), steps
+
+
+def _two_processes(workdir: Path, *overrides: str) -> list[subprocess.Popen]:
+    """`tests/multihost_worker.py` as processes 0 and 1 of a two-process run into `workdir`, one CPU device each,
+    with the `--config.KEY=VALUE` `overrides`; their stdout and stderr together."""
+    port = _free_port()
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "PYTHONPATH": str(REPO)}
+    worker = [sys.executable, str(REPO / "tests" / "multihost_worker.py"), str(workdir)]
+    flags = [f"--coordinator_address=localhost:{port}", "--num_processes=2", *overrides]
+    return [
+        subprocess.Popen(
+            [*worker, *flags, f"--process_id={i}"],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
 
 
 def _free_port() -> int:

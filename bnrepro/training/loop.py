@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from bnrepro import config_schema, models
 from bnrepro.hooks import NO_HOOKS, Hooks, collect_all
@@ -162,7 +163,8 @@ def train_models(
                 )  # fmt: skip
                 losses_since_eval, train_time, steps_timed = [], 0.0, 0
 
-            stop = preemption.requested() is not None and step < config.num_steps  # checkpoint here and stop
+            stopping = _stop_signal()
+            stop = stopping is not None and step < config.num_steps  # a signal: checkpoint here and stop
             # Every `checkpoint_every` steps or `checkpoint_every_seconds` (`checkpoints.manager`): one decision for
             # the group, its first live model's (a diverged one's manager saves no more), taken on every process.
             due = next(run for run in runs if not run.diverged).checkpoints.should_save(step)
@@ -171,11 +173,21 @@ def train_models(
                 for i, run in enumerate(runs):
                     run.save(step, layout.member(state, i), () if pending is None else layout.member(pending, i))
             if stop:
-                raise preemption.Stopped(step, preemption.requested())
+                raise preemption.Stopped(step, stopping)
 
     if step > start_step:
         logging.info("Trained steps %d to %d in %.1f s.", start_step, step, time.perf_counter() - start_time)
     return [run.diverged or layout.member(state, i).replace(tx=s.tx) for i, (run, s) in enumerate(zip(runs, initial))]
+
+
+def _stop_signal() -> int | None:
+    """The signal that asked any process of the run to stop (`preemption.requested`), the same answer on every
+    process: a SIGTERM that reaches the hosts at different boundaries still stops them all at one step, where they
+    checkpoint together."""
+    signum = preemption.requested() or 0
+    if jax.process_count() > 1:
+        signum = int(np.max(multihost_utils.process_allgather(np.int32(signum))))
+    return signum or None
 
 
 def training_program(config: ml_collections.ConfigDict, layout: ModelLayout, num_steps: int) -> Any:
