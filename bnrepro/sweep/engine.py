@@ -21,8 +21,9 @@ Faults: Ray's ownership model stops a driver's tasks when the driver dies (SIGKI
 processes with them; a rerun resumes every point from its checkpoint. A worker process that dies is retried
 (`max_retries`), resuming from the group's checkpoints, then its points are recorded as failed with the cause.
 A worker that gets SIGTERM (its node preempted) checkpoints its group at the next step boundary and exits, so the
-retry resumes from there. Ctrl-C or SIGTERM to the driver cancels the tasks, each first asked to checkpoint at its
-next boundary (`CANCEL_GRACE_SECONDS`), and leaves the points to resume. An `address` with no cluster behind it, or
+retry resumes from there. Ctrl-C or SIGTERM to the driver asks every running group to checkpoint at its next
+boundary and stop (`STOP_FILE`), cancels what has not stopped within `CANCEL_GRACE_SECONDS`, and leaves the points
+to resume. An `address` with no cluster behind it, or
 one that wants an authentication token the driver lacks, is refused in one line before anything starts; a cluster
 that goes away mid-sweep ends the sweep with `ClusterLost`, its points left to resume.
 """
@@ -56,6 +57,7 @@ from bnrepro.training.run_dir import write_atomically
 
 LOOPBACK = "127.0.0.1"
 TOKEN_FILE = ".sweep_token"
+STOP_FILE = ".sweep_stop"  # written by an interrupted driver: its groups checkpoint and stop (`preemption.stop_file`)
 # The longest temp folder whose Ray socket paths (".../ray/session_<date>_<pid>/sockets/plasma_store") fit AF_UNIX's
 # 107 bytes.
 MAX_TEMP_DIR_LENGTH = 40
@@ -69,7 +71,7 @@ LOCAL_ENVIRONMENT = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_
 # after 60 s, with a C++ stack dump).
 CONNECT_SECONDS = 10.0
 CLUSTER_LOST_SECONDS = 10.0
-# How long cancelled tasks get to checkpoint at their next step boundary before they are killed.
+# How long the groups of an interrupted sweep get to checkpoint at their next step boundary before a forced cancel.
 CANCEL_GRACE_SECONDS = 60.0
 
 
@@ -213,6 +215,7 @@ def run_groups(
     the order of `groups`, calling `on_end` as each one ends. `connect` first."""
     workdir = workdir.absolute()
     token = uuid.uuid4().hex
+    (workdir / STOP_FILE).unlink(missing_ok=True)  # an earlier interrupted driver's
     write_atomically(workdir / TOKEN_FILE, token + "\n")
     task = ray.remote(max_calls=1)(_train_group)
     refs = {
@@ -251,15 +254,15 @@ def run_groups(
             "command on a running cluster to resume them from their checkpoints."
         ) from None
     except BaseException:  # Ctrl-C, SIGTERM, or an error in the driver: nothing trains on unwatched
-        _stop(pending)
+        _stop(pending, workdir)
         raise
     return [outcomes[i] for i in range(len(groups))]
 
 
-def _stop(tasks: list[ray.ObjectRef]) -> None:
-    """Stops `tasks`: each asked to checkpoint and stop at its next step boundary (a cancel without force
-    arrives in its worker as SIGINT: `preemption`), given `CANCEL_GRACE_SECONDS` to, then killed. A second Ctrl-C
-    kills them at once."""
+def _stop(tasks: list[ray.ObjectRef], workdir: Path) -> None:
+    """Stops `tasks`: each asked to checkpoint and stop at its next step boundary (`STOP_FILE` in `workdir`, not
+    a cancel: Ray 2.60 can abort the driver when a cancel crosses a task's end), given `CANCEL_GRACE_SECONDS` to
+    end, then cancelled by force. A second Ctrl-C cancels them at once."""
     if not tasks:
         return
     try:
@@ -267,11 +270,10 @@ def _stop(tasks: list[ray.ObjectRef]) -> None:
             f"\nStopping {len(tasks)} groups: each checkpoints at its next step boundary (Ctrl-C again: at once).",
             flush=True,
         )
-        for task in tasks:
-            ray.cancel(task)
+        write_atomically(workdir / STOP_FILE, "stop\n")
         ray.wait(tasks, num_returns=len(tasks), timeout=CANCEL_GRACE_SECONDS)
     finally:
-        for task in tasks:
+        for task in ray.wait(tasks, num_returns=len(tasks), timeout=0)[1]:  # those still running
             ray.cancel(task, force=True)
 
 
@@ -309,13 +311,12 @@ def _train_group(
     with _logging_to(log), _own_cores(0 if accelerated else int(cpus)):
         where["cores"] = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
         try:
-            with preemption.signals_stop_the_run(signal.SIGTERM, signal.SIGINT):
+            with preemption.signals_stop_the_run(signal.SIGTERM), preemption.stop_file(path / STOP_FILE):
                 worker.run_points(sweep, indices, path, where)
         except preemption.Stopped as e:  # checkpointed
             print(e, file=sys.stderr, flush=True)
-            if e.signum == signal.SIGINT:  # the driver cancelled the task
-                raise KeyboardInterrupt from None
-            os._exit(e.exit_code)  # SIGTERM: the worker process ends, so Ray retries the group (from here)
+            if e.signum == signal.SIGTERM:  # the worker process ends, so Ray retries the group (from here)
+                os._exit(e.exit_code)
     return where
 
 

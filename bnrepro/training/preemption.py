@@ -4,8 +4,8 @@ SIGTERM is what Slurm, Kubernetes and preemptible GPU and TPU VMs send before th
 `signals_stop_the_run` that gets it finishes the dispatch it is in, checkpoints (with the training losses its next
 evaluation averages), and stops with `Stopped`; the command line then says so in one line and exits with 143
 (128 + SIGTERM). The same command resumes it exactly: parameters, data position and the evaluations' records equal
-an uninterrupted run's. A sweep's worker stops the same way on SIGTERM and on SIGINT (the driver's cancel of its
-task, `ray.cancel` without force, arrives as SIGINT).
+an uninterrupted run's. A sweep's worker stops the same way on SIGTERM, and when its driver, interrupted, asks it
+to (`stop_file`: a file in the sweep's workdir, which every node sees; as from Ctrl-C, SIGINT).
 
 A process that only waits (a sweep's driver) uses `signals_interrupt`: SIGTERM then raises KeyboardInterrupt, so
 it takes the path of Ctrl-C, and `exit_code` says which signal it was."""
@@ -16,8 +16,10 @@ import contextlib
 import signal
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 _received: list[int] = []  # the signals that asked the run to stop
+_stop_files: list[Path] = []  # files whose appearance asks the run to stop, as SIGINT would
 _interrupted_by: list[int] = []  # the signals that `signals_interrupt` made KeyboardInterrupts
 
 
@@ -75,6 +77,19 @@ def _handling(signums: tuple[int, ...], handler) -> Iterator[None]:
             signal.signal(signum, old)
 
 
+@contextlib.contextmanager
+def stop_file(path: Path) -> Iterator[None]:
+    """While active, `path` appearing asks the training loop to checkpoint and stop at its next boundary, as a
+    SIGINT under `signals_stop_the_run` would."""
+    _stop_files.append(path)
+    try:
+        yield
+    finally:
+        _stop_files.remove(path)
+
+
 def requested() -> int | None:
-    """The signal that asked the run to stop, if one did."""
+    """The signal that asked the run to stop (SIGINT for a `stop_file` that appeared), if one did."""
+    if not _received and any(path.exists() for path in _stop_files):
+        _received.append(signal.SIGINT)
     return _received[0] if _received else None
