@@ -56,9 +56,9 @@ def user_errors_in_one_line(function: Callable[..., T]) -> Callable[..., T]:
         except KeyboardInterrupt:
             if show_tracebacks():
                 raise
-            name = signal.Signals(preemption.interrupting_signal()).name
-            print(f"\ninterrupted by {name}; rerun the same command to resume.", file=sys.stderr)
-            _exit_now(128 + preemption.interrupting_signal())
+            signum = preemption.interrupting_signal()
+            print(f"\ninterrupted by {signal.Signals(signum).name}; rerun the same command to resume.", file=sys.stderr)
+            _exit_now(128 + signum)
         except TemporaryFailure as e:
             if show_tracebacks():
                 raise

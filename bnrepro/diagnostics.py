@@ -53,8 +53,14 @@ def layer_gradient_norms(state: TrainState, batch: Mapping[str, jax.Array]) -> d
     """The L2 norm of the training loss's gradient with respect to each layer's weight matrix (`kernel`) on one
     mini-batch (training mode: BN uses the mini-batch's own moments), keyed by the layer's path."""
 
-    flat = traverse_util.flatten_dict(jax.grad(_loss(state, batch))(state.params), sep="/")
-    return {path.rsplit("/", 1)[0]: jnp.linalg.norm(g) for path, g in flat.items() if path.endswith("/kernel")}
+    return kernel_norms(jax.grad(_loss(state, batch))(state.params))
+
+
+def kernel_norms(tree: Any) -> dict[str, jax.Array]:
+    """The L2 (Frobenius) norm of each layer's `kernel` in `tree` (parameters, or their gradients), keyed by the
+    layer's path."""
+    flat = traverse_util.flatten_dict(tree, sep="/")
+    return {path.rsplit("/", 1)[0]: jnp.linalg.norm(w) for path, w in flat.items() if path.endswith("/kernel")}
 
 
 def _kernels_under(flat: Mapping[tuple[str, ...], Any], layer: str) -> list[tuple[str, ...]]:

@@ -100,6 +100,12 @@ def bn_ahead(baseline: Seeds, batch_norm: Seeds, after: int = AHEAD_AFTER) -> tu
     return int(np.all(ahead, axis=0).sum()), len(compared)
 
 
+def steps_to(records: Sequence[Mapping[str, Any]], threshold: float) -> int | None:
+    """The first evaluated step of `records` (a run's evaluations, by step) at which the test accuracy reaches
+    `threshold`; None if none does."""
+    return next((r["step"] for r in records if r["test_accuracy"] >= threshold), None)
+
+
 def mean_std(values: Sequence[float], spec: str) -> str:
     """One value as `format(value, spec)`; several as `mean ± std` (sample standard deviation, ddof 1, without
     the sign a `+` in `spec` asks for); none as a dash."""
@@ -214,7 +220,7 @@ def table2(workdir: str | os.PathLike) -> str:
             missing = "diverged" if seeds else "not run"
             lines.append(f"| {variant} | {len(seeds)} | {missing} | {missing} | {paper} |")
             continue
-        reached = [next((r["step"] for r in records if r["test_accuracy"] >= target), None) for records in trained]
+        reached = [steps_to(records, target) for records in trained]
         steps = [step for step in reached if step is not None]
         bests = [max(records, key=lambda r: r["test_accuracy"]) for records in trained]
         if len(seeds) == 1:

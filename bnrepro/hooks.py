@@ -23,10 +23,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import traverse_util
 
 from bnrepro import diagnostics
 from bnrepro.training.run_dir import DIAGNOSTICS_FILE, WEIGHT_NORMS_FILE
@@ -143,8 +141,9 @@ class Diagnostics:
 
 class WeightNorms:
     """The Frobenius norm ||W|| of every layer's weight matrix (`kernel`) every `every` steps, into
-    `weight_norms.jsonl`, keyed by the layer's path (as `diagnostics.layer_gradient_norms`). Sec. 3.3's stabilization argument: under BN, BN((aW)u) = BN(Wu),
-    so the gradient with respect to aW is 1/a times that with respect to W, and larger weights grow less."""
+    `weight_norms.jsonl`, keyed by the layer's path (`diagnostics.kernel_norms`). Sec. 3.3's stabilization
+    argument: under BN, BN((aW)u) = BN(Wu), so the gradient with respect to aW is 1/a times that with respect to
+    W, and larger weights grow less."""
 
     filename = WEIGHT_NORMS_FILE
 
@@ -153,5 +152,4 @@ class WeightNorms:
 
     def measure(self, state: TrainState, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
         del batch  # the weights alone
-        flat = traverse_util.flatten_dict(state.params, sep="/")
-        return {path.rsplit("/", 1)[0]: jnp.linalg.norm(w) for path, w in flat.items() if path.endswith("/kernel")}
+        return diagnostics.kernel_norms(state.params)

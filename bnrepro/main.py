@@ -81,7 +81,7 @@ def main(argv: list[str]) -> None:
     logging.info("JAX %s, backend %s, devices %s", jax.__version__, jax.default_backend(), jax.devices())
     logging.info("Config:\n%s", config)
     try:
-        with preemption.signals_stop_the_run():
+        with preemption.sigterm_stops_the_run():
             loop.train_and_evaluate(config, workdir, hooks.from_config(config))
     except loop.DivergedError as e:
         logging.error("%s", e)

@@ -1,8 +1,8 @@
 """The results page CLI: `python -m bnrepro.report --runs=runs --out=runs/report.html` (see `bnrepro.report`).
 
 Writes OUT (HTML, self-contained) and OUT with suffix .md (Markdown, with its figures as PNG files beside it).
-A `--runs` that is not a directory, or an OUT that cannot be written (what was written of the report is removed), is one
-line, `error: ...`, and exit code 2.
+A `--runs` that is not a directory, or an OUT that cannot be written (what was written of the report is removed),
+is one line, `error: ...`, and exit code 2.
 """
 
 from pathlib import Path

@@ -15,8 +15,8 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from bnrepro.figures import mean_std
-from bnrepro.report.content import Content, Figure, ShownConfig, png
+from bnrepro.figures import mean_std, steps_to
+from bnrepro.report.content import Content, Figure, png, shown_config
 from bnrepro.report.runs import Run, Table, read_run, seeds_cell
 from bnrepro.training.run_dir import CONFIG_FILE, WEIGHT_NORMS_FILE, read_records
 
@@ -62,15 +62,11 @@ def _best(run: Run) -> float:
     return max(r["test_accuracy"] for r in run.evaluations)
 
 
-def steps_to(run: Run, threshold: float = THRESHOLD) -> int | None:
-    """The first evaluated step at which the run's test accuracy reaches `threshold`; None if it never does."""
-    return next((r["step"] for r in run.evaluations if r["test_accuracy"] >= threshold), None)
-
-
 def norm_growth(run: Run, layer: str = NORM_LAYER) -> float | None:
     """||W|| of `layer` at the run's last weight-norm record over its expected initial value init_std·sqrt(n·m)
     (an n x m matrix of N(0, init_std²) entries; for 100 x 100 the sampled norm is within ~1% of it); None
-    without records; infinite where ||W|| overflowed float32 (weights beyond ~1e19). The widths are `model.hidden`'s first two: `layer` is the second hidden layer's matrix."""
+    without records; infinite where ||W|| overflowed float32 (weights beyond ~1e19). The widths are
+    `model.hidden`'s first two: `layer` is the second hidden layer's matrix."""
     path = run.path / WEIGHT_NORMS_FILE
     if not path.exists():
         return None
@@ -95,7 +91,7 @@ def _mean_std_error(values: Sequence[float]) -> tuple[float, float]:
 
 
 def _reached(runs: Sequence[Run]) -> str:
-    steps = [s for run in runs if (s := steps_to(run)) is not None]
+    steps = [s for run in runs if (s := steps_to(run.evaluations, THRESHOLD)) is not None]
     if not runs:
         return "—"
     return mean_std(steps, ".0f") + ("" if len(steps) == len(runs) else f" ({len(steps)} of {len(runs)} reach it)")
@@ -168,15 +164,6 @@ def plot_init_scale(groups: Mapping[Key, Sequence[Run]]) -> plt.Figure:
     return fig
 
 
-def _shown(root: Path, command: str, groups: Mapping[Key, Sequence[Run]]) -> list[ShownConfig]:
-    """The config.json of each group's first run, with the seeds of the group (each once)."""
-    return [
-        ShownConfig(runs[0].path.relative_to(root).as_posix(), command.format(runs=root.as_posix()), runs[0].config,
-                    sorted({run.config.get("seed") for run in runs}))
-        for runs in groups.values()
-    ]  # fmt: skip
-
-
 def init_scale(root: Path) -> Content | None:
     """The initial-scale sweep's table and figure; None before any point has run."""
     runs = sweep_runs(root / INIT_SCALE_DIR)
@@ -190,7 +177,9 @@ def init_scale(root: Path) -> Content | None:
         "mean ± std over the seeds",
         png(plot_init_scale(groups)),
     )
-    shown = _shown(root, INIT_SCALE_COMMAND, group_runs(runs, lambda c: (net_label(c),)))
+    shown = [
+        shown_config(root, INIT_SCALE_COMMAND, net) for net in group_runs(runs, lambda c: (net_label(c),)).values()
+    ]
     return Content([figure], [init_scale_table(groups)], notes, shown, [])
 
 
@@ -272,5 +261,5 @@ def regularization(root: Path) -> Content | None:
         "BN and dropout on a reduced training set: train and test accuracy over training, mean over the seeds",
         png(plot_regularization(groups)),
     )
-    shown = _shown(root, REGULARIZATION_COMMAND, groups)
+    shown = [shown_config(root, REGULARIZATION_COMMAND, net) for net in groups.values()]
     return Content([figure], [regularization_table(groups)], [], shown, [])

@@ -5,11 +5,13 @@ variants not run yet), built by `bnrepro.report.experiments` and `bnrepro.report
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import matplotlib.pyplot as plt
 
-from bnrepro.report.runs import Table
+from bnrepro.report.runs import Run, Table
 
 
 class Figure(NamedTuple):
@@ -24,6 +26,15 @@ class ShownConfig(NamedTuple):
     command: str
     config: dict[str, Any]
     seeds: list[Any]  # config.seed of each of the variant's runs
+
+
+def shown_config(root: Path, command: str, runs: Sequence[Run]) -> ShownConfig:
+    """The config.json of `runs`' first run (they differ in their seeds, or also in what their group shares), with
+    the command that trains them (`{runs}`: `root`) and their seeds, each once."""
+    seeds = list(dict.fromkeys(run.config.get("seed") for run in runs))
+    return ShownConfig(
+        runs[0].path.relative_to(root).as_posix(), command.format(runs=root.as_posix()), runs[0].config, seeds
+    )
 
 
 class Content(NamedTuple):

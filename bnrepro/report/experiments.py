@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 
 from bnrepro import figures
 from bnrepro.report import claims
-from bnrepro.report.content import Content, Figure, ShownConfig, png
+from bnrepro.report.content import Content, Figure, ShownConfig, png, shown_config
 from bnrepro.report.runs import Column, Run, Table, parse_markdown_table, read_run, read_variant, variant_table
 from bnrepro.training.run_dir import DIAGNOSTICS_FILE
 
@@ -61,16 +61,7 @@ def plot_accuracy_curves(groups: Mapping[str, Sequence[Run]], title: str) -> plt
 
 
 def _shown_configs(root: Path, variants: Sequence[Variant], groups: Mapping[str, Sequence[Run]]) -> list[ShownConfig]:
-    return [
-        ShownConfig(
-            runs[0].path.relative_to(root).as_posix(),
-            variant.command.format(runs=root.as_posix()),
-            runs[0].config,
-            [run.config.get("seed") for run in runs],
-        )
-        for variant in variants
-        if (runs := groups[variant.label])
-    ]
+    return [shown_config(root, variant.command, runs) for variant in variants if (runs := groups[variant.label])]
 
 
 def variants_content(
@@ -285,15 +276,7 @@ def ics(root: Path) -> Content | None:
     for workdir in workdirs:
         groups.setdefault(figures.run_label(workdir), []).append(read_run(workdir))
     command = "python -m bnrepro.sweep --sweep=configs/sweeps/mnist_ics.py --workdir={runs}/" + ICS_DIR
-    shown = [
-        ShownConfig(
-            members[0].path.relative_to(root).as_posix(),
-            command.format(runs=root.as_posix()),
-            members[0].config,
-            [m.config.get("seed") for m in members],
-        )
-        for members in groups.values()
-    ]
+    shown = [shown_config(root, command, members) for members in groups.values()]
     figure = Figure(
         f"Santurkar et al. (2018) Figures 3-5 for the MLP, layer {layer}: one line per net (mean over its seeds)",
         png(figures.plot_ics(runs, layer)),

@@ -23,9 +23,9 @@ processes with them; a rerun resumes every point from its checkpoint. A worker p
 A worker that gets SIGTERM (its node preempted) checkpoints its group at the next step boundary and exits, so the
 retry resumes from there. Ctrl-C or SIGTERM to the driver asks every running group to checkpoint at its next
 boundary and stop (`STOP_FILE`), cancels what has not stopped within `CANCEL_GRACE_SECONDS`, and leaves the points
-to resume. An `address` with no cluster behind it, or
-one that wants an authentication token the driver lacks, is refused in one line before anything starts; a cluster
-that goes away mid-sweep ends the sweep with `ClusterLost`, its points left to resume.
+to resume. An `address` with no cluster behind it, or one that wants an authentication token the driver lacks, is
+refused in one line before anything starts; a cluster that goes away mid-sweep ends the sweep with `ClusterLost`,
+its points left to resume.
 """
 
 from __future__ import annotations
@@ -311,7 +311,7 @@ def _train_group(
     with _logging_to(log), _own_cores(0 if accelerated else int(cpus)):
         where["cores"] = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
         try:
-            with preemption.signals_stop_the_run(signal.SIGTERM), preemption.stop_file(path / STOP_FILE):
+            with preemption.sigterm_stops_the_run(), preemption.stop_file(path / STOP_FILE):
                 worker.run_points(sweep, indices, path, where)
         except preemption.Stopped as e:  # checkpointed
             print(e, file=sys.stderr, flush=True)

@@ -53,12 +53,11 @@ def summarize(sweep: Sweep, workdir: Path, refused: Mapping[str, str] | None = N
         row.update(overrides, status=status["status"])
         accuracies = [r["test_accuracy"] for r in records]
         best = max(range(len(accuracies)), key=accuracies.__getitem__) if accuracies else None
-        reached = [r["step"] for r in records if r["test_accuracy"] >= sweep.threshold]
         row.update(
             final_accuracy=accuracies[-1] if accuracies else None,
             best_accuracy=accuracies[best] if accuracies else None,
             best_step=records[best]["step"] if accuracies else None,
-            steps_to_threshold=reached[0] if reached else None,
+            steps_to_threshold=figures.steps_to(records, sweep.threshold),
             wall_seconds=status.get("wall_seconds"),
             error=status.get("error", ""),
         )

@@ -89,18 +89,16 @@ class OnDeviceData:
         )  # fmt: skip
         self.train = layout.place_data(Dataset.create(splits.train.images, splits.train.labels))
         self._example_images = splits.train.images[: config.batch_size].copy()
-        # The test set is preprocessed on the host (`preprocess` of NumPy arrays runs in NumPy, to the same float32
-        # bits) and copied over: ops on the device would each compile a program at start-up.
-        count = config.eval_examples or None
-        test = padded_batches(preprocess(splits.test.images[:count]), splits.test.labels[:count], EVAL_BATCH_SIZE)
-        self._test = [layout.place_data(jax.device_put(batch)) for batch in test]
+
+        # The evaluated examples are preprocessed on the host (`preprocess` of NumPy arrays runs in NumPy, to the
+        # same float32 bits) and copied over: ops on the device would each compile a program at start-up.
+        def eval_batches(split: data.Split, count: int | None) -> list[dict[str, jax.Array]]:
+            batches = padded_batches(preprocess(split.images[:count]), split.labels[:count], EVAL_BATCH_SIZE)
+            return [layout.place_data(jax.device_put(batch)) for batch in batches]
+
+        self._test = eval_batches(splits.test, config.eval_examples or None)
         # The first `eval_train_examples` training examples, evaluated as the test set is (train_accuracy).
-        count, self._train_eval = config.eval_train_examples, []
-        if count:
-            train = padded_batches(
-                preprocess(splits.train.images[:count]), splits.train.labels[:count], EVAL_BATCH_SIZE
-            )
-            self._train_eval = [layout.place_data(jax.device_put(batch)) for batch in train]
+        self._train_eval = eval_batches(splits.train, config.eval_train_examples) if config.eval_train_examples else []
         self.epoch, self.batch_index = 0, 0
 
     def example_images(self) -> np.ndarray:

@@ -1,14 +1,14 @@
 """Stopping on a signal without losing work.
 
 SIGTERM is what Slurm, Kubernetes and preemptible GPU and TPU VMs send before they kill. A run under
-`signals_stop_the_run` that gets it finishes the dispatch it is in, checkpoints (with the training losses its next
+`sigterm_stops_the_run` that gets it finishes the dispatch it is in, checkpoints (with the training losses its next
 evaluation averages), and stops with `Stopped`; the command line then says so in one line and exits with 143
 (128 + SIGTERM). The same command resumes it exactly: parameters, data position and the evaluations' records equal
 an uninterrupted run's. A sweep's worker stops the same way on SIGTERM, and when its driver, interrupted, asks it
 to (`stop_file`: a file in the sweep's workdir, which every node sees; as from Ctrl-C, SIGINT).
 
 A process that only waits (a sweep's driver) uses `signals_interrupt`: SIGTERM then raises KeyboardInterrupt, so
-it takes the path of Ctrl-C, and `exit_code` says which signal it was."""
+it takes the path of Ctrl-C, and `interrupting_signal` says which signal it was."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ _interrupted_by: list[int] = []  # the signals that `signals_interrupt` made Key
 class Stopped(Exception):
     """Raised by the training loop at the boundary after a stopping signal, its checkpoint saved."""
 
-    def __init__(self, step: int, signum: int = signal.SIGTERM):
+    def __init__(self, step: int, signum: int):
         name = signal.Signals(signum).name
         super().__init__(f"stopped by {name} at step {step}; checkpoint saved; rerun the same command to resume")
         self.step, self.signum, self.exit_code = step, signum, 128 + signum
@@ -40,11 +40,10 @@ def interrupting_signal() -> int:
 
 
 @contextlib.contextmanager
-def signals_stop_the_run(*signums: int) -> Iterator[None]:
-    """While active, each of `signums` (default SIGTERM) asks the training loop to checkpoint and stop at its next
-    boundary (`requested`) rather than end the process at once. (Only the main thread can take a signal:
-    elsewhere this does nothing.)"""
-    with _handling(signums or (signal.SIGTERM,), lambda signum, frame: _received.append(signum)):
+def sigterm_stops_the_run() -> Iterator[None]:
+    """While active, SIGTERM asks the training loop to checkpoint and stop at its next boundary (`requested`)
+    rather than end the process at once. (Only the main thread can take a signal: elsewhere this does nothing.)"""
+    with _handling((signal.SIGTERM,), lambda signum, frame: _received.append(signum)):
         try:
             yield
         finally:
@@ -79,8 +78,8 @@ def _handling(signums: tuple[int, ...], handler) -> Iterator[None]:
 
 @contextlib.contextmanager
 def stop_file(path: Path) -> Iterator[None]:
-    """While active, `path` appearing asks the training loop to checkpoint and stop at its next boundary, as a
-    SIGINT under `signals_stop_the_run` would."""
+    """While active, `path` appearing asks the training loop to checkpoint and stop at its next boundary, as
+    SIGTERM under `sigterm_stops_the_run` does; the stop is reported as Ctrl-C's, SIGINT."""
     _stop_files.append(path)
     try:
         yield
